@@ -1,0 +1,5 @@
+import sys
+
+from tunefork.cli import main
+
+sys.exit(main())

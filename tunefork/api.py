@@ -1,0 +1,225 @@
+"""The Python API: `Model(config).train(...)`, `.predict(df)`, `.evaluate(df)`, `.experiment(...)`, `.save`, `.load`.
+
+Each method is the data flow of DESIGN.md written out: read → split → preprocess → plan → fit → run directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from tunefork import config as config_mod
+from tunefork import hardware, plan as plan_mod, rundir
+from tunefork.console import Console
+from tunefork.data import read, split
+from tunefork.errors import DataError, TuneforkError
+from tunefork.features import OUTPUTS, pipeline
+from tunefork.training.efficiency import Phases, peak_device_mb, peak_rss_mb
+
+log = logging.getLogger("tunefork")
+
+
+@dataclass
+class TrainResult:
+    output_directory: Path | None
+    statistics: dict
+    efficiency: dict
+    plan: dict
+
+
+def cache_dir(config) -> Path:
+    return Path(config.backend.cache_dir or os.environ.get("TUNEFORK_CACHE_DIR") or Path.home() / ".cache" / "tunefork")
+
+
+def _splits(config, dataset, training_set, validation_set, test_set, seed: int) -> dict[str, pd.DataFrame]:
+    if dataset is not None and training_set is not None:
+        raise TuneforkError("give either dataset (split by preprocessing.split) or training_set, not both")
+    if dataset is None and training_set is None:
+        raise TuneforkError("no data: give dataset, or training_set (with optional validation_set and test_set)")
+    sampling = config.preprocessing
+    if dataset is not None:
+        frame = read.read(dataset)
+        frame = _sample(frame, sampling, seed)
+        return split.split(frame, sampling.split, seed)
+    frames = {"training": _sample(read.read(training_set, "training set"), sampling, seed)}
+    for name, source in (("validation", validation_set), ("test", test_set)):
+        if source is not None:
+            frames[name] = read.read(source, f"{name} set")
+    return frames
+
+
+def _sample(frame: pd.DataFrame, sampling, seed: int) -> pd.DataFrame:
+    n = len(frame)
+    if sampling.sample_size is not None:
+        n = min(n, sampling.sample_size)
+    elif sampling.sample_ratio < 1.0:
+        n = max(1, int(round(n * sampling.sample_ratio)))
+    if n == len(frame):
+        return frame
+    out = frame.sample(n=n, random_state=seed).reset_index(drop=True)
+    out.attrs = frame.attrs
+    return out
+
+
+def _text_facts(config) -> dict[str, dict]:
+    from tunefork.encoders.transformer import hf_config, is_decoder_only
+
+    return {f.name: {"decoder_only": is_decoder_only(hf_config(f.encoder))} for f in config.input_features if f.type == "text"}
+
+
+class Model:
+    """A tunefork model: built from a config, trained on data, or loaded from a model folder."""
+
+    def __init__(self, config, *, progress: bool = True, quiet: bool = False):
+        self.config = config_mod.load(config)
+        self.console = Console(progress=progress, quiet=quiet)
+        self.model = self.meta = self.tokenizers = self.plan = None
+        self._last_test = None
+
+    # ------------------------------------------------------------------------------------------------ training
+    def train(self, dataset=None, *, training_set=None, validation_set=None, test_set=None, output_directory="results",
+              experiment_name: str = "experiment", model_name: str = "run", random_seed: int = 42,
+              skip_save_model: bool = False) -> TrainResult:
+        import torch
+
+        from tunefork.models import artifact
+        from tunefork.models.ecd import ECD
+        from tunefork.training.loop import fit
+
+        config, phases = self.config, Phases()
+        with phases("read"):
+            frames = _splits(config, dataset, training_set, validation_set, test_set, random_seed)
+        if len(frames["training"]) == 0:
+            raise DataError("the training split has no rows (check preprocessing.split)")
+        with phases("preprocess"):
+            tokenizers = pipeline.tokenizers(config)
+            meta, tables, cache_hit = pipeline.preprocess(config, frames, random_seed, cache_dir(config), tokenizers)
+        if cache_hit:
+            self.console.note("preprocessed data: loaded from the cache")
+        facts = plan_mod.DataFacts(training_rows=len(tables["training"]), text_inputs=_text_facts(config))
+        plan = plan_mod.resolve(config, facts, hardware.detect())
+        meta["pooling"] = {f.name: plan[f"pooling.{f.name}"] for f in config.input_features if f.type == "text"}
+        for key in ("precision", "batch_size", "learning_rate"):
+            self.console.note(f"{key}: {plan[key]} — {plan.decisions[key].reason}")
+
+        torch.manual_seed(random_seed)  # the heads' initial weights
+        model = ECD(config, meta, meta["pooling"])
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in model.parameters())
+        self.console.note(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / max(1, total):.2f}%)")
+        with phases("fit"):
+            history = fit(model, tables, config, meta, plan, random_seed, report=self.console)
+        phases.seconds["train"] = history.train_seconds
+        phases.seconds["evaluate"] = history.evaluate_seconds
+        self.model, self.meta, self.tokenizers, self.plan = model.eval(), meta, tokenizers, plan
+        self._last_test = frames.get("test")
+
+        statistics = history.to_json()
+        efficiency = {
+            "device": plan["device"],
+            "precision": plan["precision"],
+            "seconds": {k: round(v, 3) for k, v in phases.seconds.items()},
+            "train_examples_per_second": history.train_examples / max(history.train_seconds, 1e-9),
+            "train_tokens_per_second": history.train_tokens / max(history.train_seconds, 1e-9),
+            "train_examples": history.train_examples,
+            "peak_rss_mb": round(peak_rss_mb(), 1),
+            "peak_device_mb": peak_device_mb(),
+            "preprocessing_cache_hit": cache_hit,
+            "final_validation": history.best,
+        }
+        output = None
+        if not skip_save_model:
+            output = rundir.new(output_directory, experiment_name, model_name)
+            staging = output.with_name(output.name + ".partial")
+            staging.mkdir(parents=True)
+            artifact.save(staging / "model", model, config_mod.to_dict(config), meta, tokenizers)
+            rundir.write_json(staging / "training_statistics.json", statistics)
+            rundir.write_json(staging / "efficiency.json", efficiency)
+            rundir.write_yaml(staging / "resolved_config.yaml", {"config": config_mod.to_dict(config), "plan": plan.to_dict()})
+            rundir.write_json(staging / "description.json", {
+                "versions": rundir.versions(),
+                "config": config_mod.to_dict(config),
+                "dataset_fingerprints": {k: read.fingerprint(v) for k, v in frames.items()},
+                "rows": {k: len(v) for k, v in tables.items()},
+                "random_seed": random_seed,
+                "trust_remote_code": {f.name: f.encoder.trust_remote_code for f in config.input_features if f.type == "text"},
+            })
+            staging.rename(output)  # the run directory appears whole or not at all
+            self.console.note(f"saved: {output}")
+        return TrainResult(output, statistics, efficiency, plan.to_dict())
+
+    def experiment(self, dataset=None, *, training_set=None, validation_set=None, test_set=None, **kwargs):
+        """Train, then evaluate on the test split; writes test_statistics.json and test predictions."""
+        result = self.train(dataset, training_set=training_set, validation_set=validation_set, test_set=test_set, **kwargs)
+        test = self._last_test
+        if test is None or len(test) == 0:
+            return result, None
+        statistics, predictions = self._evaluate_frame(test)
+        if result.output_directory is not None:
+            rundir.write_json(result.output_directory / "test_statistics.json", statistics)
+            predictions.to_csv(result.output_directory / "test_predictions.csv", index=False)
+        self.console.table({"test": statistics}, "test set")
+        return result, statistics
+
+    # ------------------------------------------------------------------------------------------------ inference
+    def _require_model(self):
+        if self.model is None:
+            raise TuneforkError("this model is not trained: call train() or Model.load(path) first")
+
+    def _inference_plan(self):
+        if self.plan is None:
+            self.plan = plan_mod.resolve_inference(self.config, hardware.detect())
+        return self.plan
+
+    def _table(self, dataset, with_outputs: bool):
+        frame = read.read(dataset)
+        pipeline.check_columns(self.config, {"dataset": frame}, with_outputs=with_outputs)
+        return pipeline.transform(self.config, frame, self.meta, self.tokenizers, with_outputs=with_outputs)
+
+    def predict(self, dataset) -> pd.DataFrame:
+        """One row per input row: `<output>_predictions`, `_probabilities_<class>`, `_probability`."""
+        from tunefork.training.loop import run_inference
+
+        self._require_model()
+        table = self._table(dataset, with_outputs=False)
+        collector = run_inference(self.model, table, self.config, self.meta, self._inference_plan(), with_targets=False)
+        return self._frame(collector.outputs(), table)
+
+    def _frame(self, outputs: dict, table) -> pd.DataFrame:
+        columns = {}
+        for feature in self.config.output_features:
+            columns.update(OUTPUTS[feature.type].columns(feature, self.meta["outputs"][feature.name], outputs[feature.name]))
+        return pd.DataFrame(columns, index=table.row_index)
+
+    def _evaluate_frame(self, dataset) -> tuple[dict, pd.DataFrame]:
+        from tunefork.training.loop import run_inference
+
+        self._require_model()
+        table = self._table(dataset, with_outputs=True)
+        collector = run_inference(self.model, table, self.config, self.meta, self._inference_plan())
+        return collector.metrics(table), self._frame(collector.outputs(), table)
+
+    def evaluate(self, dataset) -> dict:
+        """Metrics per output (loss, accuracy, macro-F1, ROC-AUC, confusion matrix; MAE, RMSE, R²)."""
+        return self._evaluate_frame(dataset)[0]
+
+    # ------------------------------------------------------------------------------------------------ on disk
+    def save(self, directory) -> Path:
+        from tunefork.models import artifact
+
+        self._require_model()
+        artifact.save(Path(directory), self.model, config_mod.to_dict(self.config), self.meta, self.tokenizers)
+        return Path(directory)
+
+    @classmethod
+    def load(cls, directory, *, progress: bool = False, quiet: bool = True) -> Model:
+        from tunefork.models import artifact
+
+        config, meta, model, tokenizers = artifact.load(Path(directory))
+        self = cls(config, progress=progress, quiet=quiet)
+        self.model, self.meta, self.tokenizers = model, meta, tokenizers
+        return self

@@ -1,0 +1,58 @@
+"""Config loading: YAML or dict → Ludwig translation → validated, frozen `Config`.
+
+Importing this package pulls in pydantic and PyYAML only, so `check-config` is instant and offline.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from tunefork.config.errors import ConfigError
+from tunefork.config.ludwig import translate
+from tunefork.config.schema import Config
+
+__all__ = ["Config", "ConfigError", "load", "render"]
+
+
+def read_yaml(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError([f"{path}: config file not found"])
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError([f"{path}: not a UTF-8 text file"]) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError([f"{path}:{where}: {problem}"]) from None
+
+
+def load(source: str | Path | dict | Config) -> Config:
+    """Validate a config given as a YAML path, a dict, or an existing `Config`."""
+    if isinstance(source, Config):
+        return source
+    raw = read_yaml(source) if isinstance(source, (str, Path)) else source
+    if not isinstance(raw, dict):
+        raise ConfigError([f"config: expected a mapping with input_features and output_features, got {type(raw).__name__}"])
+    translated = translate(raw)
+    try:
+        return Config.model_validate(translated)
+    except ValidationError as exc:
+        from tunefork.config.errors import from_validation_error
+
+        raise from_validation_error(exc, translated) from None
+
+
+def to_dict(config: Config) -> dict:
+    return config.model_dump(mode="json")
+
+
+def render(config: Config) -> str:
+    """The full config with every default filled in, as YAML."""
+    return yaml.safe_dump(to_dict(config), sort_keys=False, allow_unicode=True)

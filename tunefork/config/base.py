@@ -1,0 +1,54 @@
+"""The base every config section shares: frozen, unknown keys refused with a did-you-mean."""
+
+from __future__ import annotations
+
+from typing import Annotated, Union
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Tag, model_validator
+from pydantic_core import PydanticCustomError
+
+from tunefork.config.errors import did_you_mean
+
+
+class Section(BaseModel):
+    """A frozen config section. A key the section does not define is an error, never silently dropped."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unknown_keys(cls, data):
+        if isinstance(data, str) and "type" in cls.model_fields:
+            return {"type": data}  # Ludwig's shorthand: `optimizer: adamw`
+        if isinstance(data, dict):
+            known = set(cls.model_fields)
+            for key in data:
+                if key not in known:
+                    raise PydanticCustomError(
+                        "unknown_key", "unknown key {key}{hint}", {"key": key, "hint": did_you_mean(key, known)}
+                    )
+        return data
+
+
+def tagged(*members: type[Section], default: str | None = None):
+    """A union of sections chosen by their `type` key (Ludwig's string shorthand `adapter: lora` included).
+
+    A missing or unknown `type` is one error that lists the types there are, instead of one error per member.
+    """
+    tags = [m.model_fields["type"].annotation.__args__ for m in members]
+    choices = [t for group in tags for t in group]
+
+    def pick(value):
+        if isinstance(value, str):
+            return value if value in choices else None
+        if isinstance(value, dict):
+            tag = value.get("type", default)
+            return tag if tag in choices else None
+        return value.type if isinstance(value, Section) else None
+
+    union = Union[tuple(Annotated[m, Tag(t)] for m, group in zip(members, tags, strict=True) for t in group)]  # noqa: UP007
+    return Annotated[
+        union,
+        Discriminator(pick, custom_error_type="bad_type", custom_error_message="unknown type",
+                      custom_error_context={"expected": ", ".join(choices)}),
+    ]

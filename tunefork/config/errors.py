@@ -1,0 +1,80 @@
+"""`ConfigError`: a pydantic validation failure rewritten as YAML paths people can act on.
+
+`input_features[0].encoder.trainabel: unknown key (did you mean 'trainable'?)` — the path is rebuilt by walking
+the user's own input alongside pydantic's error location, which drops the discriminator segments pydantic inserts
+for tagged unions (`input_features.0.text.encoder...`).
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+from tunefork.errors import TuneforkError
+
+
+class ConfigError(TuneforkError):
+    """An invalid config. `errors` holds every problem; `str()` shows the first one and how many follow."""
+
+    def __init__(self, errors: list[str]):
+        self.errors = errors
+        more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+        super().__init__(errors[0] + more)
+
+
+def did_you_mean(word: str, choices) -> str:
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def yaml_path(loc: tuple, data: Any) -> str:
+    """Turn pydantic's `loc` into `a.b[0].c`, skipping segments that are not keys of the user's input."""
+    parts: list[str] = []
+    for segment in loc:
+        if isinstance(data, dict) and segment in data:
+            parts.append(f".{segment}" if parts else str(segment))
+            data = data[segment]
+        elif isinstance(data, list) and isinstance(segment, int) and 0 <= segment < len(data):
+            parts.append(f"[{segment}]")
+            data = data[segment]
+        # anything else is a union tag or a validator name that pydantic added: not part of the YAML path
+    return "".join(parts) or "config"
+
+
+def _describe(error: dict, path: str) -> str:
+    kind, ctx = error["type"], error.get("ctx") or {}
+    if kind == "unknown_key":
+        return f"{path}.{ctx['key']}: unknown key{ctx['hint']}" if path != "config" else f"{ctx['key']}: unknown key{ctx['hint']}"
+    if kind == "missing":
+        return f"{path}.{error['loc'][-1]}: required key is missing" if path != "config" else f"{error['loc'][-1]}: required key is missing"
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        expected = [t.strip().strip("'") for t in str(ctx.get("expected_tags", "")).split(",") if t.strip()]
+        if kind == "union_tag_not_found":
+            return f"{path}: missing 'type'"
+        tag = ctx.get("tag")
+        return f"{path}.type: '{tag}' is not supported (one of: {', '.join(expected)}){did_you_mean(tag, expected)}"
+    if kind == "literal_error":
+        expected = [e.strip().strip("'") for e in str(ctx.get("expected", "")).replace(" or ", ",").split(",")]
+        got = error.get("input")
+        return f"{path}: {got!r} is not one of {', '.join(repr(e) for e in expected if e)}{did_you_mean(got, expected)}"
+    if kind == "bad_type":
+        given = error.get("input")
+        expected = ctx["expected"].split(", ")
+        tag = given.get("type") if isinstance(given, dict) else given
+        if isinstance(given, dict) and "type" not in given:
+            return f"{path}: missing 'type' (one of: {ctx['expected']})"
+        if not isinstance(given, (dict, str)):
+            return f"{path}: expected a mapping with a 'type' (one of: {ctx['expected']}), got {given!r}"
+        where = f"{path}.type" if isinstance(given, dict) else path
+        return f"{where}: '{tag}' is not supported (one of: {ctx['expected']}){did_you_mean(tag, expected)}"
+    message = error["msg"]
+    if message.startswith("Value error, "):
+        message = message[len("Value error, "):]
+    return f"{path}: {message} (got {error.get('input')!r})" if kind != "value_error" else f"{path}: {message}"
+
+
+def from_validation_error(exc, data: Any) -> ConfigError:
+    messages = []
+    for error in exc.errors():
+        messages.append(_describe(error, yaml_path(error["loc"], data)))
+    return ConfigError(list(dict.fromkeys(messages)))

@@ -1,0 +1,190 @@
+"""Input and output feature sections, with Ludwig's key names and defaults.
+
+Each feature type is one class tagged by `type`; the unions at the bottom are the whole registry.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from tunefork.config.base import Section, tagged
+
+MissingStrategy = Literal["fill_with_const", "fill_with_mode", "fill_with_mean", "fill_with_false", "bfill", "ffill", "drop_row"]
+
+# --------------------------------------------------------------------------------------------------- encoders
+
+
+class TransformerEncoder(Section):
+    """Any Hugging Face model loaded with `AutoModel.from_pretrained(pretrained_model_name_or_path)`."""
+
+    type: Literal["auto_transformer"] = "auto_transformer"
+    pretrained_model_name_or_path: str = Field(description="Hub id or local folder of the transformer.")
+    trainable: bool = Field(False, description="Fine-tune the transformer's weights (Ludwig's default: frozen).")
+    use_pretrained: bool = Field(True, description="Load pretrained weights; false builds the architecture randomly.")
+    reduce_output: Literal["auto", "cls_pooled", "mean", "sum", "max", "last"] = Field(
+        "auto",
+        description="How token states become one vector. 'auto' is a masked mean for encoder models and the last "
+        "real token for decoder-only models. Unlike Ludwig's 'sum', padding tokens never count.",
+    )
+    pretrained_kwargs: dict[str, Any] | None = Field(None, description="Extra keyword arguments for from_pretrained.")
+    trust_remote_code: bool = Field(False, description="Run code shipped with the model folder. Off unless you say so.")
+
+
+class DenseCategoryEncoder(Section):
+    type: Literal["dense"] = "dense"
+    embedding_size: int = Field(50, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
+class OneHotCategoryEncoder(Section):
+    type: Literal["onehot"]
+
+
+class PassthroughEncoder(Section):
+    type: Literal["passthrough"] = "passthrough"
+
+
+class DenseNumberEncoder(Section):
+    type: Literal["dense"]
+    output_size: int = Field(256, gt=0)
+    num_layers: int = Field(1, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
+# ---------------------------------------------------------------------------------------------- preprocessing
+
+
+class TextPreprocessing(Section):
+    max_sequence_length: int = Field(256, gt=0, description="Tokens kept per text; batches pad to their longest row.")
+    lowercase: bool = False
+    tokenizer: Literal["hf_tokenizer"] = Field(
+        "hf_tokenizer", description="auto_transformer always uses its own tokenizer; other tokenizers are refused."
+    )
+    missing_value_strategy: MissingStrategy = "fill_with_const"
+    fill_value: str = ""
+    cache_encoder_embeddings: bool = Field(
+        False, description="With a frozen encoder, compute pooled embeddings once during preprocessing."
+    )
+
+
+class CategoryPreprocessing(Section):
+    most_common: int = Field(10000, gt=0, description="Keep this many most frequent categories; rarer go to <UNK>.")
+    lowercase: bool = False
+    missing_value_strategy: MissingStrategy = "fill_with_const"
+    fill_value: str = "<UNK>"
+
+
+class NumberPreprocessing(Section):
+    normalization: Literal["zscore", "minmax"] | None = "zscore"
+    missing_value_strategy: MissingStrategy = "fill_with_const"
+    fill_value: float = 0.0
+
+
+class BinaryPreprocessing(Section):
+    missing_value_strategy: MissingStrategy = "fill_with_false"
+    fallback_true_label: str | None = Field(None, description="Which of two non-boolean values means true.")
+
+
+# -------------------------------------------------------------------------------------------- output pieces
+
+
+class Decoder(Section):
+    """Fully connected layers between the combiner and the prediction (Ludwig's classifier / regressor)."""
+
+    type: Literal["classifier", "regressor"] | None = None
+    num_fc_layers: int = Field(0, ge=0)
+    fc_output_size: int = Field(256, gt=0)
+    fc_dropout: float = Field(0.0, ge=0, lt=1)
+    fc_activation: Literal["relu", "gelu", "tanh", "silu"] = "relu"
+
+
+class CategoryLoss(Section):
+    type: Literal["softmax_cross_entropy"] = "softmax_cross_entropy"
+    class_weights: list[float] | dict[str, float] | None = Field(None, description="Per-class loss weights.")
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    weight: float = Field(1.0, ge=0, description="This output's share of the combined loss.")
+
+
+class BinaryLoss(Section):
+    type: Literal["binary_weighted_cross_entropy"] = "binary_weighted_cross_entropy"
+    positive_class_weight: float | None = Field(None, gt=0)
+    weight: float = Field(1.0, ge=0)
+
+
+class NumberLoss(Section):
+    type: Literal["mean_squared_error", "mean_absolute_error", "huber"] = "mean_squared_error"
+    weight: float = Field(1.0, ge=0)
+
+
+# ---------------------------------------------------------------------------------------------------- features
+
+
+class FeatureBase(Section):
+    name: str = Field(min_length=1)
+    column: str | None = Field(None, description="Dataset column; defaults to the feature's name.")
+
+    @property
+    def source(self) -> str:
+        return self.column or self.name
+
+
+class TextInput(FeatureBase):
+    type: Literal["text"]
+    encoder: tagged(TransformerEncoder)
+    preprocessing: TextPreprocessing = TextPreprocessing()
+
+
+class CategoryInput(FeatureBase):
+    type: Literal["category"]
+    encoder: tagged(DenseCategoryEncoder, OneHotCategoryEncoder, default="dense") = DenseCategoryEncoder()
+    preprocessing: CategoryPreprocessing = CategoryPreprocessing()
+
+
+class NumberInput(FeatureBase):
+    type: Literal["number"]
+    encoder: tagged(PassthroughEncoder, DenseNumberEncoder, default="passthrough") = PassthroughEncoder()
+    preprocessing: NumberPreprocessing = NumberPreprocessing()
+
+
+class BinaryInput(FeatureBase):
+    type: Literal["binary"]
+    encoder: PassthroughEncoder = PassthroughEncoder()
+    preprocessing: BinaryPreprocessing = BinaryPreprocessing()
+
+
+class CategoryOutput(FeatureBase):
+    type: Literal["category"]
+    decoder: Decoder = Decoder()
+    loss: CategoryLoss = CategoryLoss()
+    top_k: int = Field(3, gt=0)
+    preprocessing: CategoryPreprocessing = CategoryPreprocessing(missing_value_strategy="drop_row")
+
+
+class BinaryOutput(FeatureBase):
+    type: Literal["binary"]
+    decoder: Decoder = Decoder()
+    loss: BinaryLoss = BinaryLoss()
+    threshold: float = Field(0.5, gt=0, lt=1)
+    preprocessing: BinaryPreprocessing = BinaryPreprocessing(missing_value_strategy="drop_row")
+
+
+class NumberOutput(FeatureBase):
+    type: Literal["number"]
+    decoder: Decoder = Decoder()
+    loss: NumberLoss = NumberLoss()
+    clip: tuple[float, float] | None = Field(None, description="Clamp predictions to [min, max].")
+    preprocessing: NumberPreprocessing = NumberPreprocessing(missing_value_strategy="drop_row")
+
+    @model_validator(mode="after")
+    def _clip_ordered(self):
+        if self.clip is not None and self.clip[0] >= self.clip[1]:
+            raise ValueError(f"clip must be [min, max] with min < max, got {list(self.clip)}")
+        return self
+
+
+INPUT_TYPES = ("text", "category", "number", "binary")
+OUTPUT_TYPES = ("category", "binary", "number")
+InputFeature = tagged(TextInput, CategoryInput, NumberInput, BinaryInput)
+OutputFeature = tagged(CategoryOutput, BinaryOutput, NumberOutput)

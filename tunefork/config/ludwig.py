@@ -1,0 +1,115 @@
+"""Ludwig's config conventions, rewritten into tunefork's schema before validation. Every rewrite is logged.
+
+Only conventions that carry a meaning here are translated; anything else reaches the schema and is refused there.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+from tunefork.config.errors import ConfigError, did_you_mean
+from tunefork.config.features import INPUT_TYPES, OUTPUT_TYPES
+
+log = logging.getLogger("tunefork.config")
+
+# Ludwig's named Hugging Face encoders and the checkpoint each one loads by default.
+NAMED_TRANSFORMERS = {
+    "bert": "bert-base-uncased",
+    "distilbert": "distilbert-base-uncased",
+    "roberta": "roberta-base",
+    "albert": "albert-base-v2",
+    "electra": "google/electra-small-discriminator",
+    "xlmroberta": "xlm-roberta-base",
+    "camembert": "camembert-base",
+    "deberta": "sileod/deberta-v3-base-tasksource-nli",
+    "gpt2": "gpt2",
+    "t5": "t5-small",
+    "mt5": "google/mt5-base",
+    "longformer": "allenai/longformer-base-4096",
+}
+DEFAULT_SECTIONS = ("preprocessing", "encoder", "decoder", "loss")
+# Keys Ludwig writes into saved configs that are derived from the data or tokenizer, never set by a user.
+DERIVED_ENCODER_KEYS = ("vocab", "vocab_size", "saved_weights_in_checkpoint", "skip")
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _defaults(raw: dict) -> dict:
+    defaults = copy.deepcopy(raw.pop("defaults", None) or {})
+    if not isinstance(defaults, dict):
+        raise ConfigError([f"defaults: expected a mapping of feature type to settings, got {defaults!r}"])
+    per_type = {k: v for k, v in (raw.get("preprocessing") or {}).items() if k in set(INPUT_TYPES) | set(OUTPUT_TYPES)}
+    for ftype, settings in per_type.items():
+        log.info("preprocessing.%s moved to defaults.%s.preprocessing (older Ludwig layout)", ftype, ftype)
+        raw["preprocessing"].pop(ftype)
+        defaults = _merge(defaults, {ftype: {"preprocessing": settings}})
+    known_types = sorted(set(INPUT_TYPES) | set(OUTPUT_TYPES))
+    for ftype, sections in defaults.items():
+        if ftype not in known_types:
+            raise ConfigError([f"defaults.{ftype}: unknown feature type{did_you_mean(ftype, known_types)}"])
+        if not isinstance(sections, dict):
+            raise ConfigError([f"defaults.{ftype}: expected a mapping, got {sections!r}"])
+        for section, value in sections.items():
+            if section not in DEFAULT_SECTIONS:
+                raise ConfigError([f"defaults.{ftype}.{section}: unknown key{did_you_mean(section, DEFAULT_SECTIONS)}"])
+            if not isinstance(value, dict):
+                raise ConfigError([f"defaults.{ftype}.{section}: expected a mapping, got {value!r}"])
+    return defaults
+
+
+def _apply_defaults(feature: dict, defaults: dict, path: str) -> dict:
+    for section, value in (defaults.get(feature.get("type")) or {}).items():
+        mine = feature.get(section)
+        if mine is not None and not isinstance(mine, dict):
+            continue  # a wrong type here is reported by the schema with the feature's own path
+        feature[section] = _merge(value, mine or {})
+        log.info("%s.%s: merged defaults.%s.%s", path, section, feature["type"], section)
+    return feature
+
+
+def _encoder(feature: dict, path: str) -> None:
+    encoder = feature.get("encoder")
+    if isinstance(encoder, str):
+        encoder = feature["encoder"] = {"type": encoder}
+    if not isinstance(encoder, dict):
+        return
+    if encoder.get("type") in NAMED_TRANSFORMERS:
+        name = encoder["type"]
+        encoder["type"] = "auto_transformer"
+        encoder.setdefault("pretrained_model_name_or_path", NAMED_TRANSFORMERS[name])
+        log.info("%s.encoder: Ludwig's '%s' encoder is auto_transformer on %s", path, name, encoder["pretrained_model_name_or_path"])
+    if "max_sequence_length" in encoder and feature.get("type") == "text":
+        length = encoder.pop("max_sequence_length")
+        preprocessing = feature.setdefault("preprocessing", {})
+        if isinstance(preprocessing, dict) and length is not None:
+            preprocessing.setdefault("max_sequence_length", length)
+            log.info("%s.encoder.max_sequence_length moved to preprocessing.max_sequence_length", path)
+    for key in DERIVED_ENCODER_KEYS:
+        if key in encoder:
+            encoder.pop(key)
+            log.info("%s.encoder.%s ignored: derived from the model and tokenizer", path, key)
+
+
+def translate(raw: dict) -> dict:
+    """Return a new dict in tunefork's schema; the caller's dict is never modified."""
+    raw = copy.deepcopy(raw)
+    if "ludwig_version" in raw:
+        log.info("ludwig_version %s ignored", raw.pop("ludwig_version"))
+    defaults = _defaults(raw)
+    for key in ("input_features", "output_features"):
+        features = raw.get(key)
+        if not isinstance(features, list):
+            continue
+        for i, feature in enumerate(features):
+            if isinstance(feature, dict):
+                path = f"{key}[{i}]"
+                _apply_defaults(feature, defaults, path)
+                if key == "input_features":
+                    _encoder(feature, path)
+    return raw

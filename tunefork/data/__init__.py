@@ -1,0 +1,1 @@
+"""Reading tables, splitting them, and the on-disk preprocessing cache."""

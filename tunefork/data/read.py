@@ -1,0 +1,70 @@
+"""Read a dataset into a pandas DataFrame: CSV, TSV, JSON, JSONL, Parquet, or a DataFrame / Arrow table as is.
+
+Every failure is a `DataError` naming the file, so the CLI can say it in one sentence.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pandas as pd
+
+from tunefork.errors import DataError
+
+FORMATS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
+
+
+def _read_file(path: Path) -> pd.DataFrame:
+    kind = FORMATS.get(path.suffix.lower())
+    if kind is None:
+        raise DataError(f"{path}: unknown file type '{path.suffix}' (use one of: {', '.join(sorted(FORMATS))})")
+    if kind in ("csv", "tsv"):
+        return pd.read_csv(path, sep="\t" if kind == "tsv" else ",", keep_default_na=True, encoding="utf-8")
+    if kind == "jsonl":
+        return pd.read_json(path, lines=True, dtype=False)
+    if kind == "json":
+        return pd.read_json(path, dtype=False)
+    return pd.read_parquet(path)
+
+
+def read(source, what: str = "dataset") -> pd.DataFrame:
+    """Return a DataFrame for `source` (a path, a DataFrame or a pyarrow Table)."""
+    if isinstance(source, pd.DataFrame):
+        frame = source.reset_index(drop=True)
+        name = f"the {what} DataFrame"
+    elif type(source).__module__.startswith("pyarrow"):
+        frame = source.to_pandas()
+        name = f"the {what} table"
+    else:
+        path = Path(source)
+        name = str(path)
+        if not path.is_file():
+            raise DataError(f"{path}: {what} file not found")
+        if path.stat().st_size == 0:
+            raise DataError(f"{path}: the file is empty")
+        try:
+            frame = _read_file(path)
+        except DataError:
+            raise
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}: not UTF-8 text (byte {exc.start}); re-save the file as UTF-8") from None
+        except pd.errors.EmptyDataError:
+            raise DataError(f"{path}: the file has no columns") from None
+        except pd.errors.ParserError as exc:
+            first_line = str(exc).strip().splitlines()[-1]
+            raise DataError(f"{path}: cannot be parsed as {path.suffix[1:].upper()} ({first_line})") from None
+        except (ValueError, OSError) as exc:
+            raise DataError(f"{path}: cannot be read ({str(exc).splitlines()[0]})") from None
+    if len(frame) == 0:
+        raise DataError(f"{name}: no rows")
+    frame.attrs["source"] = name
+    return frame
+
+
+def fingerprint(frame: pd.DataFrame) -> str:
+    """A content hash of the table: same rows, columns and values → same fingerprint, whatever the file was."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(",".join(map(str, frame.columns)).encode())
+    digest.update(pd.util.hash_pandas_object(frame, index=False).values.tobytes())
+    return digest.hexdigest()

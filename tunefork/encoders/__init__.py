@@ -1,0 +1,1 @@
+"""Input encoders: the Hugging Face transformer with padding-aware pooling, and small tabular encoders."""

@@ -1,0 +1,151 @@
+"""Preprocessing: missing values → fit metadata on the training split → transform every split into a `Table`.
+
+The result is cached on disk under a key covering the data's content, every preprocessing-relevant setting and
+the tokenizer files, so a second run on the same inputs skips all of it and any change misses the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from tunefork.config.schema import Config
+from tunefork.data import read
+from tunefork.data.tensors import Table
+from tunefork.errors import DataError
+from tunefork.features import INPUTS, OUTPUTS, missing, text
+
+log = logging.getLogger("tunefork.preprocess")
+CACHE_VERSION = 1
+
+
+def check_columns(config: Config, frames: dict[str, pd.DataFrame], with_outputs: bool) -> None:
+    features = [*config.input_features, *(config.output_features if with_outputs else [])]
+    for split, frame in frames.items():
+        for feature in features:
+            if feature.source not in frame.columns:
+                columns = ", ".join(map(str, frame.columns[:12]))
+                raise DataError(
+                    f"{frame.attrs.get('source', split)}: column '{feature.source}' (feature '{feature.name}') not found; "
+                    f"columns are: {columns}"
+                )
+
+
+def tokenizers(config: Config) -> dict:
+    return {f.name: text.load_tokenizer(f.encoder) for f in config.input_features if f.type == "text"}
+
+
+def _fill(frame: pd.DataFrame, features, fills: dict) -> pd.DataFrame:
+    frame = frame.copy()
+    drop = pd.Series(False, index=frame.index)
+    for feature in features:
+        strategy = feature.preprocessing.missing_value_strategy
+        values = frame[feature.source]
+        if strategy == "drop_row":
+            drop |= missing.is_missing(values)
+        else:
+            frame[feature.source] = missing.apply(values, strategy, fills.get(feature.name))
+    if drop.any():
+        log.info("%s: dropped %d rows with missing values", frame.attrs.get("source", "dataset"), int(drop.sum()))
+    kept = frame[~drop]
+    kept.attrs = frame.attrs
+    return kept
+
+
+def fit(config: Config, training: pd.DataFrame, toks: dict) -> dict:
+    """Feature metadata from the training split: vocabularies, normalisation statistics, tokenizer facts."""
+    meta: dict = {"inputs": {}, "outputs": {}, "fills": {}}
+    features = [*config.input_features, *config.output_features]
+    for feature in features:
+        meta["fills"][feature.name] = missing.fit_fill_value(training[feature.source], feature.preprocessing, feature.type)
+    training = _fill(training, features, meta["fills"])
+    for feature in config.output_features:
+        if missing.is_missing(training[feature.source]).all():
+            raise DataError(f"{training.attrs.get('source', 'training data')}: output column '{feature.source}' is empty")
+    if len(training) == 0:
+        raise DataError(f"{training.attrs.get('source', 'training data')}: no rows left after dropping missing values")
+    for feature in config.input_features:
+        module = INPUTS[feature.type]
+        values = training[feature.source]
+        meta["inputs"][feature.name] = (
+            module.fit(values, feature, toks[feature.name]) if feature.type == "text" else module.fit(values, feature)
+        )
+    for feature in config.output_features:
+        fitted = OUTPUTS[feature.type].fit(training[feature.source], feature, output=True)
+        if feature.type == "category":
+            fitted["class_weights"] = OUTPUTS["category"].class_weights(feature, fitted)
+        meta["outputs"][feature.name] = fitted
+    return meta
+
+
+def transform(config: Config, frame: pd.DataFrame, meta: dict, toks: dict, with_outputs: bool = True) -> Table:
+    features = [*config.input_features, *(config.output_features if with_outputs else [])]
+    frame = _fill(frame, features, meta["fills"])
+    columns = {}
+    for feature in config.input_features:
+        module, fitted = INPUTS[feature.type], meta["inputs"][feature.name]
+        values = frame[feature.source]
+        if feature.type == "text":
+            columns[feature.name] = module.transform(values, feature, fitted, toks[feature.name])
+        else:
+            columns[feature.name] = module.transform(values, feature, fitted)
+    if with_outputs:
+        for feature in config.output_features:
+            columns[feature.name] = OUTPUTS[feature.type].transform(
+                frame[feature.source], feature, meta["outputs"][feature.name], output=True
+            )
+    table = Table(columns)
+    table.row_index = frame.index  # rows dropped for missing values keep their original positions
+    return table
+
+
+def _tokenizer_identity(tokenizer) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(type(tokenizer).__name__.encode())
+    digest.update(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode())
+    digest.update(json.dumps([tokenizer.padding_side, tokenizer.pad_token, tokenizer.model_max_length]).encode())
+    if getattr(tokenizer, "backend_tokenizer", None) is not None:
+        digest.update(tokenizer.backend_tokenizer.to_str().encode())
+    return digest.hexdigest()
+
+
+def cache_key(config: Config, fingerprints: dict[str, str], toks: dict, seed: int) -> str:
+    relevant = {
+        "version": CACHE_VERSION,
+        "data": fingerprints,
+        "seed": seed,
+        "split": config.preprocessing.model_dump(mode="json"),
+        "features": [
+            {"name": f.name, "type": f.type, "column": f.source, "preprocessing": f.preprocessing.model_dump(mode="json"),
+             "loss": getattr(f, "loss", None) and f.loss.model_dump(mode="json")}
+            for f in (*config.input_features, *config.output_features)
+        ],
+        "tokenizers": {name: _tokenizer_identity(tok) for name, tok in toks.items()},
+    }
+    return hashlib.blake2b(json.dumps(relevant, sort_keys=True).encode(), digest_size=16).hexdigest()
+
+
+def preprocess(config: Config, splits: dict[str, pd.DataFrame], seed: int, cache_dir: Path | None, toks: dict):
+    """Fit on `splits['training']`, transform every split; returns (metadata, {split: Table}, cache_hit)."""
+    check_columns(config, splits, with_outputs=True)
+    key = cache_key(config, {k: read.fingerprint(v) for k, v in splits.items()}, toks, seed)
+    folder = cache_dir / "preprocessed" / key if cache_dir else None
+    if folder is not None and (folder / "metadata.json").is_file():
+        meta = json.loads((folder / "metadata.json").read_text())
+        tables = {name: Table.load(folder / f"{name}.npz") for name in splits}
+        log.info("preprocessed data loaded from the cache (%s)", folder)
+        return meta, tables, True
+    meta = fit(config, splits["training"], toks)
+    tables = {name: transform(config, frame, meta, toks) for name, frame in splits.items()}
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, table in tables.items():
+            table.save(folder / f"{name}.npz")
+        tmp = folder / "metadata.json.tmp"
+        tmp.write_text(json.dumps(meta))
+        tmp.replace(folder / "metadata.json")  # written last: its presence means the entry is complete
+    return meta, tables, False

@@ -1,0 +1,1 @@
+"""Models: ECD (encoders → combiner → heads) and its self-contained artifact on disk."""

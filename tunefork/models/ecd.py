@@ -1,0 +1,62 @@
+"""ECD: every input encoded to a vector → concatenated (+ fc layers) → one head per output.
+
+A text input may arrive as precomputed pooled embeddings (`{"embedding": tensor}`), in which case its encoder is
+skipped: that is how training on cached embeddings never runs the transformer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from tunefork.config.schema import Config
+from tunefork.encoders import tabular
+from tunefork.encoders.transformer import TransformerEncoder
+from tunefork.features import OUTPUTS
+from tunefork.models.layers import fc_stack
+
+
+def module_key(name: str) -> str:
+    return name.replace(".", "__")  # nn.ModuleDict keys cannot contain dots
+
+
+class ECD(nn.Module):
+    def __init__(self, config: Config, meta: dict, pooling: dict[str, str], saved_dir: Path | None = None):
+        super().__init__()
+        self.config = config
+        self.encoders = nn.ModuleDict()
+        for feature in config.input_features:
+            if feature.type == "text":
+                saved = saved_dir / "encoders" / feature.name if saved_dir is not None else None
+                encoder = TransformerEncoder(feature.encoder, pooling[feature.name], saved)
+            else:
+                encoder = tabular.build(feature, meta["inputs"][feature.name])
+            self.encoders[module_key(feature.name)] = encoder
+        width = sum(e.output_size for e in self.encoders.values())
+
+        combiner = config.combiner
+        sizes = [layer.output_size for layer in combiner.fc_layers] if combiner.fc_layers else [combiner.output_size] * combiner.num_fc_layers
+        self.combiner, width = fc_stack(width, sizes, combiner.activation, combiner.dropout, combiner.norm)
+
+        self.heads = nn.ModuleDict()
+        for feature in config.output_features:
+            decoder = feature.decoder
+            fc, out_width = fc_stack(width, [decoder.fc_output_size] * decoder.num_fc_layers, decoder.fc_activation, decoder.fc_dropout)
+            n = OUTPUTS[feature.type].num_outputs(meta["outputs"][feature.name])
+            self.heads[module_key(feature.name)] = nn.Sequential(fc, nn.Linear(out_width, n))
+
+    def text_encoders(self) -> dict[str, TransformerEncoder]:
+        return {f.name: self.encoders[module_key(f.name)] for f in self.config.input_features if f.type == "text"}
+
+    def forward(self, inputs: dict) -> dict[str, torch.Tensor]:
+        vectors = []
+        for feature in self.config.input_features:
+            x = inputs[feature.name]
+            if isinstance(x, dict):
+                vectors.append(x["embedding"] if "embedding" in x else self.encoders[module_key(feature.name)](**x))
+            else:
+                vectors.append(self.encoders[module_key(feature.name)](x))
+        hidden = self.combiner(torch.cat(vectors, dim=-1) if len(vectors) > 1 else vectors[0])
+        return {f.name: self.heads[module_key(f.name)](hidden) for f in self.config.output_features}

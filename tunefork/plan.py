@@ -1,0 +1,146 @@
+"""`resolve(config, facts, hardware)`: every value the config leaves open, decided once, each with its reason.
+
+The plan is written to `resolved_config.yaml` beside the model, so a run can always be explained.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+from tunefork.config.errors import ConfigError
+from tunefork.config.schema import Config
+
+log = logging.getLogger("tunefork.plan")
+
+METRICS = {
+    "category": ("loss", "accuracy", "macro_f1", "hits_at_k", "roc_auc"),
+    "binary": ("loss", "accuracy", "macro_f1", "roc_auc"),
+    "number": ("loss", "mean_absolute_error", "mean_squared_error", "root_mean_squared_error", "r2"),
+}
+LOWER_IS_BETTER = {"loss", "mean_absolute_error", "mean_squared_error", "root_mean_squared_error"}
+
+
+@dataclass(frozen=True)
+class Decision:
+    value: object
+    reason: str
+
+
+@dataclass
+class Plan:
+    decisions: dict[str, Decision] = field(default_factory=dict)
+
+    def decide(self, key: str, value, reason: str) -> None:
+        self.decisions[key] = Decision(value, reason)
+
+    def __getitem__(self, key: str):
+        return self.decisions[key].value
+
+    def get(self, key: str, default=None):
+        return self.decisions[key].value if key in self.decisions else default
+
+    def to_dict(self) -> dict:
+        return {k: {"value": d.value, "reason": d.reason} for k, d in self.decisions.items()}
+
+
+@dataclass(frozen=True)
+class DataFacts:
+    """What the plan needs to know about the preprocessed data."""
+
+    training_rows: int
+    text_inputs: dict[str, dict]  # name → {"decoder_only": bool}
+    num_workers: int = 1
+
+
+def _check_validation_metric(config: Config) -> None:
+    field_, metric = config.trainer.validation_field, config.trainer.validation_metric
+    allowed = ("loss",) if field_ == "combined" else METRICS[config.output(field_).type]
+    if metric not in allowed:
+        from tunefork.config.errors import did_you_mean
+
+        raise ConfigError(
+            [f"trainer.validation_metric: '{metric}' is not reported for '{field_}' (one of: {', '.join(allowed)})"
+             f"{did_you_mean(metric, allowed)}"]
+        )
+
+
+def higher_is_better(metric: str) -> bool:
+    return metric not in LOWER_IS_BETTER
+
+
+def resolve(config: Config, facts: DataFacts, hardware) -> Plan:
+    _check_validation_metric(config)
+    plan = Plan()
+    trainer = config.trainer
+    plan.decide("device", hardware.device, "CUDA is available" if hardware.device == "cuda" else "no CUDA device")
+
+    trainable_transformer = any(f.type == "text" and f.encoder.trainable for f in config.input_features)
+    if trainer.batch_size == "auto":
+        size = 32 if trainable_transformer else 128
+        why = "auto: a trainable transformer" if trainable_transformer else "auto: frozen or no transformer"
+        plan.decide("batch_size", size, f"{why} (fixed rule: 32 when fine-tuning a transformer, else 128)")
+    else:
+        plan.decide("batch_size", trainer.batch_size, "trainer.batch_size")
+    eval_size = trainer.eval_batch_size
+    if eval_size in (None, "auto"):
+        plan.decide("eval_batch_size", max(plan["batch_size"], 64), "no gradients at evaluation: at least 64 rows a batch")
+    else:
+        plan.decide("eval_batch_size", eval_size, "trainer.eval_batch_size")
+    accumulation = 1 if trainer.gradient_accumulation_steps == "auto" else trainer.gradient_accumulation_steps
+    plan.decide("gradient_accumulation_steps", accumulation, "trainer.gradient_accumulation_steps" if accumulation != 1 or trainer.gradient_accumulation_steps != "auto" else "auto: 1")
+
+    workers = facts.num_workers
+    scale = {"constant": 1.0, "sqrt": math.sqrt(workers), "linear": float(workers)}[trainer.learning_rate_scaling]
+    plan.decide("learning_rate", trainer.learning_rate * scale,
+                f"trainer.learning_rate × {scale:g} ({trainer.learning_rate_scaling} scaling over {workers} worker(s))")
+    plan.decide("effective_batch_size", plan["batch_size"] * accumulation * workers, "batch_size × gradient_accumulation_steps × workers")
+
+    steps_per_epoch = max(1, math.ceil(facts.training_rows / (plan["batch_size"] * workers) / accumulation))
+    total = trainer.train_steps or steps_per_epoch * trainer.epochs
+    plan.decide("steps_per_epoch", steps_per_epoch, "ceil(training rows / effective batch)")
+    plan.decide("total_steps", total, "trainer.train_steps" if trainer.train_steps else "steps_per_epoch × epochs")
+    if trainer.steps_per_checkpoint:
+        plan.decide("evaluate_every_steps", trainer.steps_per_checkpoint, "trainer.steps_per_checkpoint")
+    elif trainer.checkpoints_per_epoch:
+        plan.decide("evaluate_every_steps", max(1, steps_per_epoch // trainer.checkpoints_per_epoch), "trainer.checkpoints_per_epoch")
+    else:
+        plan.decide("evaluate_every_steps", None, "once per epoch, after its last step")
+
+    plan.decide("precision", *_precision(trainer.use_mixed_precision, hardware))
+
+    for f in config.input_features:
+        if f.type != "text":
+            continue
+        decoder = facts.text_inputs[f.name]["decoder_only"]
+        pooling = f.encoder.reduce_output
+        if pooling == "auto":
+            pooling = "last" if decoder else "mean"
+            why = "auto: last real token of a decoder-only model" if decoder else "auto: mean over real tokens (padding excluded)"
+        else:
+            why = "encoder.reduce_output"
+        plan.decide(f"pooling.{f.name}", pooling, why)
+    return plan
+
+
+def _precision(asked: bool, hardware) -> tuple[str, str]:
+    if not asked:
+        return "fp32", "trainer.use_mixed_precision is false"
+    if hardware.device == "cuda":
+        if hardware.cuda_bf16:
+            return "bf16", "mixed precision on a GPU with bf16"
+        return "fp16", "mixed precision on a GPU without bf16 (fp16 with a gradient scaler)"
+    if hardware.cpu_bf16:
+        return "bf16", "mixed precision on a CPU with native bf16 (AVX512-BF16 / AMX)"
+    return "fp32", "mixed precision asked, but this CPU has no native bf16 (emulated bf16 is 5–11× slower): kept fp32"
+
+
+def resolve_inference(config: Config, hardware, batch_size: int | None = None) -> Plan:
+    """The part of a plan that prediction needs: device, batch size and precision."""
+    plan = Plan()
+    plan.decide("device", hardware.device, "CUDA is available" if hardware.device == "cuda" else "no CUDA device")
+    size = batch_size or (config.trainer.eval_batch_size if isinstance(config.trainer.eval_batch_size, int) else 64)
+    plan.decide("eval_batch_size", size, "--batch_size" if batch_size else "trainer.eval_batch_size or 64")
+    plan.decide("precision", *_precision(config.trainer.use_mixed_precision, hardware))
+    return plan

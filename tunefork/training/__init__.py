@@ -1,0 +1,1 @@
+"""The training recipe: batching, the step loop, evaluation, the efficiency record."""

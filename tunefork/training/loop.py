@@ -1,0 +1,259 @@
+"""The ECD recipe: the step loop written out, evaluation, early stopping and the best weights.
+
+    autocast → loss / accumulation steps → backward → clip → optimizer step → zero_grad → scheduler step
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from tunefork.data.tensors import Table
+from tunefork.features import OUTPUTS
+from tunefork.plan import Plan, higher_is_better
+from tunefork.training import batches, optim
+
+log = logging.getLogger("tunefork.train")
+SPLITS = ("training", "validation", "test")
+
+
+def autocast(plan: Plan):
+    precision = plan["precision"]
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(plan["device"], dtype=dtype)
+
+
+def to_device(tree, device: str):
+    if device == "cpu":
+        return tree
+    if isinstance(tree, dict):
+        return {k: to_device(v, device) for k, v in tree.items()}
+    return tree.to(device, non_blocking=True)
+
+
+def loss_terms(config, meta: dict, logits: dict, targets: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    terms = {}
+    for feature in config.output_features:
+        terms[feature.name] = OUTPUTS[feature.type].loss(feature, meta["outputs"][feature.name], logits[feature.name], targets[feature.name])
+    total = sum(f.loss.weight * terms[f.name] for f in config.output_features)
+    return total, terms
+
+
+class Collector:
+    """Accumulates per-output predictions (and loss) over batches, in row order, then scores them."""
+
+    def __init__(self, config, meta: dict, n: int | None = None):
+        self.config, self.meta = config, meta
+        self.parts: dict[str, list] = {f.name: [] for f in config.output_features}
+        self.index: list[np.ndarray] = []
+        self.loss_sum = {f.name: 0.0 for f in config.output_features}
+        self.loss_sum["combined"] = 0.0
+        self.rows = 0
+
+    def add(self, index: np.ndarray, logits: dict, terms: dict | None = None, total=None) -> None:
+        for feature in self.config.output_features:
+            self.parts[feature.name].append(OUTPUTS[feature.type].predict(feature, self.meta["outputs"][feature.name], logits[feature.name].detach()))
+        self.index.append(index)
+        if terms is not None:
+            for name, value in terms.items():
+                self.loss_sum[name] += float(value) * len(index)
+            self.loss_sum["combined"] += float(total) * len(index)
+        self.rows += len(index)
+
+    def outputs(self) -> dict[str, dict[str, np.ndarray]]:
+        order = np.argsort(np.concatenate(self.index), kind="stable")
+        return {name: {key: np.concatenate([p[key] for p in parts])[order] for key in parts[0]} for name, parts in self.parts.items()}
+
+    def metrics(self, table: Table | None, with_loss: bool = True) -> dict:
+        out = self.outputs()
+        index = np.sort(np.concatenate(self.index))
+        result: dict = {}
+        for feature in self.config.output_features:
+            target = table[feature.name][index] if table is not None else None
+            scores = OUTPUTS[feature.type].metrics(feature, self.meta["outputs"][feature.name], target, out[feature.name])
+            if with_loss:
+                scores = {"loss": self.loss_sum[feature.name] / max(1, self.rows), **scores}
+            result[feature.name] = scores
+        if with_loss:
+            result["combined"] = {"loss": self.loss_sum["combined"] / max(1, self.rows)}
+        return result
+
+
+@torch.no_grad()
+def run_inference(model, table: Table, config, meta: dict, plan: Plan, with_targets: bool = True) -> Collector:
+    model.eval()
+    collector = Collector(config, meta)
+    for index in batches.evaluation_order(len(table), plan["eval_batch_size"], batches.lengths(table, config)):
+        inputs, targets = batches.collate(table, index, config, meta, with_targets)
+        inputs, targets = to_device(inputs, plan["device"]), to_device(targets, plan["device"])
+        with autocast(plan):
+            logits = model(inputs)
+            if with_targets:
+                total, terms = loss_terms(config, meta, logits, targets)
+        collector.add(index, logits, *((terms, total) if with_targets else ()))
+    return collector
+
+
+def evaluate(model, table: Table, config, meta: dict, plan: Plan) -> dict:
+    return run_inference(model, table, config, meta, plan).metrics(table)
+
+
+@dataclass
+class History:
+    evaluate_training_set: bool
+    evaluations: list[dict] = field(default_factory=list)
+    metrics: dict = field(default_factory=lambda: {s: {} for s in SPLITS})
+    best: dict | None = None
+    train_examples: int = 0
+    train_tokens: int = 0
+    train_seconds: float = 0.0
+    evaluate_seconds: float = 0.0
+
+    def record(self, split: str, scores: dict) -> None:
+        for output, values in scores.items():
+            for name, value in values.items():
+                if name != "confusion_matrix":
+                    self.metrics[split].setdefault(output, {}).setdefault(name, []).append(value)
+
+    def to_json(self) -> dict:
+        source = ("a full evaluation pass over the training set after each evaluation" if self.evaluate_training_set
+                  else "running aggregate of the training batches since the previous evaluation (approximate)")
+        return {"training_metrics": source, "evaluations": self.evaluations, **self.metrics, "best": self.best}
+
+
+def _trainable_state(model) -> dict[str, torch.Tensor]:
+    """Copies of what training can change: trainable parameters and buffers (a frozen encoder is not copied)."""
+    state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    state.update({n: b.detach().clone() for n, b in model.named_buffers()})
+    return state
+
+
+def fit(model, tables: dict[str, Table], config, meta: dict, plan: Plan, seed: int, report=None) -> History:
+    """Train `model` in place; the best weights (by the validation field and metric) are restored at the end."""
+    trainer = config.trainer
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    device = plan["device"]
+    model.to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = optim.optimizer(trainer.optimizer, params, plan["learning_rate"])
+    factor = optim.schedule(trainer.learning_rate_scheduler, plan["total_steps"], plan["evaluate_every_steps"] or plan["steps_per_epoch"])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    scaler = torch.amp.GradScaler("cuda") if plan["precision"] == "fp16" else None
+    accumulation, total_steps = plan["gradient_accumulation_steps"], plan["total_steps"]
+
+    train = tables["training"]
+    by_length = batches.lengths(train, config) if trainer.group_by_length else None
+    validation = tables.get("validation") if tables.get("validation") is not None and len(tables["validation"]) else None
+    test = tables.get("test") if tables.get("test") is not None and len(tables["test"]) else None
+    watch_split = "validation" if validation is not None else "training"
+    watch_field, watch_metric = trainer.validation_field, trainer.validation_metric
+    higher = higher_is_better(watch_metric)
+
+    history = History(trainer.evaluate_training_set)
+    best_value, best_state, stale, reductions = None, None, 0, 0
+    step, epoch, stop = 0, 0, False
+    running = Collector(config, meta)
+    while not stop:
+        epoch += 1
+        model.train()
+        order = batches.training_order(len(train), plan["batch_size"], rng, trainer.should_shuffle, by_length)
+        bar = tqdm(total=len(train), unit="ex", desc=f"epoch {epoch}", leave=False, disable=report is None or not report.progress)
+        started = time.perf_counter()
+        for i, index in enumerate(order):
+            inputs, targets = batches.collate(train, index, config, meta)
+            history.train_tokens += batches.token_count(inputs)
+            inputs, targets = to_device(inputs, device), to_device(targets, device)
+            with autocast(plan):
+                logits = model(inputs)
+                loss, terms = loss_terms(config, meta, logits, targets)
+                if trainer.regularization_lambda and trainer.regularization_type:
+                    loss = loss + trainer.regularization_lambda * _penalty(params, trainer.regularization_type)
+            # divide so the accumulated gradient is the mean over the effective batch, not the sum
+            scaled = loss / accumulation
+            (scaler.scale(scaled) if scaler else scaled).backward()
+            if not trainer.evaluate_training_set:
+                running.add(index, logits, terms, loss)
+            history.train_examples += len(index)
+            bar.update(len(index))
+            last_of_epoch = i == len(order) - 1
+            if (i + 1) % accumulation and not last_of_epoch:
+                continue
+            if scaler:
+                scaler.unscale_(optimizer)
+            optim.clip(trainer.gradient_clipping, params)
+            if scaler:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            step += 1
+            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")  # .item(): a sync point, once a step
+            done = step >= total_steps
+            every = plan["evaluate_every_steps"]
+            if not (done or (last_of_epoch if every is None else step % every == 0)):
+                continue
+            history.train_seconds += time.perf_counter() - started
+            eval_started = time.perf_counter()
+            scores = {}
+            if trainer.evaluate_training_set:
+                scores["training"] = evaluate(model, train, config, meta, plan)
+            else:
+                scores["training"] = running.metrics(train)
+                running = Collector(config, meta)
+            if not trainer.skip_all_evaluation:
+                if validation is not None:
+                    scores["validation"] = evaluate(model, validation, config, meta, plan)
+                if test is not None:
+                    scores["test"] = evaluate(model, test, config, meta, plan)
+            for split, values in scores.items():
+                history.record(split, values)
+            history.evaluations.append({"epoch": epoch, "step": step, "learning_rate": scheduler.get_last_lr()[0]})
+            value = scores.get(watch_split, scores["training"])[watch_field][watch_metric]
+            improved = best_value is None or (value > best_value if higher else value < best_value)
+            if improved and not math.isnan(value):
+                best_value, stale = value, 0
+                best_state = _trainable_state(model)
+                history.best = {"evaluation": len(history.evaluations) - 1, "epoch": epoch, "step": step,
+                                "split": watch_split, "field": watch_field, "metric": watch_metric, "value": value}
+            else:
+                stale += 1
+                lr_section = trainer.learning_rate_scheduler
+                if lr_section.reduce_on_plateau and reductions < lr_section.reduce_on_plateau and stale % lr_section.reduce_on_plateau_patience == 0:
+                    reductions += 1
+                    scheduler.base_lrs = [lr * lr_section.reduce_on_plateau_rate for lr in scheduler.base_lrs]
+            history.evaluate_seconds += time.perf_counter() - eval_started
+            if report is not None:
+                report.evaluation(epoch, step, scores, history, improved)
+            model.train()
+            started = time.perf_counter()
+            if trainer.early_stop >= 0 and stale >= trainer.early_stop > 0:
+                log.info("early stop: %s %s has not improved for %d evaluations", watch_field, watch_metric, stale)
+                stop = True
+            if done:
+                stop = True
+            if stop:
+                break
+        bar.close()
+        if epoch >= trainer.epochs and not trainer.train_steps:
+            stop = True
+    if best_state is not None:
+        model.load_state_dict(best_state, strict=False)
+    return history
+
+
+def _penalty(params, kind: str) -> torch.Tensor:
+    l1 = sum(p.abs().sum() for p in params) if "l1" in kind else 0.0
+    l2 = sum(p.pow(2).sum() for p in params) if "l2" in kind else 0.0
+    return l1 + l2
