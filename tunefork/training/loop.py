@@ -65,8 +65,8 @@ class Collector:
         self.index.append(index)
         if terms is not None:
             for name, value in terms.items():
-                self.loss_sum[name] += float(value) * len(index)
-            self.loss_sum["combined"] += float(total) * len(index)
+                self.loss_sum[name] += value.item() * len(index)
+            self.loss_sum["combined"] += total.item() * len(index)
         self.rows += len(index)
 
     def outputs(self) -> dict[str, dict[str, np.ndarray]]:
