@@ -71,6 +71,34 @@ def _text_facts(config) -> dict[str, dict]:
     return {f.name: {"decoder_only": is_decoder_only(hf_config(f.encoder))} for f in config.input_features if f.type == "text"}
 
 
+def _embed(config, plan, model, tables: dict, meta: dict, tokenizers: dict):
+    """Replace each cache-eligible text column by its frozen encoder's pooled vectors (computed once, or loaded)."""
+    from tunefork.encoders import embeddings
+    from tunefork.training.loop import autocast
+
+    hits = []
+    encoders = model.text_encoders()
+    for feature in config.input_features:
+        if feature.type != "text" or not plan[f"cache_embeddings.{feature.name}"]:
+            continue
+        encoder, fitted = encoders[feature.name].to(plan["device"]), meta["inputs"][feature.name]
+        key_parts = {
+            "model": feature.encoder.pretrained_model_name_or_path,
+            "weights": embeddings.weights_fingerprint(encoder.transformer, feature.encoder.pretrained_model_name_or_path, cache_dir(config)),
+            "tokenizer": pipeline.tokenizer_identity(tokenizers[feature.name]),
+            "max_sequence_length": fitted["max_sequence_length"],
+            "pooling": meta["pooling"][feature.name],
+            "precision": plan["precision"],
+        }
+        columns = {split: table[feature.name] for split, table in tables.items()}
+        vectors, hit = embeddings.embed(columns, encoder, key_parts, cache_dir(config), fitted["pad_token_id"],
+                                        fitted["padding_side"] == "left", plan["device"], autocast(plan))
+        tables = {split: table.replace(feature.name, vectors[split]) for split, table in tables.items()}
+        if hit:
+            hits.append(feature.name)
+    return tables, hits
+
+
 class Model:
     """A tunefork model: built from a config, trained on data, or loaded from a model folder."""
 
@@ -78,13 +106,15 @@ class Model:
         self.config = config_mod.load(config)
         self.console = Console(progress=progress, quiet=quiet)
         self.model = self.meta = self.tokenizers = self.plan = None
-        self._last_test = None
+        self._last_test = self._report = None
 
     # ------------------------------------------------------------------------------------------------ training
     def train(self, dataset=None, *, training_set=None, validation_set=None, test_set=None, output_directory="results",
               experiment_name: str = "experiment", model_name: str = "run", random_seed: int = 42,
-              skip_save_model: bool = False) -> TrainResult:
+              skip_save_model: bool = False, logger: str | list[str] | None = None) -> TrainResult:
         import torch
+
+        from tunefork import report as report_mod, tracking
 
         from tunefork.models import artifact
         from tunefork.models.ecd import ECD
@@ -103,16 +133,28 @@ class Model:
         facts = plan_mod.DataFacts(training_rows=len(tables["training"]), text_inputs=_text_facts(config))
         plan = plan_mod.resolve(config, facts, hardware.detect())
         meta["pooling"] = {f.name: plan[f"pooling.{f.name}"] for f in config.input_features if f.type == "text"}
-        for key in ("precision", "batch_size", "learning_rate"):
-            self.console.note(f"{key}: {plan[key]} — {plan.decisions[key].reason}")
+        for key, decision in plan.decisions.items():
+            if key in ("precision", "batch_size", "learning_rate") or key.startswith("cache_embeddings."):
+                self.console.note(f"{key}: {decision.value} — {decision.reason}")
 
         torch.manual_seed(random_seed)  # the heads' initial weights
-        model = ECD(config, meta, meta["pooling"])
+        model = ECD(config, meta, meta["pooling"], total_steps=plan["total_steps"])
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in model.parameters())
         self.console.note(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / max(1, total):.2f}%)")
+        with phases("embed"):
+            tables, embed_hits = _embed(config, plan, model, tables, meta, tokenizers)
+        if embed_hits:
+            self.console.note(f"encoder embeddings loaded from the cache: {', '.join(embed_hits)}")
+        recorder = report_mod.Recorder()  # the Console, the report's recorder and any trackers all hear the loop
+        board = tracking.Fanout(self.console, recorder, *tracking.start(logger, output_directory, f"{experiment_name}_{model_name}", config_mod.to_dict(config), self.console))
         with phases("fit"):
-            history = fit(model, tables, config, meta, plan, random_seed, report=self.console)
+            try:
+                history = fit(model, tables, config, meta, plan, random_seed, report=board)
+            finally:
+                board.close()
+        for name in model.merge_adapters():  # adapter.postprocessor.merge_adapter_into_base_model
+            self.console.note(f"{name}: adapter merged into the base weights (model/ holds full weights)")
         phases.seconds["train"] = history.train_seconds
         phases.seconds["evaluate"] = history.evaluate_seconds
         self.model, self.meta, self.tokenizers, self.plan = model.eval(), meta, tokenizers, plan
@@ -129,6 +171,7 @@ class Model:
             "peak_rss_mb": round(peak_rss_mb(), 1),
             "peak_device_mb": peak_device_mb(),
             "preprocessing_cache_hit": cache_hit,
+            "embedding_cache_hit": {name: name in embed_hits for name in meta["pooling"] if plan[f"cache_embeddings.{name}"]},
             "final_validation": history.best,
         }
         output = None
@@ -148,6 +191,8 @@ class Model:
                 "random_seed": random_seed,
                 "trust_remote_code": {f.name: f.encoder.trust_remote_code for f in config.input_features if f.type == "text"},
             })
+            self._report = report_mod.collect(output.name, model, tables, config, meta, plan, recorder, statistics, efficiency, config_mod.to_dict(config))
+            self._report.write(staging / "report.html")
             staging.rename(output)  # the run directory appears whole or not at all
             self.console.note(f"saved: {output}")
         return TrainResult(output, statistics, efficiency, plan.to_dict())
@@ -162,6 +207,8 @@ class Model:
         if result.output_directory is not None:
             rundir.write_json(result.output_directory / "test_statistics.json", statistics)
             predictions.to_csv(result.output_directory / "test_predictions.csv", index=False)
+            self._report.add_test(statistics, predictions, test)
+            self._report.write(result.output_directory / "report.html")
         self.console.table({"test": statistics}, "test set")
         return result, statistics
 

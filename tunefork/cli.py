@@ -13,6 +13,10 @@ COMMANDS = {
     "experiment": "train, then evaluate on the test split",
     "check-config": "validate a config",
     "render-config": "print a config with every default filled in",
+    "init-config": "write a starting config inferred from a dataset",
+    "serve": "serve a trained model over REST (FastAPI + uvicorn)",
+    "visualize": "draw learning curves, confusion matrices, comparisons, ROC curves from run directories",
+    "export": "write a trained model as a transformers folder or an ONNX graph",
 }
 
 
@@ -31,6 +35,8 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model_name", default="run")
     p.add_argument("--random_seed", type=int, default=42)
     p.add_argument("--skip_save_model", action="store_true", help="train without writing a run directory")
+    p.add_argument("--logger", action="append", choices=("tensorboard", "mlflow"),
+                   help="track the run (per-step loss and lr, metrics, config); repeat for several; off by default")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -49,7 +55,63 @@ def parser() -> argparse.ArgumentParser:
     parsers["predict"].add_argument("--output_format", choices=("csv", "parquet"), default="csv")
     for name in ("check-config", "render-config"):
         parsers[name].add_argument("config", help="YAML config")
+    _product_flags(parsers)
     return root
+
+
+def _product_flags(parsers: dict) -> None:
+    p = parsers["init-config"]
+    p.add_argument("--dataset", required=True, help="the data to infer feature types from (a sample is read)")
+    p.add_argument("--target", required=True, help="the column to predict")
+    p.add_argument("--model", help="text encoder: a local folder or hub id (default sentence-transformers/all-MiniLM-L6-v2)")
+    p.add_argument("-o", "--output", help="where to write the YAML (default: print it)")
+    p = parsers["serve"]
+    p.add_argument("-m", "--model_path", required=True, help="a model folder or run directory")
+    p.add_argument("-H", "--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("-p", "--port", type=int, default=8000)
+    p.add_argument("--max_request_mb", type=float, default=8.0, help="largest request body accepted (default 8 MB)")
+    p.add_argument("-l", "--logging_level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    p = parsers["visualize"]
+    p.add_argument("-v", "--visualization", required=True,
+                   choices=("learning_curves", "confusion_matrix", "compare_performance", "roc_curves"))
+    p.add_argument("-r", "--run_directories", nargs="+", required=True, help="one or several run directories")
+    p.add_argument("--model_names", nargs="+", help="a name per run directory for legends (default: folder names)")
+    p.add_argument("-ofn", "--output_feature_name", help="only this output feature")
+    p.add_argument("-gt", "--ground_truth", help="roc_curves: the test dataset with the true labels, row for row")
+    p.add_argument("--positive_label", help="roc_curves: the class counted as positive")
+    p.add_argument("-od", "--output_directory", default="visualizations", help="where the pictures go")
+    p.add_argument("-ff", "--file_format", choices=("png", "svg"), default="png")
+    p = parsers["export"]
+    p.add_argument("-m", "--model_path", required=True, help="a model folder or run directory")
+    p.add_argument("-f", "--format", required=True, choices=("hf", "onnx"), help="hf: a transformers folder; onnx: a graph")
+    p.add_argument("-o", "--output", required=True, help="the folder to write (must not exist or be empty)")
+
+
+def _product(args) -> int:
+    """init-config, serve, visualize, export: each a thin call into its own module."""
+    if args.command == "init-config":
+        from tunefork.init_config import init_config
+
+        text = init_config(args.dataset, args.target, args.model, args.output)
+        print(f"config written to {args.output}" if args.output else text, end="\n" if args.output else "")
+    elif args.command == "serve":
+        from tunefork import serve
+
+        serve.run(args.model_path, args.host, args.port, max_body_bytes=int(args.max_request_mb * 2**20),
+                  log_level=args.logging_level)
+    elif args.command == "visualize":
+        from tunefork import visualize
+
+        written = visualize.render(args.visualization, args.run_directories, args.output_directory,
+                                   file_format=args.file_format, model_names=args.model_names,
+                                   output_feature_name=args.output_feature_name, ground_truth=args.ground_truth,
+                                   positive_label=args.positive_label)
+        print("\n".join(map(str, written)))
+    else:
+        from tunefork import export
+
+        print(f"{args.format} export written to {export.export(args.model_path, args.format, args.output)}")
+    return 0
 
 
 def _run(args) -> int:
@@ -61,6 +123,8 @@ def _run(args) -> int:
         loaded = config.load(args.config)
         print(config.render(loaded) if args.command == "render-config" else f"{args.config}: valid")
         return 0
+    if args.command in ("init-config", "serve", "visualize", "export"):
+        return _product(args)
 
     from tunefork.api import Model
 
@@ -69,7 +133,7 @@ def _run(args) -> int:
         run = model.train if args.command == "train" else model.experiment
         run(args.dataset, training_set=args.training_set, validation_set=args.validation_set, test_set=args.test_set,
             output_directory=args.output_directory, experiment_name=args.experiment_name, model_name=args.model_name,
-            random_seed=args.random_seed, skip_save_model=args.skip_save_model)
+            random_seed=args.random_seed, skip_save_model=args.skip_save_model, logger=args.logger)
         return 0
 
     model = Model.load(args.model_path, quiet=args.quiet)

@@ -76,10 +76,11 @@ def resolve(config: Config, facts: DataFacts, hardware) -> Plan:
     trainer = config.trainer
     plan.decide("device", hardware.device, "CUDA is available" if hardware.device == "cuda" else "no CUDA device")
 
-    trainable_transformer = any(f.type == "text" and f.encoder.trainable for f in config.input_features)
+    # an adapter backpropagates through the whole transformer: it costs memory like fine-tuning does
+    trainable_transformer = any(f.type == "text" and not f.encoder.frozen for f in config.input_features)
     if trainer.batch_size == "auto":
         size = 32 if trainable_transformer else 128
-        why = "auto: a trainable transformer" if trainable_transformer else "auto: frozen or no transformer"
+        why = "auto: a transformer that trains (fully or through an adapter)" if trainable_transformer else "auto: frozen or no transformer"
         plan.decide("batch_size", size, f"{why} (fixed rule: 32 when fine-tuning a transformer, else 128)")
     else:
         plan.decide("batch_size", trainer.batch_size, "trainer.batch_size")
@@ -121,7 +122,32 @@ def resolve(config: Config, facts: DataFacts, hardware) -> Plan:
         else:
             why = "encoder.reduce_output"
         plan.decide(f"pooling.{f.name}", pooling, why)
+        plan.decide(f"cache_embeddings.{f.name}", *_cache_embeddings(f))
+        if getattr(f.encoder.adapter, "type", None) == "adalora":
+            plan.decide(f"adalora_total_step.{f.name}", *_adalora_steps(f, config.input_features.index(f), total))
     return plan
+
+
+def _adalora_steps(feature, index: int, planned: int) -> tuple[int, str]:
+    """The steps AdaLoRA's rank budget schedule spans, checked here so a schedule peft would refuse fails early."""
+    from tunefork.adapters.adalora import schedule_problem
+
+    adapter = feature.encoder.adapter
+    steps = adapter.schedule_steps(planned)
+    problem = schedule_problem(adapter, steps)
+    if problem:
+        raise ConfigError([f"input_features[{index}].encoder.adapter: {problem}"])
+    return steps, "adapter.total_step" if adapter.total_step else "adapter.total_step unset: the planned optimizer steps"
+
+
+def _cache_embeddings(feature) -> tuple[bool, str]:
+    if not feature.preprocessing.cache_encoder_embeddings:
+        return False, "preprocessing.cache_encoder_embeddings is false"
+    if feature.encoder.trainable:
+        return False, "cache_encoder_embeddings asked, but encoder.trainable is true: the vectors change every step, so no cache"
+    if getattr(feature.encoder, "adapter", None) is not None:
+        return False, "cache_encoder_embeddings asked, but the encoder has an adapter that trains: no cache"
+    return True, "frozen encoder: pooled embeddings computed once, before training"
 
 
 def _precision(asked: bool, hardware) -> tuple[str, str]:

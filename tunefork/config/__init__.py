@@ -39,7 +39,8 @@ def load(source: str | Path | dict | Config) -> Config:
         return source
     raw = read_yaml(source) if isinstance(source, (str, Path)) else source
     if not isinstance(raw, dict):
-        raise ConfigError([f"config: expected a mapping with input_features and output_features, got {type(raw).__name__}"])
+        where = source if isinstance(source, (str, Path)) else "config"  # an empty YAML file reads as None
+        raise ConfigError([f"{where}: expected a mapping with input_features and output_features, got {type(raw).__name__}"])
     translated = translate(raw)
     try:
         return Config.model_validate(translated)

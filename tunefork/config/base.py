@@ -30,15 +30,19 @@ class Section(BaseModel):
         return data
 
 
-def tagged(*members: type[Section], default: str | None = None):
+def tagged(*members: type[Section], default: str | None = None, nullable: bool = False):
     """A union of sections chosen by their `type` key (Ludwig's string shorthand `adapter: lora` included).
 
     A missing or unknown `type` is one error that lists the types there are, instead of one error per member.
+    `nullable` also accepts null (`adapter: null`), inside the union: `tagged(...) | None` cannot be written, as
+    typing hashes the members and the discriminator's error context is a dict.
     """
     tags = [m.model_fields["type"].annotation.__args__ for m in members]
     choices = [t for group in tags for t in group]
 
     def pick(value):
+        if value is None and nullable:
+            return "null"
         if isinstance(value, str):
             return value if value in choices else None
         if isinstance(value, dict):
@@ -46,7 +50,10 @@ def tagged(*members: type[Section], default: str | None = None):
             return tag if tag in choices else None
         return value.type if isinstance(value, Section) else None
 
-    union = Union[tuple(Annotated[m, Tag(t)] for m, group in zip(members, tags, strict=True) for t in group)]  # noqa: UP007
+    options = [Annotated[m, Tag(t)] for m, group in zip(members, tags, strict=True) for t in group]
+    if nullable:
+        options.append(Annotated[None, Tag("null")])
+    union = Union[tuple(options)]  # noqa: UP007
     return Annotated[
         union,
         Discriminator(pick, custom_error_type="bad_type", custom_error_message="unknown type",

@@ -46,6 +46,8 @@ def _describe(error: dict, path: str) -> str:
     if kind == "unknown_key":
         return f"{path}.{ctx['key']}: unknown key{ctx['hint']}" if path != "config" else f"{ctx['key']}: unknown key{ctx['hint']}"
     if kind == "missing":
+        if isinstance(error["loc"][-1], int):  # a position in a fixed-length list, e.g. split probabilities
+            return f"{path}: too few items (nothing at [{error['loc'][-1]}])"
         return f"{path}.{error['loc'][-1]}: required key is missing" if path != "config" else f"{error['loc'][-1]}: required key is missing"
     if kind in ("union_tag_invalid", "union_tag_not_found"):
         expected = [t.strip().strip("'") for t in str(ctx.get("expected_tags", "")).split(",") if t.strip()]
@@ -73,8 +75,22 @@ def _describe(error: dict, path: str) -> str:
     return f"{path}: {message} (got {error.get('input')!r})" if kind != "value_error" else f"{path}: {message}"
 
 
+def _union(errors: list[dict], path: str) -> str:
+    """One sentence for a value no member of a union accepts (`batch_size: big` fails both int and 'auto')."""
+    wanted = [e["msg"].removeprefix("Input should be ").split(", ")[0] for e in errors]
+    return f"{path}: should be {' or '.join(dict.fromkeys(wanted))} (got {errors[0].get('input')!r})"
+
+
 def from_validation_error(exc, data: Any) -> ConfigError:
-    messages = []
+    by_path: dict[str, list[dict]] = {}
     for error in exc.errors():
-        messages.append(_describe(error, yaml_path(error["loc"], data)))
+        by_path.setdefault(yaml_path(error["loc"], data), []).append(error)
+    messages = []
+    for path, errors in by_path.items():
+        # several type errors on one value come from the members of a union: listing the first alone would
+        # tell the user to write an integer where 'auto' is just as valid
+        if len(errors) > 1 and all(e["msg"].startswith("Input should be ") for e in errors):
+            messages.append(_union(errors, path))
+        else:
+            messages.extend(_describe(error, path) for error in errors)
     return ConfigError(list(dict.fromkeys(messages)))

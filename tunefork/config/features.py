@@ -11,6 +11,9 @@ from pydantic import Field, model_validator
 
 from tunefork.config.base import Section, tagged
 
+# After config.base: the adapter sections subclass Section (see tunefork/adapters/__init__.py on import order).
+from tunefork.adapters.registry import Adapter  # noqa: E402  isort: skip
+
 MissingStrategy = Literal["fill_with_const", "fill_with_mode", "fill_with_mean", "fill_with_false", "bfill", "ffill", "drop_row"]
 
 # --------------------------------------------------------------------------------------------------- encoders
@@ -21,8 +24,18 @@ class TransformerEncoder(Section):
 
     type: Literal["auto_transformer"] = "auto_transformer"
     pretrained_model_name_or_path: str = Field(description="Hub id or local folder of the transformer.")
-    trainable: bool = Field(False, description="Fine-tune the transformer's weights (Ludwig's default: frozen).")
+    trainable: bool = Field(
+        False,
+        description="Fine-tune the transformer's weights (Ludwig's default: frozen). Ignored with an adapter: the "
+        "base weights are then frozen and the adapter trains, whether this is true or false.",
+    )
     use_pretrained: bool = Field(True, description="Load pretrained weights; false builds the architecture randomly.")
+    adapter: Adapter = Field(
+        None,
+        description="A parameter-efficient fine-tuning method (lora, adalora, adaption_prompt, ia3, loha, lokr, vera, "
+        "prompt_tuning), as `adapter: lora` or a mapping with a type. The base weights stay frozen and only the "
+        "adapter and the heads train, whatever `trainable` says; model/ then holds the adapter, not the base.",
+    )
     reduce_output: Literal["auto", "cls_pooled", "mean", "sum", "max", "last"] = Field(
         "auto",
         description="How token states become one vector. 'auto' is a masked mean for encoder models and the last "
@@ -30,6 +43,18 @@ class TransformerEncoder(Section):
     )
     pretrained_kwargs: dict[str, Any] | None = Field(None, description="Extra keyword arguments for from_pretrained.")
     trust_remote_code: bool = Field(False, description="Run code shipped with the model folder. Off unless you say so.")
+
+    @model_validator(mode="after")
+    def _adapter_on_pretrained_weights(self):
+        if self.adapter is not None and not self.use_pretrained:
+            raise ValueError("an adapter needs use_pretrained: true (only the adapter is saved, and a random base "
+                             "cannot be rebuilt when the model is loaded)")
+        return self
+
+    @property
+    def frozen(self) -> bool:
+        """No weight of the transformer's computation trains: its outputs can be computed once and cached."""
+        return not self.trainable and self.adapter is None
 
 
 class DenseCategoryEncoder(Section):
@@ -85,6 +110,22 @@ class NumberPreprocessing(Section):
 class BinaryPreprocessing(Section):
     missing_value_strategy: MissingStrategy = "fill_with_false"
     fallback_true_label: str | None = Field(None, description="Which of two non-boolean values means true.")
+
+
+# An output row without a label cannot be trained on or scored, so outputs drop it by default (Ludwig's default).
+# These are classes, not default instances, so a partial `preprocessing:` (or `defaults:`) keeps drop_row.
+
+
+class CategoryOutputPreprocessing(CategoryPreprocessing):
+    missing_value_strategy: MissingStrategy = "drop_row"
+
+
+class NumberOutputPreprocessing(NumberPreprocessing):
+    missing_value_strategy: MissingStrategy = "drop_row"
+
+
+class BinaryOutputPreprocessing(BinaryPreprocessing):
+    missing_value_strategy: MissingStrategy = "drop_row"
 
 
 # -------------------------------------------------------------------------------------------- output pieces
@@ -159,7 +200,7 @@ class CategoryOutput(FeatureBase):
     decoder: Decoder = Decoder()
     loss: CategoryLoss = CategoryLoss()
     top_k: int = Field(3, gt=0)
-    preprocessing: CategoryPreprocessing = CategoryPreprocessing(missing_value_strategy="drop_row")
+    preprocessing: CategoryOutputPreprocessing = CategoryOutputPreprocessing()
 
 
 class BinaryOutput(FeatureBase):
@@ -167,7 +208,7 @@ class BinaryOutput(FeatureBase):
     decoder: Decoder = Decoder()
     loss: BinaryLoss = BinaryLoss()
     threshold: float = Field(0.5, gt=0, lt=1)
-    preprocessing: BinaryPreprocessing = BinaryPreprocessing(missing_value_strategy="drop_row")
+    preprocessing: BinaryOutputPreprocessing = BinaryOutputPreprocessing()
 
 
 class NumberOutput(FeatureBase):
@@ -175,7 +216,7 @@ class NumberOutput(FeatureBase):
     decoder: Decoder = Decoder()
     loss: NumberLoss = NumberLoss()
     clip: tuple[float, float] | None = Field(None, description="Clamp predictions to [min, max].")
-    preprocessing: NumberPreprocessing = NumberPreprocessing(missing_value_strategy="drop_row")
+    preprocessing: NumberOutputPreprocessing = NumberOutputPreprocessing()
 
     @model_validator(mode="after")
     def _clip_ordered(self):

@@ -29,6 +29,8 @@ NAMED_TRANSFORMERS = {
     "longformer": "allenai/longformer-base-4096",
 }
 DEFAULT_SECTIONS = ("preprocessing", "encoder", "decoder", "loss")
+# `defaults.category` serves inputs and outputs alike: each takes only the sections it has (Ludwig's rule).
+ROLE_SECTIONS = {"input_features": ("preprocessing", "encoder"), "output_features": ("preprocessing", "decoder", "loss")}
 # Keys Ludwig writes into saved configs that are derived from the data or tokenizer, never set by a user.
 DERIVED_ENCODER_KEYS = ("vocab", "vocab_size", "saved_weights_in_checkpoint", "skip")
 
@@ -63,8 +65,10 @@ def _defaults(raw: dict) -> dict:
     return defaults
 
 
-def _apply_defaults(feature: dict, defaults: dict, path: str) -> dict:
+def _apply_defaults(feature: dict, defaults: dict, path: str, sections: tuple[str, ...]) -> dict:
     for section, value in (defaults.get(feature.get("type")) or {}).items():
+        if section not in sections:
+            continue
         mine = feature.get(section)
         if mine is not None and not isinstance(mine, dict):
             continue  # a wrong type here is reported by the schema with the feature's own path
@@ -109,7 +113,7 @@ def translate(raw: dict) -> dict:
         for i, feature in enumerate(features):
             if isinstance(feature, dict):
                 path = f"{key}[{i}]"
-                _apply_defaults(feature, defaults, path)
+                _apply_defaults(feature, defaults, path, ROLE_SECTIONS[key])
                 if key == "input_features":
                     _encoder(feature, path)
     return raw

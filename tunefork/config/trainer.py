@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, PositiveInt
 
 from tunefork.config.base import Section, tagged
 
@@ -66,13 +66,13 @@ class Trainer(Section):
     type: Literal["trainer"] = "trainer"
     epochs: int = Field(100, gt=0)
     train_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps (overrides epochs).")
-    batch_size: int | Literal["auto"] = Field("auto", description="Rows per step per worker.")
-    eval_batch_size: int | Literal["auto"] | None = Field(None, description="Rows per evaluation batch.")
+    batch_size: PositiveInt | Literal["auto"] = Field("auto", description="Rows per step per worker.")
+    eval_batch_size: PositiveInt | Literal["auto"] | None = Field(None, description="Rows per evaluation batch.")
     learning_rate: float = Field(0.001, gt=0)
     learning_rate_scaling: Literal["constant", "sqrt", "linear"] = "linear"
     optimizer: Optimizer = AdamOptimizer(type="adam")
     learning_rate_scheduler: LearningRateScheduler = LearningRateScheduler()
-    gradient_accumulation_steps: int | Literal["auto"] = "auto"
+    gradient_accumulation_steps: PositiveInt | Literal["auto"] = "auto"
     gradient_clipping: GradientClipping = GradientClipping()
     regularization_type: Literal["l1", "l2", "l1_l2"] | None = None
     regularization_lambda: float = Field(0.0, ge=0)

@@ -53,10 +53,24 @@ class TokenIds:
         return ids, mask
 
 
-class Table:
-    """Named columns of equal length: numpy arrays or `TokenIds`."""
+@dataclass(frozen=True)
+class Embeddings:
+    """A text column replaced by its encoder's pooled vectors; the token lengths stay for batching by length."""
 
-    def __init__(self, columns: dict[str, np.ndarray | TokenIds]):
+    vectors: np.ndarray  # (rows, hidden) float32
+    lengths: np.ndarray  # (rows,) tokens per row before encoding
+
+    def __len__(self) -> int:
+        return len(self.vectors)
+
+    def take(self, index: np.ndarray) -> Embeddings:
+        return Embeddings(self.vectors[index], self.lengths[index])
+
+
+class Table:
+    """Named columns of equal length: numpy arrays, `TokenIds` or `Embeddings`."""
+
+    def __init__(self, columns: dict[str, np.ndarray | TokenIds | Embeddings]):
         lengths = {len(c) for c in columns.values()}
         if len(lengths) > 1:
             raise ValueError(f"columns of different lengths: { {k: len(v) for k, v in columns.items()} }")
@@ -71,7 +85,12 @@ class Table:
         return self.columns[name]
 
     def take(self, index: np.ndarray) -> Table:
-        return Table({k: v.take(index) if isinstance(v, TokenIds) else v[index] for k, v in self.columns.items()})
+        return Table({k: v[index] if isinstance(v, np.ndarray) else v.take(index) for k, v in self.columns.items()})
+
+    def replace(self, name: str, column) -> Table:
+        table = Table({**self.columns, name: column})
+        table.row_index = self.row_index
+        return table
 
     def save(self, path: Path) -> None:
         arrays = {}

@@ -1,6 +1,8 @@
-"""`auto_transformer`: any Hugging Face model as a text encoder, trained in full or frozen.
+"""`auto_transformer`: any Hugging Face model as a text encoder, trained in full, frozen, or through an adapter.
 
-Frozen (`trainable: false`, Ludwig's default) means eval mode, `inference_mode`, and no parameter in the optimizer.
+Frozen (`trainable: false`, Ludwig's default, no adapter) means eval mode, `inference_mode`, and no parameter in the
+optimizer. With an adapter the base weights are frozen by peft but the encoder is *not* frozen: gradients flow through
+the transformer to the adapter, and dropout follows train/eval mode as in a full fine-tune.
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from tunefork.adapters import wrapper as adapters
 from tunefork.encoders.pooling import pool
-from tunefork.errors import TuneforkError
+from tunefork.errors import ModelFolderError, TuneforkError
 
 
 def is_decoder_only(hf_config) -> bool:
@@ -67,31 +70,94 @@ def load_transformer(encoder, saved_config_dir: Path | None = None):
         ) from None
 
 
+def _adapted(encoder, saved_config_dir: Path | None, where: str, total_steps: int | None):
+    """The transformer wrapped by peft: the saved adapter of a model folder, a `pretrained_adapter_weights` one, or a
+    fresh one. The base always comes from `pretrained_model_name_or_path`: model/ holds the adapter only."""
+    adapter = encoder.adapter
+    if saved_config_dir is not None:
+        path = encoder.pretrained_model_name_or_path
+        try:
+            base = load_transformer(encoder)
+        except TuneforkError as exc:
+            raise ModelFolderError(
+                f"{saved_config_dir.parent.parent}: this model holds {adapter.type} adapter weights only and its base "
+                f"model cannot be loaded here — {exc}; make '{path}' reachable, or train with "
+                f"adapter.postprocessor.merge_adapter_into_base_model: true for self-contained weights"
+            ) from None
+        mismatch = adapters.base_config_mismatch(saved_config_dir, base)
+        if mismatch:
+            raise ModelFolderError(f"{saved_config_dir.parent.parent}: the base model at '{path}' is not the one its "
+                                   f"adapter was trained on ({mismatch})")
+        return adapters.load(base, saved_config_dir, trainable=False, where=where)
+    base = load_transformer(encoder)
+    if adapter.pretrained_adapter_weights:
+        source = pretrained_adapter_source(adapter.pretrained_adapter_weights, where)
+        return adapters.load(base, source, trainable=True, where=where, expect=adapter, total_steps=total_steps)
+    return adapters.attach(base, adapter, "FEATURE_EXTRACTION", total_steps=total_steps, where=where)
+
+
+def pretrained_adapter_source(value: str, where: str) -> str:
+    """A peft adapter folder as given, or the adapter inside a tunefork model folder / run directory (the feature's
+    own, or the only one); anything else is passed on as a hub id."""
+    folder = Path(value)
+    if (folder / adapters.ADAPTER_CONFIG).is_file() or not folder.is_dir():
+        return value
+    model_dir = folder / "model" if (folder / "model" / "encoders").is_dir() else folder
+    found = sorted(p.parent for p in (model_dir / "encoders").glob(f"*/{adapters.ADAPTER_CONFIG}"))
+    feature = where.split(".encoder", 1)[0]
+    if len(found) == 1:
+        return str(found[0])
+    if not found:
+        raise TuneforkError(f"{where}.pretrained_adapter_weights: '{value}' holds no adapter (no {adapters.ADAPTER_CONFIG})")
+    raise TuneforkError(f"{where}.pretrained_adapter_weights: '{value}' holds several adapters "
+                        f"({', '.join(p.name for p in found)}); name one folder, e.g. {found[0]} (for {feature})")
+
+
 class TransformerEncoder(nn.Module):
-    def __init__(self, encoder, pooling: str, saved_config_dir: Path | None = None):
+    def __init__(self, encoder, pooling: str, saved_config_dir: Path | None = None, *, where: str = "encoder",
+                 total_steps: int | None = None):
+        """`where`: the encoder's YAML path, for errors; `total_steps`: planned optimizer steps (AdaLoRA's budget)."""
         super().__init__()
-        self.transformer = load_transformer(encoder, saved_config_dir)
+        has_saved_adapter = saved_config_dir is not None and (saved_config_dir / adapters.ADAPTER_CONFIG).is_file()
+        if encoder.adapter is not None and (saved_config_dir is None or has_saved_adapter):
+            self.transformer = _adapted(encoder, saved_config_dir, f"{where}.adapter", total_steps)
+        else:  # full weights follow from the model folder when loading (a merged adapter included)
+            self.transformer = load_transformer(encoder, saved_config_dir)
+        self.adapter = encoder.adapter if self.adapted else None
         self.pooling = pooling
-        self.trainable = encoder.trainable
+        # An adapter trains through the transformer whatever `trainable` says; only a plain frozen model is frozen.
+        self.frozen = not encoder.trainable and not self.adapted
+        # Prompt tuning puts learned positions in front of the tokens; pooling reads the real tokens only.
+        self.virtual_tokens = adapters.virtual_tokens(self.transformer)
         self.output_size = self.transformer.config.hidden_size if hasattr(self.transformer.config, "hidden_size") else (
             self.transformer.get_input_embeddings().embedding_dim
         )
-        if not self.trainable:
+        if self.frozen:
             self.transformer.requires_grad_(False)
             self.transformer.eval()
 
+    @property
+    def adapted(self) -> bool:
+        return adapters.is_peft(self.transformer)
+
+    def merge_adapter(self, progressbar: bool = False) -> None:
+        """Fold the adapter into the base weights: afterwards this is a plain transformer with full weights."""
+        self.transformer = adapters.merge(self.transformer, progressbar=progressbar)
+        self.adapter, self.virtual_tokens = None, 0
+
     def train(self, mode: bool = True):
         super().train(mode)
-        if not self.trainable:
+        if self.frozen:
             self.transformer.eval()  # a frozen encoder never runs dropout
         return self
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         out = self.transformer(input_ids=input_ids, attention_mask=attention_mask)
-        return pool(out.last_hidden_state, attention_mask, self.pooling, getattr(out, "pooler_output", None))
+        hidden = out.last_hidden_state[:, self.virtual_tokens:] if self.virtual_tokens else out.last_hidden_state
+        return pool(hidden, attention_mask, self.pooling, getattr(out, "pooler_output", None))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        if self.trainable:
+        if not self.frozen:
             return self.encode(input_ids, attention_mask)
         with torch.inference_mode():
             pooled = self.encode(input_ids, attention_mask)

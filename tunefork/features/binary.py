@@ -13,7 +13,10 @@ FALSE = {"false", "no", "n", "0", "0.0", "f", "off", "negative"}
 
 
 def fit(values: pd.Series, feature, output: bool = False) -> dict:
-    distinct = sorted(values.dropna().astype(str).str.strip().unique())
+    # A Python bool (a bool column, or a cell filled by fill_with_false) already is true or false: only the other
+    # cells name the labels, so 'yes' / 'no' plus a filled False stays two values, not three.
+    flags = values.map(lambda v: isinstance(v, (bool, np.bool_)))
+    distinct = sorted(values[~flags].dropna().astype(str).str.strip().unique())
     if len(distinct) > 2:
         raise DataError(f"binary column '{feature.source}' has {len(distinct)} distinct values {distinct[:4]}; expected 2")
     standard = {v: v.lower() in TRUE for v in distinct}
@@ -28,14 +31,14 @@ def fit(values: pd.Series, feature, output: bool = False) -> dict:
     labels = {True: "True", False: "False"}
     for value, flag in str2bool.items():
         labels[flag] = value
-    if output and len(distinct) < 2:
+    if output and len({str2bool[v] for v in distinct} | set(values[flags].astype(bool))) < 2:
         raise DataError(f"binary output '{feature.source}' has one value in the training data; a classifier needs 2")
     return {"str2bool": str2bool, "labels": [labels[False], labels[True]]}
 
 
 def transform(values: pd.Series, feature, meta: dict, output: bool = False) -> np.ndarray:
     text = values.astype(str).str.strip()
-    mapped = text.map(meta["str2bool"])
+    mapped = text.map(meta["str2bool"]).astype(object)  # all-unmatched maps to float NaN, which refuses bools
     unknown = mapped.isna() & values.notna()
     if unknown.any():
         lowered = text[unknown].str.lower()

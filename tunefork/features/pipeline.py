@@ -62,10 +62,10 @@ def fit(config: Config, training: pd.DataFrame, toks: dict) -> dict:
     features = [*config.input_features, *config.output_features]
     for feature in features:
         meta["fills"][feature.name] = missing.fit_fill_value(training[feature.source], feature.preprocessing, feature.type)
-    training = _fill(training, features, meta["fills"])
-    for feature in config.output_features:
+    for feature in config.output_features:  # before filling: a filled-in constant is not a label
         if missing.is_missing(training[feature.source]).all():
             raise DataError(f"{training.attrs.get('source', 'training data')}: output column '{feature.source}' is empty")
+    training = _fill(training, features, meta["fills"])
     if len(training) == 0:
         raise DataError(f"{training.attrs.get('source', 'training data')}: no rows left after dropping missing values")
     for feature in config.input_features:
@@ -103,13 +103,17 @@ def transform(config: Config, frame: pd.DataFrame, meta: dict, toks: dict, with_
     return table
 
 
-def _tokenizer_identity(tokenizer) -> str:
+def tokenizer_identity(tokenizer) -> str:
     digest = hashlib.blake2b(digest_size=16)
     digest.update(type(tokenizer).__name__.encode())
     digest.update(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode())
     digest.update(json.dumps([tokenizer.padding_side, tokenizer.pad_token, tokenizer.model_max_length]).encode())
     if getattr(tokenizer, "backend_tokenizer", None) is not None:
-        digest.update(tokenizer.backend_tokenizer.to_str().encode())
+        state = json.loads(tokenizer.backend_tokenizer.to_str())
+        # truncation and padding are call-time state that tokenizing sets as a side effect, not identity
+        state.pop("truncation", None)
+        state.pop("padding", None)
+        digest.update(json.dumps(state, sort_keys=True).encode())
     return digest.hexdigest()
 
 
@@ -124,7 +128,7 @@ def cache_key(config: Config, fingerprints: dict[str, str], toks: dict, seed: in
              "loss": getattr(f, "loss", None) and f.loss.model_dump(mode="json")}
             for f in (*config.input_features, *config.output_features)
         ],
-        "tokenizers": {name: _tokenizer_identity(tok) for name, tok in toks.items()},
+        "tokenizers": {name: tokenizer_identity(tok) for name, tok in toks.items()},
     }
     return hashlib.blake2b(json.dumps(relevant, sort_keys=True).encode(), digest_size=16).hexdigest()
 

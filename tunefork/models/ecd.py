@@ -23,14 +23,17 @@ def module_key(name: str) -> str:
 
 
 class ECD(nn.Module):
-    def __init__(self, config: Config, meta: dict, pooling: dict[str, str], saved_dir: Path | None = None):
+    def __init__(self, config: Config, meta: dict, pooling: dict[str, str], saved_dir: Path | None = None,
+                 total_steps: int | None = None):
+        """`total_steps`: the planned optimizer steps, which an AdaLoRA adapter's rank budget spans."""
         super().__init__()
         self.config = config
         self.encoders = nn.ModuleDict()
-        for feature in config.input_features:
+        for i, feature in enumerate(config.input_features):
             if feature.type == "text":
                 saved = saved_dir / "encoders" / feature.name if saved_dir is not None else None
-                encoder = TransformerEncoder(feature.encoder, pooling[feature.name], saved)
+                encoder = TransformerEncoder(feature.encoder, pooling[feature.name], saved,
+                                             where=f"input_features[{i}].encoder", total_steps=total_steps)
             else:
                 encoder = tabular.build(feature, meta["inputs"][feature.name])
             self.encoders[module_key(feature.name)] = encoder
@@ -49,6 +52,16 @@ class ECD(nn.Module):
 
     def text_encoders(self) -> dict[str, TransformerEncoder]:
         return {f.name: self.encoders[module_key(f.name)] for f in self.config.input_features if f.type == "text"}
+
+    def merge_adapters(self, only_if_configured: bool = True) -> list[str]:
+        """Fold adapters into their base weights (all of them, or those whose config asks for it); their names."""
+        merged = []
+        for name, encoder in self.text_encoders().items():
+            adapter = encoder.adapter
+            if adapter is not None and (adapter.postprocessor.merge_adapter_into_base_model or not only_if_configured):
+                encoder.merge_adapter(progressbar=adapter.postprocessor.progressbar)
+                merged.append(name)
+        return merged
 
     def forward(self, inputs: dict) -> dict[str, torch.Tensor]:
         vectors = []

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from tunefork.data.tensors import Table, TokenIds
+from tunefork.data.tensors import Embeddings, Table
 from tunefork.features import INPUTS, OUTPUTS
 
 WINDOW = 50
 
 
 def lengths(table: Table, config) -> np.ndarray | None:
-    text = [f.name for f in config.input_features if f.type == "text" and isinstance(table[f.name], TokenIds)]
+    """Tokens per row over the text inputs (cached embeddings keep their token lengths, so batches stay the same)."""
+    text = [f.name for f in config.input_features if f.type == "text"]
     if not text:
         return None
     return np.sum([table[name].lengths for name in text], axis=0)
@@ -46,8 +47,8 @@ def collate(table: Table, index: np.ndarray, config, meta: dict, with_targets: b
     inputs = {}
     for feature in config.input_features:
         column = table[feature.name]
-        if feature.type == "text" and not isinstance(column, TokenIds):
-            inputs[feature.name] = {"embedding": torch.from_numpy(column[index])}  # cached pooled embeddings
+        if isinstance(column, Embeddings):
+            inputs[feature.name] = {"embedding": torch.from_numpy(column.vectors[index]), "tokens": int(column.lengths[index].sum())}
         else:
             inputs[feature.name] = INPUTS[feature.type].batch(column, index, meta["inputs"][feature.name])
     targets = {}
@@ -58,4 +59,9 @@ def collate(table: Table, index: np.ndarray, config, meta: dict, with_targets: b
 
 
 def token_count(inputs: dict) -> int:
-    return int(sum(x["attention_mask"].sum() for x in inputs.values() if isinstance(x, dict) and "attention_mask" in x))
+    """Real (non-padding) tokens in a batch, for tokens/s — the same count whether text or cached vectors came in."""
+    count = 0
+    for x in inputs.values():
+        if isinstance(x, dict):
+            count += x["tokens"] if "tokens" in x else int(x["attention_mask"].sum())
+    return count

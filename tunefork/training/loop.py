@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from tunefork.adapters.steps import AdapterSteps
 from tunefork.data.tensors import Table
 from tunefork.features import OUTPUTS
 from tunefork.plan import Plan, higher_is_better
@@ -37,7 +38,7 @@ def to_device(tree, device: str):
         return tree
     if isinstance(tree, dict):
         return {k: to_device(v, device) for k, v in tree.items()}
-    return tree.to(device, non_blocking=True)
+    return tree.to(device, non_blocking=True) if isinstance(tree, torch.Tensor) else tree
 
 
 def loss_terms(config, meta: dict, logits: dict, targets: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -150,6 +151,7 @@ def fit(model, tables: dict[str, Table], config, meta: dict, plan: Plan, seed: i
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     scaler = torch.amp.GradScaler("cuda") if plan["precision"] == "fp16" else None
     accumulation, total_steps = plan["gradient_accumulation_steps"], plan["total_steps"]
+    adapter_steps = AdapterSteps(model)  # AdaLoRA's penalty and rank budget; nothing for other models
 
     train = tables["training"]
     by_length = batches.lengths(train, config) if trainer.group_by_length else None
@@ -178,8 +180,10 @@ def fit(model, tables: dict[str, Table], config, meta: dict, plan: Plan, seed: i
                 loss, terms = loss_terms(config, meta, logits, targets)
                 if trainer.regularization_lambda and trainer.regularization_type:
                     loss = loss + trainer.regularization_lambda * _penalty(params, trainer.regularization_type)
+                extra = adapter_steps.penalty()  # trained on, not reported: the logged loss stays the task's
+                objective = loss if extra is None else loss + extra
             # divide so the accumulated gradient is the mean over the effective batch, not the sum
-            scaled = loss / accumulation
+            scaled = objective / accumulation
             (scaler.scale(scaled) if scaler else scaled).backward()
             if not trainer.evaluate_training_set:
                 running.add(index, logits, terms, loss)
@@ -196,10 +200,13 @@ def fit(model, tables: dict[str, Table], config, meta: dict, plan: Plan, seed: i
                 scaler.update()
             else:
                 optimizer.step()
+            adapter_steps.after_optimizer_step(step + 1)  # AdaLoRA ranks by this step's gradients: before zero_grad
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             step += 1
             bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")  # .item(): a sync point, once a step
+            if report is not None and hasattr(report, "step"):  # per-step loss and lr for experiment trackers
+                report.step(step, loss.item(), scheduler.get_last_lr()[0])
             done = step >= total_steps
             every = plan["evaluate_every_steps"]
             if not (done or (last_of_epoch if every is None else step % every == 0)):
@@ -224,7 +231,7 @@ def fit(model, tables: dict[str, Table], config, meta: dict, plan: Plan, seed: i
             improved = best_value is None or (value > best_value if higher else value < best_value)
             if improved and not math.isnan(value):
                 best_value, stale = value, 0
-                best_state = _trainable_state(model)
+                best_state, best_adapter_state = _trainable_state(model), adapter_steps.state()
                 history.best = {"evaluation": len(history.evaluations) - 1, "epoch": epoch, "step": step,
                                 "split": watch_split, "field": watch_field, "metric": watch_metric, "value": value}
             else:
@@ -250,6 +257,7 @@ def fit(model, tables: dict[str, Table], config, meta: dict, plan: Plan, seed: i
             stop = True
     if best_state is not None:
         model.load_state_dict(best_state, strict=False)
+        adapter_steps.restore(best_adapter_state)
     return history
 
 

@@ -1,0 +1,130 @@
+"""Full fine-tuning: tunefork vs the plain transformers + PyTorch loop a user would write, in one run.
+
+    .venv/bin/python benchmarks/full_finetune.py [--rows 4000] [--epochs 2]
+
+Same model (all-MiniLM-L6-v2), data (first N SST-2 training rows; dev for validation; test), batch size 32,
+max_sequence_length 64, epochs, optimizer (AdamW, lr 1e-4, 10% linear warm-up then linear decay). Each case runs in
+its own process. Training examples/s counts training steps only (evaluation excluded) in both.
+Cases: tunefork as configured by default (length-grouped batches), tunefork with `group_by_length: false`
+(batches as random as the plain loop's), and the plain loop (AutoModelForSequenceClassification, DataLoader
+with shuffle and DataCollatorWithPadding — dynamic padding).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+BATCH, LENGTH, LR, SEED = 32, 64, 1e-4, 42
+
+
+def data(rows: int):
+    import pandas as pd
+
+    folder = common.sst2()
+    return pd.read_csv(folder / "train.csv").head(rows), pd.read_csv(folder / "dev.csv"), pd.read_csv(folder / "test.csv")
+
+
+def tunefork_case(rows: int, epochs: int, group_by_length: bool) -> dict:
+    from tunefork import Model
+
+    train, dev, test = data(rows)
+    config = {
+        "input_features": [{"name": "sentence", "type": "text", "preprocessing": {"max_sequence_length": LENGTH},
+                            "encoder": {"type": "auto_transformer", "pretrained_model_name_or_path": str(common.minilm()), "trainable": True}}],
+        "output_features": [{"name": "label", "type": "category"}],
+        "trainer": {"epochs": epochs, "batch_size": BATCH, "learning_rate": LR, "optimizer": {"type": "adamw"},
+                    "learning_rate_scheduler": {"warmup_fraction": 0.1, "decay": "linear"},
+                    "validation_field": "label", "validation_metric": "accuracy", "group_by_length": group_by_length},
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        model = Model(config, quiet=True)
+        result, test_stats = model.experiment(training_set=train, validation_set=dev, test_set=test, output_directory=tmp)
+    eff = result.efficiency
+    return {"train_examples_per_second": eff["train_examples_per_second"], "train_seconds": eff["seconds"]["train"],
+            "peak_rss_mb": eff["peak_rss_mb"], "test_accuracy": test_stats["label"]["accuracy"]}
+
+
+def plain_case(rows: int, epochs: int) -> dict:
+    import torch
+    from torch.utils.data import DataLoader
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, get_linear_schedule_with_warmup
+
+    common.quiet_transformers()
+    torch.manual_seed(SEED)
+    train, _, test = data(rows)
+    labels = sorted(train.label.unique())
+    path = common.minilm()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(labels))
+
+    def encode(frame):
+        enc = tokenizer(frame.sentence.tolist(), truncation=True, max_length=LENGTH)
+        return [{"input_ids": i, "attention_mask": m, "labels": labels.index(y)}
+                for i, m, y in zip(enc["input_ids"], enc["attention_mask"], frame.label, strict=True)]
+
+    collate = DataCollatorWithPadding(tokenizer)
+    loader = DataLoader(encode(train), batch_size=BATCH, shuffle=True, collate_fn=collate)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LR)
+    steps = epochs * len(loader)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(0.1 * steps), steps)
+    seen, seconds = 0, 0.0
+    for _ in range(epochs):
+        model.train()
+        start = time.perf_counter()
+        for batch in loader:
+            loss = model(**batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            seen += len(batch["labels"])
+        seconds += time.perf_counter() - start
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for batch in DataLoader(encode(test), batch_size=64, collate_fn=collate):
+            correct += int((model(**batch).logits.argmax(-1) == batch["labels"]).sum())
+    return {"train_examples_per_second": seen / seconds, "train_seconds": seconds,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "test_accuracy": correct / len(test)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--case")
+    parser.add_argument("--rows", type=int, default=4000)
+    parser.add_argument("--epochs", type=int, default=2)
+    args = parser.parse_args()
+    if args.case:
+        cases = {"tunefork": lambda: tunefork_case(args.rows, args.epochs, True),
+                 "tunefork_random_batches": lambda: tunefork_case(args.rows, args.epochs, False),
+                 "plain_loop": lambda: plain_case(args.rows, args.epochs)}
+        print(json.dumps(cases[args.case]()))
+        return
+    extra = ["--rows", str(args.rows), "--epochs", str(args.epochs)]
+    results = {case: common.in_subprocess(Path(__file__), case, *extra) for case in ("plain_loop", "tunefork", "tunefork_random_batches")}
+    plain = results["plain_loop"]["train_examples_per_second"]
+    summary = {
+        "setup": {"model": "all-MiniLM-L6-v2", "rows": args.rows, "epochs": args.epochs, "batch_size": BATCH,
+                  "max_sequence_length": LENGTH, "optimizer": "adamw", "learning_rate": LR, "schedule": "10% warm-up, linear decay"},
+        "cases": results,
+        "ratio_examples_per_second_vs_plain": {k: v["train_examples_per_second"] / plain for k, v in results.items()},
+    }
+    print("| case | train examples/s | × plain | peak RSS MB | test accuracy |\n|---|---|---|---|---|")
+    for case, r in results.items():
+        print(f"| {case} | {r['train_examples_per_second']:.1f} | {r['train_examples_per_second'] / plain:.2f} | "
+              f"{r['peak_rss_mb']:.0f} | {r['test_accuracy']:.4f} |")
+    print(f"saved {common.save('full_finetune', summary)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""What the training loop does for adapters around each step. Only AdaLoRA needs anything today: its orthogonality
+penalty in the objective, its rank budget re-allocated from each step's gradients, and its rank pattern kept with the
+best weights. For every other model these are no-ops that cost nothing.
+"""
+
+from __future__ import annotations
+
+
+class AdapterSteps:
+    def __init__(self, model):
+        # (section, peft model) for each text encoder trained through an adapter
+        self.adapted = [(e.adapter, e.transformer) for e in _encoders(model) if e.adapter is not None and e.adapted]
+
+    def penalty(self):
+        """Extra training-objective terms (a tensor), or None."""
+        terms = [t for t in (section.penalty(peft) for section, peft in self.adapted) if t is not None]
+        return sum(terms) if terms else None
+
+    def after_optimizer_step(self, step: int) -> None:
+        """After `optimizer.step()` and before the gradients are cleared; `step` counts optimizer steps from 1."""
+        for section, peft in self.adapted:
+            section.after_optimizer_step(peft, step)
+
+    def state(self) -> list:
+        return [section.training_state(peft) for section, peft in self.adapted]
+
+    def restore(self, state: list) -> None:
+        for (section, peft), value in zip(self.adapted, state, strict=True):
+            section.restore_training_state(peft, value)
+
+
+def _encoders(model):
+    text_encoders = getattr(model, "text_encoders", None)
+    return list(text_encoders().values()) if text_encoders else []

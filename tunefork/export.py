@@ -1,0 +1,337 @@
+"""`tunefork export --format hf | onnx`: a trained model in a form other tools load without tunefork.
+
+**hf** writes a folder that plain `transformers` loads with `AutoModelForSequenceClassification.from_pretrained` —
+no custom code, so no `trust_remote_code`. That is only honest where a stock class computes exactly what tunefork
+computes, so the export is limited to those cases and checks itself on probe texts before it writes anything:
+
+- an encoder (BERT family) pooling with `cls_pooled`: `BertForSequenceClassification` is pooler → dropout → Linear,
+  and tunefork's head with no fc layers is that same Linear on the same pooler output;
+- a decoder pooling with `last`: `*ForSequenceClassification` scores the rightmost token that is not the pad token,
+  which is tunefork's last real token when the pad id never occurs inside a text. Their `score` layer has no bias;
+  tunefork's head has one. Where the final norm has a bias (GPT-2's `ln_f`), the head bias b is folded into it:
+  score(h + δ) = W h + W δ with W δ = b (δ the least-norm solution; W has full row rank). Llama's RMSNorm has no bias,
+  so a Llama head with a bias cannot be written as a stock class and is refused.
+
+Everything else — tunefork's default masked-mean pooling (no stock class pools that way), fc layers, several inputs —
+is refused with the reason and the change that makes it exportable. Category heads keep their classes
+(`id2label`); a binary head becomes two logits [0, z], whose softmax is tunefork's [1 − σ(z), σ(z)]; a number head
+has its normalisation folded into the weights, so the logit is the prediction itself.
+
+**onnx** exports the forward pass, token ids + attention mask in, logits and probabilities (or predictions) out,
+with dynamic batch and sequence axes, and checks onnxruntime against PyTorch on probe texts when onnxruntime is there.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from tunefork.errors import TuneforkError
+
+FORMATS = ("hf", "onnx")
+PROBES = ["a", "hello world", "the film was great and the cast was wonderful", "dull , tedious and far too long ?"]
+TOLERANCE = 1e-5
+
+
+class ExportError(TuneforkError):
+    """A model this export format cannot represent exactly (says why and what to change)."""
+
+
+def _transformer(encoder, merge_adapter: bool):
+    """The bare transformer inside a text encoder, ready to be written out.
+
+    `--merge-adapter` (from the adapters work) belongs here: merge a PEFT adapter into the base weights and return
+    the merged model. Until then an adapter-wrapped encoder is refused rather than exported without its adapter.
+    """
+    transformer = encoder.transformer
+    if hasattr(transformer, "peft_config"):
+        if not merge_adapter:
+            raise ExportError("this model has an adapter: export it with --merge-adapter so its weights are merged in")
+        transformer = transformer.merge_and_unload()
+    return transformer
+
+
+def _probe_batch(tokenizer, meta: dict):
+    """Probe texts tokenized the way tunefork does (its max length, its padding side, its pad id)."""
+    import torch
+
+    rows = [tokenizer(t, truncation=True, max_length=meta["max_sequence_length"])["input_ids"] for t in PROBES]
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), meta["pad_token_id"], dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        cols = slice(width - len(row), width) if meta["padding_side"] == "left" else slice(0, len(row))
+        ids[i, cols], mask[i, cols] = torch.tensor(row), 1
+    return ids, mask
+
+
+class Forward:
+    """tunefork's forward pass as plain tensors in and out (no dicts, no inference_mode): traceable for export."""
+
+    def __new__(cls, model, config, meta: dict):
+        import torch
+        from torch import nn
+
+        from tunefork.features import number
+        from tunefork.models.ecd import module_key
+
+        class _Forward(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.model = model
+                self.text = [f.name for f in config.input_features]
+                self.outputs = [(f.name, f.type, getattr(f, "clip", None), number._scale(meta["outputs"][f.name])
+                                 if f.type == "number" else None) for f in config.output_features]
+
+            def forward(self, *tensors):
+                vectors = [self.model.encoders[module_key(name)].encode(tensors[2 * i], tensors[2 * i + 1])
+                           for i, name in enumerate(self.text)]
+                hidden = self.model.combiner(torch.cat(vectors, dim=-1) if len(vectors) > 1 else vectors[0])
+                results = []
+                for name, kind, clip, scale in self.outputs:
+                    logits = self.model.heads[module_key(name)](hidden)
+                    if kind == "category":
+                        results += [logits, logits.softmax(-1)]
+                    elif kind == "binary":
+                        p = logits.squeeze(-1).sigmoid()
+                        results += [logits, torch.stack([1 - p, p], dim=-1)]
+                    else:
+                        value = logits.squeeze(-1) * scale[1] + scale[0]
+                        results += [logits, value.clamp(*clip) if clip else value]
+                return tuple(results)
+
+        return _Forward().eval()
+
+
+def _load(model_path):
+    from tunefork.api import Model
+
+    loaded = Model.load(model_path)
+    return loaded.model, loaded.config, loaded.meta, loaded.tokenizers
+
+
+def _fresh(output: Path) -> Path:
+    output = Path(output)
+    if output.exists() and any(output.iterdir()):
+        raise ExportError(f"{output}: the output folder exists and is not empty; choose a new one")
+    return output
+
+
+def export(model_path, fmt: str, output, *, merge_adapter: bool = False) -> Path:
+    """Write the model at `model_path` (model folder or run directory) to `output` in format `fmt`."""
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown export format '{fmt}' (one of: {', '.join(FORMATS)})")
+    output = _fresh(output)
+    model, config, meta, tokenizers = _load(model_path)
+    staging = output.with_name(output.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        (_hf if fmt == "hf" else _onnx)(model, config, meta, tokenizers, staging, merge_adapter)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # nothing half-written is left behind
+        raise
+    if output.exists():
+        output.rmdir()
+    staging.rename(output)
+    return output
+
+
+# ----------------------------------------------------------------------------------------------------- hf
+
+
+def _hf(model, config, meta, tokenizers, folder: Path, merge_adapter: bool) -> None:
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from tunefork.encoders.transformer import is_decoder_only
+    from tunefork.features import number
+    from tunefork.models.ecd import module_key
+
+    if len(config.input_features) != 1 or config.input_features[0].type != "text":
+        raise ExportError("--format hf needs exactly one input feature, of type text (a transformers sequence "
+                          "classifier reads one text); use --format onnx for this model")
+    if len(config.output_features) != 1:
+        raise ExportError("--format hf needs exactly one output feature; use --format onnx for several")
+    feature, out = config.input_features[0], config.output_features[0]
+    if config.combiner.fc_layers or config.combiner.num_fc_layers or out.decoder.num_fc_layers:
+        raise ExportError("--format hf cannot represent fc layers between the pooled vector and the classifier; "
+                          "set combiner.num_fc_layers and decoder.num_fc_layers to 0 and retrain, or use --format onnx")
+    if feature.preprocessing.lowercase:
+        raise ExportError("preprocessing.lowercase changes the text before the tokenizer, which an exported tokenizer "
+                          "would not repeat; use a lowercasing tokenizer instead and retrain")
+    if getattr(out, "clip", None):
+        raise ExportError(f"output '{out.name}' clips its predictions, which a transformers regression head cannot do")
+    encoder = model.text_encoders()[feature.name]
+    transformer = _transformer(encoder, merge_adapter)
+    pooling, decoder = meta["pooling"][feature.name], is_decoder_only(transformer.config)
+    tokenizer, fitted = tokenizers[feature.name], meta["inputs"][feature.name]
+
+    head = model.heads[module_key(out.name)][-1]
+    W, b = head.weight.detach().double(), head.bias.detach().double()
+    fitted_out = meta["outputs"][out.name]
+    if out.type == "category":
+        labels = list(fitted_out["vocab"])
+    elif out.type == "binary":  # softmax([0, z]) = [1 − σ(z), σ(z)]
+        labels = list(fitted_out["labels"])
+        W, b = torch.cat([torch.zeros_like(W), W]), torch.cat([torch.zeros_like(b), b])
+    else:
+        shift, scale = number._scale(fitted_out)
+        W, b, labels = W * scale, b * scale + shift, [out.name]
+
+    hf_config = transformer.config.__class__.from_dict(transformer.config.to_dict())
+    hf_config.num_labels = len(labels)
+    hf_config.id2label = dict(enumerate(labels))
+    hf_config.label2id = {label: i for i, label in enumerate(labels)}
+    hf_config.problem_type = "regression" if out.type == "number" else "single_label_classification"
+    hf_config.pad_token_id = fitted["pad_token_id"]
+    try:
+        classifier = AutoModelForSequenceClassification.from_config(hf_config)
+    except ValueError:
+        raise ExportError(f"transformers has no sequence-classification class for '{hf_config.model_type}'; "
+                          "use --format onnx") from None
+    base = getattr(classifier, classifier.base_model_prefix)
+    base.load_state_dict(transformer.state_dict(), strict=True)
+    if decoder:
+        _decoder_head(classifier, base, pooling, W, b, tokenizer, fitted, hf_config.model_type)
+    else:
+        _encoder_head(classifier, transformer, pooling, W, b, hf_config.model_type)
+    classifier.eval()
+
+    difference = _compare(model, config, meta, tokenizer, classifier, out.type)
+    if difference > TOLERANCE:
+        raise ExportError(f"the {type(classifier).__name__} export differs from tunefork by {difference:.2e} on probe "
+                          f"texts (tolerance {TOLERANCE:g}); nothing was written — use --format onnx")
+    classifier.save_pretrained(folder)
+    tokenizer.model_max_length = fitted["max_sequence_length"]  # `truncation=True` then cuts where tunefork did
+    tokenizer.save_pretrained(folder)
+    _card(folder, type(classifier).__name__, out, labels, difference)
+
+
+def _encoder_head(classifier, transformer, pooling: str, W, b, model_type: str) -> None:
+    import torch
+
+    if pooling != "cls_pooled":
+        raise ExportError(f"pooling '{pooling}' has no stock transformers sequence-classification class (they pool the "
+                          "first token through the model's pooler); set encoder.reduce_output: cls_pooled and retrain, "
+                          "or use --format onnx")
+    linear = getattr(classifier, "classifier", None)
+    if getattr(transformer, "pooler", None) is None or not isinstance(linear, torch.nn.Linear):
+        raise ExportError(f"{type(classifier).__name__} ({model_type}) is not a single linear layer on the pooler "
+                          "output, so tunefork's head cannot be placed in it exactly; use --format onnx")
+    with torch.no_grad():
+        linear.weight.copy_(W)
+        linear.bias.copy_(b)
+
+
+def _decoder_head(classifier, base, pooling: str, W, b, tokenizer, fitted: dict, model_type: str) -> None:
+    import torch
+
+    if pooling != "last":
+        raise ExportError(f"a decoder's transformers sequence classifier scores the last token; pooling '{pooling}' "
+                          "differs — set encoder.reduce_output: last and retrain, or use --format onnx")
+    score = getattr(classifier, "score", None)
+    if not isinstance(score, torch.nn.Linear) or score.bias is not None:
+        raise ExportError(f"{type(classifier).__name__} has no plain `score` layer to hold the head; use --format onnx")
+    pad = fitted["pad_token_id"]
+    if pad in tokenizer("hello world")["input_ids"]:
+        raise ExportError("the tokenizer adds its pad token to every text, so transformers would score the wrong "
+                          "token; give the tokenizer a distinct pad token and retrain, or use --format onnx")
+    with torch.no_grad():
+        score.weight.copy_(W)
+        if b.abs().max() > 0:
+            norm = next((getattr(base, n) for n in ("ln_f", "final_layer_norm") if hasattr(base, n)), None)
+            if norm is None or getattr(norm, "bias", None) is None:
+                raise ExportError(f"{type(classifier).__name__}'s score layer has no bias and {model_type}'s final "
+                                  "norm has none to fold it into, so tunefork's head bias cannot be represented; "
+                                  "use --format onnx")
+            delta = torch.linalg.lstsq(W, b.unsqueeze(-1), driver="gelsd").solution.squeeze(-1)  # least-norm W δ = b
+            norm.bias.add_(delta.to(norm.bias.dtype))
+
+
+def _compare(model, config, meta, tokenizer, classifier, kind: str) -> float:
+    """Largest difference between tunefork's and the exported model's outputs on a padded probe batch."""
+    import torch
+
+    ids, mask = _probe_batch(tokenizer, meta["inputs"][config.input_features[0].name])
+    forward = Forward(model, config, meta)
+    with torch.no_grad():
+        ours = forward(ids, mask)[1]
+        logits = classifier(input_ids=ids, attention_mask=mask).logits.double()
+    theirs = logits.squeeze(-1) if kind == "number" else logits.softmax(-1)
+    return float((ours.double() - theirs).abs().max())
+
+
+def _card(folder: Path, cls: str, out, labels: list, difference: float) -> None:
+    how = "softmax over the logits gives the class probabilities" if out.type != "number" else "the logit is the prediction"
+    (folder / "README.md").write_text(f"""# Exported from tunefork
+
+Load with plain transformers (no custom code):
+
+```python
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+model = AutoModelForSequenceClassification.from_pretrained(folder)
+tokenizer = AutoTokenizer.from_pretrained(folder)
+logits = model(**tokenizer(texts, padding=True, truncation=True, return_tensors="pt")).logits
+```
+
+- class: `{cls}`; output `{out.name}` ({out.type}): {how}.
+- labels: {", ".join(map(str, labels[:50]))}
+- checked against tunefork on probe texts: largest difference {difference:.2e}.
+""")
+
+
+# --------------------------------------------------------------------------------------------------- onnx
+
+
+def _onnx(model, config, meta, tokenizers, folder: Path, merge_adapter: bool) -> None:
+    import torch
+
+    other = [f for f in config.input_features if f.type != "text"]
+    if other:
+        raise ExportError(f"--format onnx covers models whose inputs are all text; '{other[0].name}' is a "
+                          f"{other[0].type} input")
+    for feature in config.input_features:
+        _transformer(model.text_encoders()[feature.name], merge_adapter)
+    texts = [f.name for f in config.input_features]
+    single = len(texts) == 1
+    input_names = [n for t in texts for n in ((f"{t}_input_ids", f"{t}_attention_mask") if not single else ("input_ids", "attention_mask"))]
+    output_names = [f"{f.name}_{part}" for f in config.output_features
+                    for part in ("logits", "predictions" if f.type == "number" else "probabilities")]
+    args = tuple(t for name in texts for t in _probe_batch(tokenizers[name], meta["inputs"][name]))
+    forward = Forward(model, config, meta)
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    shapes = (tuple({0: batch, 1: seq} for _ in args),)  # forward(*tensors): one varargs entry
+    path = folder / "model.onnx"
+    torch.onnx.export(forward, args, str(path), input_names=input_names, output_names=output_names,
+                      dynamic_shapes=shapes, dynamo=True, external_data=False, verbose=False)
+    difference = _check_onnx(path, forward, args, input_names)
+    if difference is not None and difference > TOLERANCE:
+        raise ExportError(f"onnxruntime differs from PyTorch by {difference:.2e} on probe texts; nothing was written")
+    for name in texts:
+        tokenizers[name].save_pretrained(folder / "tokenizers" / name)
+    (folder / "tunefork_onnx.json").write_text(json.dumps({
+        "inputs": {name: {"input_ids": input_names[2 * i], "attention_mask": input_names[2 * i + 1],
+                          "tokenizer": f"tokenizers/{name}", **{k: meta["inputs"][name][k] for k in
+                                                                 ("max_sequence_length", "pad_token_id", "padding_side")}}
+                   for i, name in enumerate(texts)},
+        "outputs": {f.name: {"type": f.type, "names": [n for n in output_names if n.startswith(f"{f.name}_")],
+                             "labels": meta["outputs"][f.name].get("vocab") or meta["outputs"][f.name].get("labels")}
+                    for f in config.output_features},
+        "checked_difference": difference,
+    }, indent=2))
+
+
+def _check_onnx(path: Path, forward, args, input_names) -> float | None:
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    import torch
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {n: a.numpy() for n, a in zip(input_names, args, strict=True)})
+    with torch.no_grad():
+        expected = forward(*args)
+    return max(float(abs(g - e.numpy()).max()) for g, e in zip(got, expected, strict=True))
