@@ -5,15 +5,18 @@ Each method is the data flow of DESIGN.md written out: read → split → prepro
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from tunefork import config as config_mod
-from tunefork import hardware, plan as plan_mod, rundir
+from tunefork import hardware, rundir
+from tunefork import plan as plan_mod
 from tunefork.console import Console
 from tunefork.data import read, split
 from tunefork.errors import DataError, TuneforkError
@@ -44,7 +47,9 @@ def _splits(config, dataset, training_set, validation_set, test_set, seed: int) 
     if dataset is not None:
         frame = read.read(dataset)
         frame = _sample(frame, sampling, seed)
-        return split.split(frame, sampling.split, seed)
+        parts = split.split(frame, sampling.split, seed)
+        # a split given probability 0 (or too small to get a row) is absent, not an empty table
+        return {name: part for name, part in parts.items() if name == "training" or len(part)}
     frames = {"training": _sample(read.read(training_set, "training set"), sampling, seed)}
     for name, source in (("validation", validation_set), ("test", test_set)):
         if source is not None:
@@ -60,7 +65,7 @@ def _sample(frame: pd.DataFrame, sampling, seed: int) -> pd.DataFrame:
         n = max(1, int(round(n * sampling.sample_ratio)))
     if n == len(frame):
         return frame
-    out = frame.sample(n=n, random_state=seed).reset_index(drop=True)
+    out = frame.sample(n=n, random_state=seed)  # row labels kept: errors name rows of the user's table
     out.attrs = frame.attrs
     return out
 
@@ -99,6 +104,53 @@ def _embed(config, plan, model, tables: dict, meta: dict, tokenizers: dict):
     return tables, hits
 
 
+def _start_run_directory(output: Path, config, plan, fingerprints: dict, tables: dict, seed: int) -> Path:
+    output.mkdir(parents=True)
+    rundir.write_yaml(output / "resolved_config.yaml", {"config": config_mod.to_dict(config), "plan": plan.to_dict()})
+    rundir.write_json(output / "description.json", {
+        "versions": rundir.versions(),
+        "config": config_mod.to_dict(config),
+        "dataset_fingerprints": fingerprints,
+        "rows": {k: len(v) for k, v in tables.items()},
+        "random_seed": seed,
+        "trust_remote_code": {f.name: f.encoder.trust_remote_code for f in config.input_features if f.type == "text"},
+    })
+    return output
+
+
+def _resume_point(run: Path, seed: int):
+    """The last checkpoint of `run` and the seed it was started with."""
+    from tunefork.training import checkpoint
+
+    description = run / "description.json"
+    if not description.is_file():
+        raise TuneforkError(f"{run}: not a tunefork run directory (no description.json) to resume")
+    if (run / "model").is_dir():
+        raise TuneforkError(f"{run}: this run already finished (model/ is there); nothing to resume")
+    resume = checkpoint.load(run / "checkpoints")
+    if resume is None:
+        raise TuneforkError(f"{run}: no checkpoint was written before the run stopped; start it again instead")
+    original = json.loads(description.read_text())["random_seed"]
+    if original != seed:
+        log.info("resuming with the run's random_seed %s", original)
+    return resume, original
+
+
+def _check_same_data(run: Path, fingerprints: dict) -> None:
+    recorded = json.loads((run / "description.json").read_text())["dataset_fingerprints"]
+    if recorded != fingerprints:
+        changed = sorted(k for k in set(recorded) | set(fingerprints) if recorded.get(k) != fingerprints.get(k))
+        raise DataError(f"{run}: the {', '.join(changed)} data differ from the run being resumed; pass the same data")
+
+
+def config_of_run(run) -> dict:
+    """The config a run directory was trained with (for resuming without -c)."""
+    description = Path(run) / "description.json"
+    if not description.is_file():
+        raise TuneforkError(f"{run}: not a tunefork run directory (no description.json)")
+    return json.loads(description.read_text())["config"]
+
+
 class Model:
     """A tunefork model: built from a config, trained on data, or loaded from a model folder."""
 
@@ -111,16 +163,22 @@ class Model:
     # ------------------------------------------------------------------------------------------------ training
     def train(self, dataset=None, *, training_set=None, validation_set=None, test_set=None, output_directory="results",
               experiment_name: str = "experiment", model_name: str = "run", random_seed: int = 42,
-              skip_save_model: bool = False, logger: str | list[str] | None = None) -> TrainResult:
+              skip_save_model: bool = False, logger: str | list[str] | None = None,
+              model_resume_path=None) -> TrainResult:
+        """Train and write the run directory; `model_resume_path` continues a run that stopped from its last
+        checkpoint, in the same directory, with the same seed and data (both checked)."""
         import torch
 
-        from tunefork import report as report_mod, tracking
-
+        from tunefork import report as report_mod
+        from tunefork import tracking
         from tunefork.models import artifact
         from tunefork.models.ecd import ECD
+        from tunefork.training import checkpoint
         from tunefork.training.loop import fit
 
         config, phases = self.config, Phases()
+        resume_dir = Path(model_resume_path) if model_resume_path else None
+        resume, random_seed = _resume_point(resume_dir, random_seed) if resume_dir else (None, random_seed)
         with phases("read"):
             frames = _splits(config, dataset, training_set, validation_set, test_set, random_seed)
         if len(frames["training"]) == 0:
@@ -148,9 +206,17 @@ class Model:
             self.console.note(f"encoder embeddings loaded from the cache: {', '.join(embed_hits)}")
         recorder = report_mod.Recorder()  # the Console, the report's recorder and any trackers all hear the loop
         board = tracking.Fanout(self.console, recorder, *tracking.start(logger, output_directory, f"{experiment_name}_{model_name}", config_mod.to_dict(config), self.console))
+        output = None
+        if not skip_save_model:  # everything is validated: from here on the run directory exists
+            fingerprints = {k: read.fingerprint(v) for k, v in frames.items()}
+            output = resume_dir or _start_run_directory(rundir.new(output_directory, experiment_name, model_name), config,
+                                                        plan, fingerprints, tables, random_seed)
+            if resume_dir is not None:
+                _check_same_data(resume_dir, fingerprints)
+        checkpoints = checkpoint.Checkpoints(output / "checkpoints") if output is not None else None
         with phases("fit"):
             try:
-                history = fit(model, tables, config, meta, plan, random_seed, report=board)
+                history = fit(model, tables, config, meta, plan, random_seed, report=board, checkpoints=checkpoints, resume=resume)
             finally:
                 board.close()
         for name in model.merge_adapters():  # adapter.postprocessor.merge_adapter_into_base_model
@@ -174,26 +240,13 @@ class Model:
             "embedding_cache_hit": {name: name in embed_hits for name in meta["pooling"] if plan[f"cache_embeddings.{name}"]},
             "final_validation": history.best,
         }
-        output = None
-        if not skip_save_model:
-            output = rundir.new(output_directory, experiment_name, model_name)
-            staging = output.with_name(output.name + ".partial")
-            staging.mkdir(parents=True)
-            artifact.save(staging / "model", model, config_mod.to_dict(config), meta, tokenizers)
-            rundir.write_json(staging / "training_statistics.json", statistics)
-            rundir.write_json(staging / "efficiency.json", efficiency)
-            rundir.write_yaml(staging / "resolved_config.yaml", {"config": config_mod.to_dict(config), "plan": plan.to_dict()})
-            rundir.write_json(staging / "description.json", {
-                "versions": rundir.versions(),
-                "config": config_mod.to_dict(config),
-                "dataset_fingerprints": {k: read.fingerprint(v) for k, v in frames.items()},
-                "rows": {k: len(v) for k, v in tables.items()},
-                "random_seed": random_seed,
-                "trust_remote_code": {f.name: f.encoder.trust_remote_code for f in config.input_features if f.type == "text"},
-            })
+        if output is not None:
+            artifact.save(output / "model", model, config_mod.to_dict(config), meta, tokenizers)  # atomic: whole or absent
+            rundir.write_json(output / "training_statistics.json", statistics)
+            rundir.write_json(output / "efficiency.json", efficiency)
             self._report = report_mod.collect(output.name, model, tables, config, meta, plan, recorder, statistics, efficiency, config_mod.to_dict(config))
-            self._report.write(staging / "report.html")
-            staging.rename(output)  # the run directory appears whole or not at all
+            self._report.write(output / "report.html")
+            shutil.rmtree(output / "checkpoints", ignore_errors=True)  # the run finished: model/ holds its result
             self.console.note(f"saved: {output}")
         return TrainResult(output, statistics, efficiency, plan.to_dict())
 

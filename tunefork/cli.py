@@ -28,8 +28,9 @@ def _data_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _train_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-c", "--config", required=True, help="YAML config")
+    p.add_argument("-c", "--config", help="YAML config (not needed with --model_resume_path)")
     _data_flags(p)
+    p.add_argument("--model_resume_path", help="a run directory that stopped: continue from its last checkpoint")
     p.add_argument("--output_directory", default="results", help="where run directories go (default: results)")
     p.add_argument("--experiment_name", default="experiment")
     p.add_argument("--model_name", default="run")
@@ -39,12 +40,22 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
                    help="track the run (per-step loss and lr, metrics, config); repeat for several; off by default")
 
 
+def _global_flags(inside_command: bool) -> argparse.ArgumentParser:
+    """--debug and --quiet, accepted before the command and after it (`tunefork train ... --quiet`)."""
+    p = argparse.ArgumentParser(add_help=False)
+    # after the command the default is SUPPRESS, so a flag given before the command is not reset to False
+    default = argparse.SUPPRESS if inside_command else False
+    p.add_argument("--debug", action="store_true", default=default, help="show tracebacks for every error")
+    p.add_argument("--quiet", action="store_true", default=default, help="print results only")
+    return p
+
+
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="tunefork", description="Declarative fine-tuning of Hugging Face transformers.")
-    root.add_argument("--debug", action="store_true", help="show tracebacks for every error")
-    root.add_argument("--quiet", action="store_true", help="print results only")
+    root = argparse.ArgumentParser(prog="tunefork", description="Declarative fine-tuning of Hugging Face transformers.",
+                                   parents=[_global_flags(inside_command=False)])
     sub = root.add_subparsers(dest="command", metavar="COMMAND")
-    parsers = {name: sub.add_parser(name, help=text, description=text) for name, text in COMMANDS.items()}
+    parsers = {name: sub.add_parser(name, help=text, description=text, parents=[_global_flags(inside_command=True)])
+               for name, text in COMMANDS.items()}
     _train_flags(parsers["train"])
     _train_flags(parsers["experiment"])
     for name in ("predict", "evaluate"):
@@ -129,11 +140,17 @@ def _run(args) -> int:
     from tunefork.api import Model
 
     if args.command in ("train", "experiment"):
-        model = Model(args.config, quiet=args.quiet)
+        from tunefork.api import config_of_run
+        from tunefork.errors import TuneforkError
+
+        if args.config is None and args.model_resume_path is None:
+            raise TuneforkError("give a config with -c/--config (or --model_resume_path to continue a run)")
+        model = Model(args.config or config_of_run(args.model_resume_path), quiet=args.quiet)
         run = model.train if args.command == "train" else model.experiment
         run(args.dataset, training_set=args.training_set, validation_set=args.validation_set, test_set=args.test_set,
             output_directory=args.output_directory, experiment_name=args.experiment_name, model_name=args.model_name,
-            random_seed=args.random_seed, skip_save_model=args.skip_save_model, logger=args.logger)
+            random_seed=args.random_seed, skip_save_model=args.skip_save_model, logger=args.logger,
+            model_resume_path=args.model_resume_path)
         return 0
 
     model = Model.load(args.model_path, quiet=args.quiet)

@@ -170,3 +170,84 @@ def resolve_inference(config: Config, hardware, batch_size: int | None = None) -
     plan.decide("eval_batch_size", size, "--batch_size" if batch_size else "trainer.eval_batch_size or 64")
     plan.decide("precision", *_precision(config.trainer.use_mixed_precision, hardware))
     return plan
+
+
+# ---------------------------------------------------------------------------------------------- model_type: llm
+LLM_METRICS = ("loss", "perplexity")
+
+
+def resolve_llm(config, training_rows: int, context_length: int | None, hardware) -> Plan:
+    """The plan of a causal-LM run: the ECD decisions that apply, plus the sequence limit and the quantization check.
+
+    `context_length`: the model's own limit (max_position_embeddings or n_positions), None when it declares none.
+    """
+    if config.quantization is not None and hardware.device != "cuda":
+        raise ConfigError([f"quantization: {config.quantization.bits}-bit loading uses bitsandbytes, which needs a "
+                           f"CUDA GPU, and this machine has none; remove the quantization section to load the model "
+                           f"in full precision"])
+    plan = Plan()
+    trainer = config.trainer
+    plan.decide("device", hardware.device, "CUDA is available" if hardware.device == "cuda" else "no CUDA device")
+    if trainer.batch_size == "auto":
+        # prompt + output rows run to hundreds of tokens and the activations of every layer are kept for backward:
+        # a small batch fits anywhere, and gradient_accumulation_steps makes the effective batch larger
+        plan.decide("batch_size", 4, "auto: 4 rows a step for causal-LM fine-tuning (fixed rule)")
+    else:
+        plan.decide("batch_size", trainer.batch_size, "trainer.batch_size")
+    if trainer.eval_batch_size in (None, "auto"):
+        plan.decide("eval_batch_size", max(plan["batch_size"], 8), "no gradients at evaluation: at least 8 rows a batch")
+    else:
+        plan.decide("eval_batch_size", trainer.eval_batch_size, "trainer.eval_batch_size")
+    accumulation = 1 if trainer.gradient_accumulation_steps == "auto" else trainer.gradient_accumulation_steps
+    plan.decide("gradient_accumulation_steps", accumulation, "auto: 1" if trainer.gradient_accumulation_steps == "auto"
+                else "trainer.gradient_accumulation_steps")
+    plan.decide("learning_rate", trainer.learning_rate, "trainer.learning_rate (one worker: no scaling)")
+    plan.decide("effective_batch_size", plan["batch_size"] * accumulation, "batch_size × gradient_accumulation_steps")
+    steps_per_epoch = max(1, math.ceil(training_rows / plan["batch_size"] / accumulation))
+    plan.decide("steps_per_epoch", steps_per_epoch, "ceil(training rows / effective batch)")
+    if trainer.type == "none":
+        plan.decide("total_steps", 0, "trainer.type none: nothing trains")
+    else:
+        plan.decide("total_steps", trainer.train_steps or steps_per_epoch * trainer.epochs,
+                    "trainer.train_steps" if trainer.train_steps else "steps_per_epoch × epochs")
+    if trainer.steps_per_checkpoint:
+        plan.decide("evaluate_every_steps", trainer.steps_per_checkpoint, "trainer.steps_per_checkpoint")
+    elif trainer.checkpoints_per_epoch:
+        plan.decide("evaluate_every_steps", max(1, steps_per_epoch // trainer.checkpoints_per_epoch), "trainer.checkpoints_per_epoch")
+    else:
+        plan.decide("evaluate_every_steps", None, "once per epoch, after its last step")
+    plan.decide("precision", *_precision(trainer.use_mixed_precision, hardware))
+    plan.decide("max_sequence_length", *_sequence_limit(config, context_length))
+    if getattr(config.adapter, "type", None) == "adalora" and trainer.type == "finetune":
+        from tunefork.adapters.adalora import schedule_problem
+
+        steps = config.adapter.schedule_steps(plan["total_steps"])
+        problem = schedule_problem(config.adapter, steps)
+        if problem:
+            raise ConfigError([f"adapter: {problem}"])
+        plan.decide("adalora_total_step", steps, "adapter.total_step" if config.adapter.total_step else "the planned optimizer steps")
+    return plan
+
+
+def _sequence_limit(config, context_length: int | None) -> tuple[int, str]:
+    asked = config.preprocessing.global_max_sequence_length
+    if asked is not None and context_length is not None and asked > context_length:
+        return context_length, f"preprocessing.global_max_sequence_length {asked} is beyond the model's context ({context_length})"
+    if asked is not None:
+        return asked, "preprocessing.global_max_sequence_length"
+    if context_length is not None:
+        return context_length, "the model's context length"
+    return 2048, "neither global_max_sequence_length nor a context length in the model config: 2048"
+
+
+def resolve_llm_inference(config, context_length: int | None, hardware, batch_size: int | None = None) -> Plan:
+    """What generation needs: device, batch size, precision and the sequence limit."""
+    if config.quantization is not None and hardware.device != "cuda":
+        resolve_llm(config, 1, context_length, hardware)  # raises the one quantization error
+    plan = Plan()
+    plan.decide("device", hardware.device, "CUDA is available" if hardware.device == "cuda" else "no CUDA device")
+    size = batch_size or (config.trainer.eval_batch_size if isinstance(config.trainer.eval_batch_size, int) else 8)
+    plan.decide("eval_batch_size", size, "--batch_size" if batch_size else "trainer.eval_batch_size or 8")
+    plan.decide("precision", *_precision(config.trainer.use_mixed_precision, hardware))
+    plan.decide("max_sequence_length", *_sequence_limit(config, context_length))
+    return plan

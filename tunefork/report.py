@@ -60,7 +60,8 @@ class RunReport:
         for feature in self.config["output_features"]:
             if feature["type"] == "number":
                 source = feature.get("column") or feature["name"]
-                true = frame.loc[predictions.index, source].to_numpy(dtype=float)
+                # predict numbers its rows 0..n-1 in the frame's order (read.read resets the index)
+                true = frame[source].reset_index(drop=True).loc[predictions.index].to_numpy(dtype=float)
                 pred = predictions[f"{feature['name']}_predictions"].to_numpy(dtype=float)
                 self.points.setdefault("test", {})[feature["name"]] = (true, pred)
 
@@ -199,15 +200,28 @@ def _outcomes(report: RunReport) -> str:
     return '<div class="grid">' + "".join(figures) + "</div>"
 
 
+def _measure(key: str, value) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, dict):
+        return _e(", ".join(f"{k}: {_measure(k, v)}" for k, v in value.items()))
+    if key.endswith("_mb"):
+        return f"{value:,.0f} MB"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:,.1f}" if isinstance(value, float) else _e(value)
+
+
 def _efficiency(report: RunReport) -> str:
     eff = report.efficiency
-    rows = [[_e(f"{phase} seconds"), _fmt(float(v))] for phase, v in eff.get("seconds", {}).items()]
+    phases = [[_e(phase), f"{float(v):,.2f} s"] for phase, v in eff.get("seconds", {}).items()]
+    rows = []
     for key in ("train_examples", "train_examples_per_second", "train_tokens_per_second", "peak_rss_mb", "peak_device_mb",
                 "preprocessing_cache_hit", "embedding_cache_hit"):
-        if key in eff and eff[key] is not None:
-            value = eff[key]
-            rows.append([_e(key.replace("_", " ")), _fmt(float(value)) if isinstance(value, (int, float)) and not isinstance(value, bool) else _e(value)])
-    return _table(["measure", "value"], rows)
+        if eff.get(key) not in (None, {}):
+            rows.append([_e(key.replace("_", " ").replace(" mb", " memory")), _measure(key, eff[key])])
+    return (f'<div class="pair"><div>{_table(["phase", "wall time"], phases)}</div>'
+            f'<div>{_table(["measure", "value"], rows)}</div></div>')
 
 
 def _config(report: RunReport) -> str:
@@ -281,6 +295,7 @@ th { background:#f9fafb; font-weight:600; } td.num, th.num { text-align:right; f
 tbody tr:hover { background:#f9fafb; }
 .grid { display:grid; grid-template-columns:repeat(auto-fit, minmax(420px, 1fr)); gap:14px; align-items:start; }
 figure { margin:0; } figure img { width:100%; height:auto; display:block; }
+.pair { display:grid; grid-template-columns:repeat(auto-fit, minmax(320px, 1fr)); gap:18px; }
 .note { color:var(--muted); font-size:12px; margin:8px 0 0; }
 .model { font-family:ui-monospace, Menlo, Consolas, monospace; font-size:12px; word-break:break-all; }
 details { margin-top:14px; } summary { cursor:pointer; color:var(--accent); font-weight:600; }

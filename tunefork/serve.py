@@ -122,8 +122,16 @@ class Service:
 
 
 def _errors(exc, prefix: tuple = ()) -> list[dict]:
-    return [{"loc": [*prefix, *e["loc"]], "msg": e["msg"], "type": e["type"]}
-            for e in exc.errors(include_url=False, include_context=False, include_input=False)]
+    """Pydantic's errors as [{loc, msg, type}], one per field: a union's members (`genre.str`, `genre.int`) are
+    merged into one entry, since the client sent one field, not one per accepted type."""
+    merged: dict[tuple, dict] = {}
+    for e in exc.errors(include_url=False, include_context=False, include_input=False):
+        loc = (*prefix, *e["loc"][:1])
+        if loc in merged:
+            merged[loc]["msg"] += f"; {e['msg'][0].lower()}{e['msg'][1:]}"
+        else:
+            merged[loc] = {"loc": list(loc), "msg": e["msg"], "type": e["type"]}
+    return list(merged.values())
 
 
 def app(model_path, *, max_body_bytes: int = MAX_BODY_BYTES):

@@ -35,8 +35,12 @@ def _tidy(ax) -> None:
 
 
 def encode(fig, fmt: str = "svg") -> bytes:
+    import matplotlib
+
     buffer = io.BytesIO()
-    fig.savefig(buffer, format=fmt, dpi=110 if fmt == "png" else None)
+    # SVG text stays text (not glyph outlines): a third of the size, selectable, searchable
+    with matplotlib.rc_context({"svg.fonttype": "none"}):
+        fig.savefig(buffer, format=fmt, dpi=110 if fmt == "png" else None)
     return buffer.getvalue()
 
 
@@ -76,8 +80,8 @@ def confusion_matrix(matrix, labels: list[str], title: str):
     """Counts, rows true and columns predicted; cells are shaded by the share of their true class."""
     m = np.asarray(matrix, dtype=float)
     n = len(m)
-    size = min(11.0, 2.4 + 0.45 * n)
-    fig, ax = _figure(size + 1.0, size)
+    # one width for every figure in the report keeps their lettering the same size; height grows with the classes
+    fig, ax = _figure(6.0 if n <= 12 else min(12.0, 2.0 + 0.4 * n), max(4.2, min(11.0, 1.6 + 0.4 * n)))
     share = m / np.maximum(m.sum(1, keepdims=True), 1)
     image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
@@ -99,7 +103,7 @@ def scatter(true, predicted, title: str):
     y, p = np.asarray(true, dtype=float), np.asarray(predicted, dtype=float)
     keep = np.isfinite(y) & np.isfinite(p)
     y, p = y[keep], p[keep]
-    fig, ax = _figure(4.8, 4.4)
+    fig, ax = _figure(6.0, 4.2)
     ax.scatter(y, p, s=9, alpha=0.45, color=PALETTE[0], linewidths=0)
     if len(y):
         low, high = float(min(y.min(), p.min())), float(max(y.max(), p.max()))

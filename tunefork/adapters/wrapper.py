@@ -9,6 +9,7 @@ outside tunefork too, and `pretrained_adapter_weights` reads adapters trained el
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 from tunefork.adapters.registry import BY_PEFT_TYPE
@@ -49,7 +50,11 @@ def load(model, source: str | Path, *, trainable: bool, where: str = "adapter", 
         peft_config.total_step = expect.schedule_steps(total_steps)  # a new run: the budget spans its own steps
     peft_config.inference_mode = not trainable
     try:
-        peft_model = PeftModel.from_pretrained(model, str(source), is_trainable=trainable, config=peft_config)
+        with warnings.catch_warnings():
+            # AdaLoRA's saved rank pattern resizes the modules while loading; peft then also tries to apply it as a
+            # LoRA rank pattern and warns that its keys match nothing, harmlessly (the reload is exact: tested)
+            warnings.filterwarnings("ignore", message="The following rank_pattern keys did not match")
+            peft_model = PeftModel.from_pretrained(model, str(source), is_trainable=trainable, config=peft_config)
     except (ValueError, TypeError, KeyError, RuntimeError) as exc:
         raise TuneforkError(f"{where}: the adapter at '{source}' does not fit this model ({_first_line(exc)})") from None
     _check_all_loaded(peft_model, Path(source), where)
@@ -75,7 +80,11 @@ def _check_all_loaded(peft_model, folder: Path, where: str) -> None:
 
 def save(peft_model, folder: Path) -> None:
     """peft's own format: adapter_config.json + adapter_model.safetensors (and peft's README model card)."""
-    peft_model.save_pretrained(str(folder), safe_serialization=True)
+    with warnings.catch_warnings():
+        # an AdaLoRA layer whose whole budget was pruned saves rank-0 matrices, which peft mistakes for unsynced
+        # DeepSpeed/FSDP shards; they are legitimately empty
+        warnings.filterwarnings("ignore", message=r".*LoRA tensor\(s\) have invalid shape")
+        peft_model.save_pretrained(str(folder), safe_serialization=True)
 
 
 def is_peft(module) -> bool:

@@ -1,4 +1,5 @@
-"""Config loading: YAML or dict → Ludwig translation → validated, frozen `Config`.
+"""Config loading: YAML or dict → Ludwig translation → validated, frozen `Config` (or `LLMConfig` for
+`model_type: llm`; `Config` stays the ECD class).
 
 Importing this package pulls in pydantic and PyYAML only, so `check-config` is instant and offline.
 """
@@ -13,9 +14,11 @@ from pydantic import ValidationError
 
 from tunefork.config.errors import ConfigError
 from tunefork.config.ludwig import translate
+from tunefork.config.llm import LLMConfig
 from tunefork.config.schema import Config
 
-__all__ = ["Config", "ConfigError", "load", "render"]
+__all__ = ["Config", "ConfigError", "LLMConfig", "load", "render"]
+MODEL_TYPES = {"ecd": Config, "llm": LLMConfig}
 
 
 def read_yaml(path: str | Path) -> Any:
@@ -33,21 +36,36 @@ def read_yaml(path: str | Path) -> Any:
         raise ConfigError([f"{path}:{where}: {problem}"]) from None
 
 
-def load(source: str | Path | dict | Config) -> Config:
-    """Validate a config given as a YAML path, a dict, or an existing `Config`."""
-    if isinstance(source, Config):
+def load(source: str | Path | dict | Config | LLMConfig) -> Config | LLMConfig:
+    """Validate a config given as a YAML path, a dict, or an existing `Config` / `LLMConfig`."""
+    if isinstance(source, (Config, LLMConfig)):
         return source
     raw = read_yaml(source) if isinstance(source, (str, Path)) else source
     if not isinstance(raw, dict):
         where = source if isinstance(source, (str, Path)) else "config"  # an empty YAML file reads as None
         raise ConfigError([f"{where}: expected a mapping with input_features and output_features, got {type(raw).__name__}"])
+    schema = _schema(raw)
     translated = translate(raw)
     try:
-        return Config.model_validate(translated)
+        return schema.model_validate(translated)
     except ValidationError as exc:
         from tunefork.config.errors import from_validation_error
 
         raise from_validation_error(exc, translated) from None
+
+
+def _schema(raw: dict):
+    """The config class for `model_type` (ECD when absent, as in Ludwig)."""
+    kind = raw.get("model_type", "ecd")
+    if kind not in MODEL_TYPES:
+        from tunefork.config.errors import did_you_mean
+
+        raise ConfigError([f"model_type: {kind!r} is not one of {', '.join(map(repr, MODEL_TYPES))}"
+                           f"{did_you_mean(kind, MODEL_TYPES)}"])
+    if kind == "ecd" and "base_model" in raw:
+        raise ConfigError(["base_model: only used by model_type: llm (add `model_type: llm` to fine-tune a "
+                           "generating LLM, or use an auto_transformer encoder for classification and regression)"])
+    return MODEL_TYPES[kind]
 
 
 def to_dict(config: Config) -> dict:

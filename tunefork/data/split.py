@@ -47,4 +47,5 @@ def assign(frame: pd.DataFrame, split, seed: int) -> np.ndarray:
 
 def split(frame: pd.DataFrame, how, seed: int) -> dict[str, pd.DataFrame]:
     labels = assign(frame, how, seed)
-    return {name: frame[labels == i].reset_index(drop=True) for i, name in enumerate(SPLITS)}
+    # each split keeps the table's row labels, so an error about a cell names the row the user can find in the file
+    return {name: frame[labels == i] for i, name in enumerate(SPLITS)}

@@ -40,6 +40,8 @@ def fit(values: pd.Series, feature, tokenizer) -> dict:
 
 
 def transform(values: pd.Series, feature, meta: dict, tokenizer) -> TokenIds:
+    if len(values) == 0:
+        return TokenIds.from_rows([])
     texts = values.astype(str)
     if feature.preprocessing.lowercase:
         texts = texts.str.lower()

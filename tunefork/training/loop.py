@@ -9,7 +9,7 @@ import contextlib
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -125,6 +125,13 @@ class History:
                 if name != "confusion_matrix":
                     self.metrics[split].setdefault(output, {}).setdefault(name, []).append(value)
 
+    def to_state(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_state(cls, state: dict) -> History:
+        return cls(**state)
+
     def to_json(self) -> dict:
         source = ("a full evaluation pass over the training set after each evaluation" if self.evaluate_training_set
                   else "running aggregate of the training batches since the previous evaluation (approximate)")
@@ -138,8 +145,26 @@ def _trainable_state(model) -> dict[str, torch.Tensor]:
     return state
 
 
-def fit(model, tables: dict[str, Table], config, meta: dict, plan: Plan, seed: int, report=None) -> History:
-    """Train `model` in place; the best weights (by the validation field and metric) are restored at the end."""
+@dataclass
+class Progress:
+    """Where training stands, beyond weights and optimizer: what a resumed run needs to continue exactly."""
+
+    epoch: int = 0  # epochs started
+    step: int = 0  # optimizer steps taken
+    batch: int = 0  # batches of the current epoch done: the position in its data order
+    epoch_rng: dict | None = None  # numpy generator state at the epoch's start; regenerates its batch order
+    best_value: float | None = None
+    stale: int = 0  # evaluations since the last improvement
+    reductions: int = 0  # learning-rate reductions on plateau so far
+
+
+def fit(model, tables: dict[str, Table], config, meta: dict, plan: Plan, seed: int, report=None,
+        checkpoints=None, resume: dict | None = None) -> History:
+    """Train `model` in place; the best weights (by the validation field and metric) are restored at the end.
+
+    With `checkpoints` (a `checkpoint.Checkpoints`), a checkpoint follows every evaluation; `resume` (a loaded
+    checkpoint) continues a run from it with the same batches, RNG draws and optimizer state as if never stopped.
+    """
     trainer = config.trainer
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -161,17 +186,24 @@ def fit(model, tables: dict[str, Table], config, meta: dict, plan: Plan, seed: i
     watch_field, watch_metric = trainer.validation_field, trainer.validation_metric
     higher = higher_is_better(watch_metric)
 
-    history = History(trainer.evaluate_training_set)
-    best_value, best_state, stale, reductions = None, None, 0, 0
-    step, epoch, stop = 0, 0, False
+    history, progress, best_state, best_adapter_state = History(trainer.evaluate_training_set), Progress(), None, None
+    if resume is not None:
+        progress, history, best_state = _restore(resume, model, optimizer, scheduler, scaler)
+    stop = progress.step >= total_steps
     running = Collector(config, meta)
     while not stop:
-        epoch += 1
-        model.train()
+        if progress.batch == 0:  # a new epoch: remember how its order was drawn
+            progress.epoch += 1
+            progress.epoch_rng = rng.bit_generator.state
+        rng.bit_generator.state = progress.epoch_rng
         order = batches.training_order(len(train), plan["batch_size"], rng, trainer.should_shuffle, by_length)
-        bar = tqdm(total=len(train), unit="ex", desc=f"epoch {epoch}", leave=False, disable=report is None or not report.progress)
+        model.train()
+        done_rows = sum(len(index) for index in order[: progress.batch])
+        bar = tqdm(total=len(train), initial=done_rows, unit="ex", desc=f"epoch {progress.epoch}", leave=False,
+                   disable=report is None or not report.progress)
         started = time.perf_counter()
-        for i, index in enumerate(order):
+        for i in range(progress.batch, len(order)):
+            index = order[i]
             inputs, targets = batches.collate(train, index, config, meta)
             history.train_tokens += batches.token_count(inputs)
             inputs, targets = to_device(inputs, device), to_device(targets, device)
@@ -200,16 +232,16 @@ def fit(model, tables: dict[str, Table], config, meta: dict, plan: Plan, seed: i
                 scaler.update()
             else:
                 optimizer.step()
-            adapter_steps.after_optimizer_step(step + 1)  # AdaLoRA ranks by this step's gradients: before zero_grad
+            adapter_steps.after_optimizer_step(progress.step + 1)  # AdaLoRA ranks by this step's gradients: before zero_grad
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
-            step += 1
+            progress.step, progress.batch = progress.step + 1, i + 1
             bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")  # .item(): a sync point, once a step
             if report is not None and hasattr(report, "step"):  # per-step loss and lr for experiment trackers
-                report.step(step, loss.item(), scheduler.get_last_lr()[0])
-            done = step >= total_steps
+                report.step(progress.step, loss.item(), scheduler.get_last_lr()[0])
+            done = progress.step >= total_steps
             every = plan["evaluate_every_steps"]
-            if not (done or (last_of_epoch if every is None else step % every == 0)):
+            if not (done or (last_of_epoch if every is None else progress.step % every == 0)):
                 continue
             history.train_seconds += time.perf_counter() - started
             eval_started = time.perf_counter()
@@ -226,39 +258,60 @@ def fit(model, tables: dict[str, Table], config, meta: dict, plan: Plan, seed: i
                     scores["test"] = evaluate(model, test, config, meta, plan)
             for split, values in scores.items():
                 history.record(split, values)
-            history.evaluations.append({"epoch": epoch, "step": step, "learning_rate": scheduler.get_last_lr()[0]})
+            history.evaluations.append({"epoch": progress.epoch, "step": progress.step, "learning_rate": scheduler.get_last_lr()[0]})
             value = scores.get(watch_split, scores["training"])[watch_field][watch_metric]
-            improved = best_value is None or (value > best_value if higher else value < best_value)
-            if improved and not math.isnan(value):
-                best_value, stale = value, 0
+            best = progress.best_value
+            improved = not math.isnan(value) and (best is None or (value > best if higher else value < best))
+            if improved:
+                progress.best_value, progress.stale = value, 0
                 best_state, best_adapter_state = _trainable_state(model), adapter_steps.state()
-                history.best = {"evaluation": len(history.evaluations) - 1, "epoch": epoch, "step": step,
+                history.best = {"evaluation": len(history.evaluations) - 1, "epoch": progress.epoch, "step": progress.step,
                                 "split": watch_split, "field": watch_field, "metric": watch_metric, "value": value}
             else:
-                stale += 1
+                progress.stale += 1
                 lr_section = trainer.learning_rate_scheduler
-                if lr_section.reduce_on_plateau and reductions < lr_section.reduce_on_plateau and stale % lr_section.reduce_on_plateau_patience == 0:
-                    reductions += 1
+                if (lr_section.reduce_on_plateau and progress.reductions < lr_section.reduce_on_plateau
+                        and progress.stale % lr_section.reduce_on_plateau_patience == 0):
+                    progress.reductions += 1
                     scheduler.base_lrs = [lr * lr_section.reduce_on_plateau_rate for lr in scheduler.base_lrs]
+            if checkpoints is not None:
+                checkpoints.save(_trainable_state(model), optimizer, scheduler, scaler, asdict(progress), history.to_state(),
+                                 rng.bit_generator.state, improved)
             history.evaluate_seconds += time.perf_counter() - eval_started
             if report is not None:
-                report.evaluation(epoch, step, scores, history, improved)
+                report.evaluation(progress.epoch, progress.step, scores, history, improved)
             model.train()
             started = time.perf_counter()
-            if trainer.early_stop >= 0 and stale >= trainer.early_stop > 0:
-                log.info("early stop: %s %s has not improved for %d evaluations", watch_field, watch_metric, stale)
+            if trainer.early_stop > 0 and progress.stale >= trainer.early_stop:
+                log.info("early stop: %s %s has not improved for %d evaluations", watch_field, watch_metric, progress.stale)
                 stop = True
-            if done:
+            if done or stop:
                 stop = True
-            if stop:
                 break
         bar.close()
-        if epoch >= trainer.epochs and not trainer.train_steps:
+        if not stop:  # time since the last evaluation (none when the epoch ended on one)
+            history.train_seconds += time.perf_counter() - started
+        progress.batch = 0
+        if progress.epoch >= trainer.epochs and not trainer.train_steps:
             stop = True
     if best_state is not None:
         model.load_state_dict(best_state, strict=False)
-        adapter_steps.restore(best_adapter_state)
+        if best_adapter_state is not None:
+            adapter_steps.restore(best_adapter_state)
     return history
+
+
+def _restore(resume: dict, model, optimizer, scheduler, scaler):
+    """Put a loaded checkpoint back: weights, optimizer, scheduler, RNGs, progress, history, best weights."""
+    model.load_state_dict(resume["model"], strict=False)
+    optimizer.load_state_dict(resume["optimizer"])
+    scheduler.load_state_dict(resume["scheduler"])
+    if scaler is not None and resume["scaler"] is not None:
+        scaler.load_state_dict(resume["scaler"])
+    torch.set_rng_state(resume["torch_rng"])
+    progress = Progress(**resume["progress"])
+    history = History.from_state(resume["history"])
+    return progress, history, resume.get("best_model")
 
 
 def _penalty(params, kind: str) -> torch.Tensor:

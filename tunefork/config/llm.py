@@ -1,0 +1,283 @@
+"""`model_type: llm`: a causal language model that generates the output text, with Ludwig's keys and defaults.
+
+    model_type: llm
+    base_model: meta-llama/Llama-2-7b-hf      # hub id or local folder
+    input_features: [{name: instruction, type: text}]
+    output_features: [{name: output, type: text}]
+    prompt: {template: "### Instruction: {instruction}\\n### Response:"}
+    adapter: lora
+    trainer: {type: finetune}
+
+One input and one output feature (Ludwig's rule). The prompt is what the model reads; the output column is what it
+learns to write after it (the loss counts the output tokens only). Defaults that differ from ECD and why are noted
+next to each field. Frozen like every section; derived values come from `plan.resolve_llm`.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from tunefork.config.base import Section, tagged
+from tunefork.config.schema import LocalBackend, Preprocessing
+from tunefork.config.trainer import Trainer
+
+# After config.base: the adapter sections subclass Section (see tunefork/adapters/__init__.py on import order).
+from tunefork.adapters.registry import Adapter  # noqa: E402  isort: skip
+
+SAMPLE, TASK = "__sample__", "__task__"
+# Ludwig's default template when only `prompt.task` is given (ludwig/prompt.py, DEFAULT_ZERO_SHOT_PROMPT_TEMPLATE).
+DEFAULT_TASK_TEMPLATE = "SAMPLE INPUT: {__sample__}\n\nUSER: Complete the following task: {__task__}\n\nASSISTANT:"
+
+# ------------------------------------------------------------------------------------------------- features
+
+
+class PassthroughTextEncoder(Section):
+    """The LLM reads the prompt itself: Ludwig's only encoder for `llm` inputs."""
+
+    type: Literal["passthrough"] = "passthrough"
+
+
+class LLMTextPreprocessing(Section):
+    max_sequence_length: int | None = Field(
+        None, gt=0, description="Tokens kept of this text (the prompt for an input, the target for an output); "
+        "null: only preprocessing.global_max_sequence_length applies.")
+
+
+class LLMFeature(Section):
+    name: str = Field(min_length=1)
+    column: str | None = Field(None, description="Dataset column; defaults to the feature's name.")
+
+    @property
+    def source(self) -> str:
+        return self.column or self.name
+
+
+class LLMTextInput(LLMFeature):
+    type: Literal["text"]
+    encoder: PassthroughTextEncoder = PassthroughTextEncoder()
+    preprocessing: LLMTextPreprocessing = LLMTextPreprocessing()
+
+
+class TextExtractor(Section):
+    """The generated text, prompt stripped, is the prediction."""
+
+    type: Literal["text_extractor"] = "text_extractor"
+
+
+class LLMTextOutput(LLMFeature):
+    type: Literal["text"]
+    decoder: TextExtractor = TextExtractor()
+    preprocessing: LLMTextPreprocessing = LLMTextPreprocessing()
+
+
+class Match(Section):
+    type: Literal["contains", "regex"] = "contains"
+    value: str = Field(min_length=1, description="Substring (case-insensitive) or regular expression to look for.")
+
+
+class CategoryExtractor(Section):
+    """Classification by generation: the label whose pattern appears first in the generated text wins."""
+
+    type: Literal["category_extractor"] = "category_extractor"
+    match: dict[str, Match] | None = Field(
+        None, description="label → {type: contains | regex, value}. null: each label (from the training data) is "
+        "looked for as a whole word, case-insensitively.")
+
+    @model_validator(mode="after")
+    def _regexes_compile(self):
+        for label, rule in (self.match or {}).items():
+            if rule.type == "regex":
+                try:
+                    re.compile(rule.value)
+                except re.error as exc:
+                    raise ValueError(f"match.{label}: invalid regular expression ({exc})") from None
+        return self
+
+
+class LLMCategoryPreprocessing(LLMTextPreprocessing):
+    fallback_label: str | None = Field(
+        None, description="The label predicted when the generated text names none (null: the most common training "
+        "label, or the first `match` label without training data).")
+
+
+class LLMCategoryOutput(LLMFeature):
+    """A label the model writes: fine-tuned on the label text, predicted by matching the generated text."""
+
+    type: Literal["category"]
+    decoder: CategoryExtractor = CategoryExtractor()
+    preprocessing: LLMCategoryPreprocessing = LLMCategoryPreprocessing()
+
+
+# -------------------------------------------------------------------------------------------------- sections
+
+
+class Prompt(Section):
+    template: str | None = Field(
+        None, description="What the model reads. `{column}` inserts any dataset column, `{__sample__}` the input "
+        "feature, `{__task__}` prompt.task; write `{{` and `}}` for literal braces. null: the input text as is (or "
+        "Ludwig's default task template when a task is given).")
+    task: str | None = Field(None, description="An instruction inserted at `{__task__}`.")
+
+    @model_validator(mode="after")
+    def _template_parses(self):
+        if self.template is not None:
+            fields = placeholders(self.template)  # raises ValueError with the reason on a malformed template
+            if not fields:
+                raise ValueError("template has no {column} placeholder, so every row would get the same prompt")
+            if TASK in fields and not self.task:
+                raise ValueError("template uses {__task__} but prompt.task is not set")
+        return self
+
+    def text(self) -> str | None:
+        if self.template is not None:
+            return self.template
+        return DEFAULT_TASK_TEMPLATE if self.task else None
+
+
+class Generation(Section):
+    """transformers' GenerationConfig fields under Ludwig's names. Greedy unless `do_sample` (Ludwig samples by
+    default; greedy makes predictions repeatable, which evaluation and save → load checks rely on)."""
+
+    max_new_tokens: int = Field(32, gt=0, description="Most tokens generated after the prompt (Ludwig's default).")
+    min_new_tokens: int | None = Field(None, ge=0)
+    do_sample: bool = Field(False, description="Sample with temperature / top_k / top_p instead of greedy decoding.")
+    temperature: float = Field(0.1, gt=0, description="Softmax temperature when sampling (Ludwig's default 0.1).")
+    top_k: int = Field(50, ge=0, description="Keep this many most likely tokens when sampling (0: all).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling: the smallest set with this probability.")
+    num_beams: int = Field(1, gt=0, description="Beam search width (1: no beam search).")
+    repetition_penalty: float = Field(1.0, gt=0, description="> 1 discourages repeating tokens (1: none).")
+    no_repeat_ngram_size: int = Field(0, ge=0, description="Forbid repeating n-grams of this size (0: off).")
+
+    def kwargs(self) -> dict[str, Any]:
+        """Arguments for `model.generate`; sampling knobs only when sampling, so transformers does not warn."""
+        out = {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample, "num_beams": self.num_beams,
+               "repetition_penalty": self.repetition_penalty, "no_repeat_ngram_size": self.no_repeat_ngram_size}
+        if self.min_new_tokens is not None:
+            out["min_new_tokens"] = self.min_new_tokens
+        if self.do_sample:
+            out.update(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
+        else:  # override any sampling defaults the model's generation_config.json ships with
+            out.update(temperature=None, top_k=None, top_p=None)
+        return out
+
+
+class Quantization(Section):
+    """Load the base weights in 4 or 8 bits with bitsandbytes (QLoRA when combined with an adapter). CUDA only."""
+
+    bits: Literal[4, 8] = 4
+    llm_int8_threshold: float = Field(6.0, ge=0)
+    llm_int8_has_fp16_weight: bool = False
+    bnb_4bit_compute_dtype: Literal["float32", "float16", "bfloat16"] = "float16"
+    bnb_4bit_use_double_quant: bool = True
+    bnb_4bit_quant_type: Literal["fp4", "nf4"] = "nf4"
+
+
+class LLMTrainer(Trainer):
+    """Ludwig's `finetune` (the ECD trainer's keys) or `none` (zero-shot: nothing trains, metrics only).
+
+    Defaults differ from ECD where ECD's would be wrong for an LLM: 3 epochs and lr 1e-4 (Ludwig's LLM example),
+    batch size 'auto' resolves small (see plan.resolve_llm), and `validation_metric` is loss or perplexity — the
+    generation metrics need a full decode of the validation set and are computed by `evaluate` instead.
+    """
+
+    type: Literal["finetune", "none"] = "none"
+    epochs: int = Field(3, gt=0)
+    learning_rate: float = Field(0.0001, gt=0)
+    validation_metric: Literal["loss", "perplexity"] = "loss"
+    group_by_length: bool = Field(
+        True, description="Shuffle, then batch rows of similar token length together (less padding, same data).")
+
+
+class LLMPreprocessing(Preprocessing):
+    global_max_sequence_length: int | None = Field(
+        None, gt=0, description="Most tokens of prompt + output together; longer rows lose the end of their output "
+        "(then of their prompt). null: the model's context length.")
+
+
+class LLMConfig(Section):
+    model_type: Literal["llm"]
+    base_model: str = Field(min_length=1, description="Hub id or local folder of a causal LM.")
+    pretrained_kwargs: dict[str, Any] | None = Field(
+        None, description="Extra keyword arguments for from_pretrained (the auto_transformer encoder's key), e.g. "
+        "{gguf_file: model.Q4_1.gguf} to read a llama.cpp file from the base_model folder, or {revision: ...}.")
+    trust_remote_code: bool = Field(False, description="Run code shipped with the model folder. Off unless you say so.")
+    input_features: list[LLMTextInput] = Field(min_length=1)
+    output_features: list[tagged(LLMTextOutput, LLMCategoryOutput)] = Field(min_length=1)
+    prompt: Prompt = Prompt()
+    adapter: Adapter = Field(None, description="A PEFT method (lora, adalora, adaption_prompt, ...); model/ then "
+                             "holds the adapter only. null with trainer finetune: every weight trains.")
+    quantization: Quantization | None = None
+    generation: Generation = Generation()
+    trainer: LLMTrainer = LLMTrainer()
+    preprocessing: LLMPreprocessing = LLMPreprocessing()
+    backend: LocalBackend = LocalBackend()
+
+    @field_validator("input_features", "output_features")
+    @classmethod
+    def _one_feature(cls, features, info):
+        if len(features) > 1:
+            kind = "input" if info.field_name == "input_features" else "output"
+            extra = "; put several columns into the prompt with prompt.template" if kind == "input" else ""
+            raise ValueError(f"model_type llm takes one {kind} feature, got {len(features)}{extra}")
+        return features
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        inp, out = self.input_features[0], self.output_features[0]
+        if inp.name == out.name:
+            raise ValueError(f"feature names must be unique; repeated: {inp.name}")
+        finetune = self.trainer.type == "finetune"
+        if self.quantization is not None and finetune and self.adapter is None:
+            raise ValueError("quantization with trainer.type finetune needs an adapter (QLoRA): quantized base "
+                             "weights cannot be trained directly")
+        if self.adapter is not None and not finetune and not self.adapter.pretrained_adapter_weights:
+            raise ValueError(f"adapter {self.adapter.type} with trainer.type none would stay at its initial weights; "
+                             f"set trainer.type: finetune, or adapter.pretrained_adapter_weights")
+        if self.adapter is not None and self.quantization is not None and \
+                self.adapter.postprocessor.merge_adapter_into_base_model:
+            raise ValueError("adapter.postprocessor.merge_adapter_into_base_model cannot merge into quantized base "
+                             "weights; turn one of them off")
+        field = self.trainer.validation_field
+        if field not in ("combined", out.name):
+            raise ValueError(f"trainer.validation_field '{field}' is neither 'combined' nor the output feature ({out.name})")
+        return self
+
+    @property
+    def input(self) -> LLMTextInput:
+        return self.input_features[0]
+
+    @property
+    def output(self):
+        return self.output_features[0]
+
+    def columns(self) -> list[str]:
+        """Dataset columns a prompt reads: the input feature's, then any other `{column}` of the template."""
+        template = self.prompt.text()
+        names = [self.input.source]
+        for name in placeholders(template) if template is not None else []:
+            if name not in (SAMPLE, TASK, *names):
+                names.append(name)
+        return names
+
+
+def placeholders(template: str) -> list[str]:
+    """The `{name}` fields of a template, in order, once each. ValueError names what is malformed."""
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(f"template cannot be parsed ({exc}); write {{{{ and }}}} for literal braces") from None
+    names = []
+    for _, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if not name or not re.fullmatch(r"[^{}\[\].!:]+", name) or spec or conversion:
+            raise ValueError(f"template placeholder {{{name}{'!' + conversion if conversion else ''}"
+                             f"{':' + spec if spec else ''}}} is not a plain column name; write {{{{ and }}}} "
+                             f"for literal braces")
+        if name not in names:
+            names.append(name)
+    return names

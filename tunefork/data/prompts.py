@@ -1,0 +1,123 @@
+"""Data for a causal LM: prompts rendered from the template, prompt + output tokenized with the prompt masked, and
+batches padded to their longest row.
+
+A training row is `prompt tokens + output tokens + eos`; its labels are the same ids with every prompt position set
+to -100, so the loss (and perplexity) counts the output tokens only — the model is not taught to write prompts.
+The output is tokenized on its own, as it will be generated after the prompt, so the tokens the model learns are
+the ones it produces at predict time.
+
+Length limits, in order: the input feature's `max_sequence_length` cuts the prompt, keeping its end (where the
+template's cue, e.g. "### Response:", sits); the output's cuts the output, keeping its start; then
+`global_max_sequence_length` cuts the output's end, and the prompt's start if the prompt alone is too long, always
+leaving one output token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from tunefork.config.llm import SAMPLE, TASK, placeholders
+from tunefork.data.tensors import TokenIds
+from tunefork.errors import DataError
+
+IGNORE = -100  # torch's cross_entropy ignore_index: positions that carry no loss
+
+
+def check_columns(config, frame: pd.DataFrame, with_output: bool) -> None:
+    needed = config.columns() + ([config.output.source] if with_output else [])
+    for column in needed:
+        if column not in frame.columns:
+            what = "the output feature" if with_output and column == config.output.source else (
+                "the input feature" if column == config.input.source else "a prompt.template placeholder")
+            raise DataError(f"{frame.attrs.get('source', 'dataset')}: column '{column}' ({what}) not found; columns "
+                            f"are: {', '.join(map(str, frame.columns[:12]))}")
+
+
+def _text(values: pd.Series) -> pd.Series:
+    return values.where(values.notna(), "").astype(str)
+
+
+def render(config, frame: pd.DataFrame) -> list[str]:
+    """The prompt of every row: the template filled from the row's columns, or the input text as is."""
+    template = config.prompt.text()
+    if template is None:
+        return _text(frame[config.input.source]).tolist()
+    fields = placeholders(template)
+    columns = {name: _text(frame[config.input.source if name == SAMPLE else name]).tolist()
+               for name in fields if name != TASK}
+    task = config.prompt.task or ""
+    return [template.format(**{name: values[i] for name, values in columns.items()}, **{TASK: task})
+            for i in range(len(frame))]
+
+
+def targets(config, frame: pd.DataFrame) -> list[str]:
+    return _text(frame[config.output.source]).str.strip().tolist()
+
+
+@dataclass(frozen=True)
+class Limits:
+    prompt: int | None  # input feature max_sequence_length
+    output: int | None  # output feature max_sequence_length
+    total: int  # global_max_sequence_length, or the model's context length
+
+
+def encode_prompts(tokenizer, prompts: list[str], limits: Limits, reserve: int = 0) -> list[list[int]]:
+    """Prompt ids, cut to the input limit and to `total - reserve` (room kept for generated or output tokens)."""
+    ids = tokenizer(prompts, add_special_tokens=True)["input_ids"]
+    room = max(1, limits.total - reserve)
+    keep = min(limits.prompt or room, room)
+    return [row[-keep:] if len(row) > keep else row for row in ids]
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """prompt + output ids per row (ragged), and how many of each row's leading tokens are the prompt."""
+
+    ids: TokenIds
+    prompt_lengths: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def target_lengths(self) -> np.ndarray:
+        return self.ids.lengths - self.prompt_lengths
+
+
+def encode(tokenizer, prompts: list[str], outputs: list[str], limits: Limits) -> Encoded:
+    prompt_ids = encode_prompts(tokenizer, prompts, limits, reserve=1)
+    output_ids = tokenizer(outputs, add_special_tokens=False)["input_ids"]
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []  # learn to stop
+    rows, prompt_lengths = [], []
+    for p, o in zip(prompt_ids, output_ids, strict=True):
+        o = (o[: limits.output] if limits.output else o) + eos
+        o = o[: limits.total - len(p)]
+        rows.append(p + o)
+        prompt_lengths.append(len(p))
+    return Encoded(TokenIds.from_rows(rows), np.asarray(prompt_lengths, dtype=np.int64))
+
+
+def batch(encoded: Encoded, index: np.ndarray, pad_id: int) -> dict:
+    """Right-padded tensors for rows `index`: input_ids, attention_mask, labels (-100 on prompt and padding)."""
+    import torch
+
+    ids, mask = encoded.ids.padded(index, pad_id, left=False)
+    labels = np.where(mask == 1, ids, IGNORE)
+    positions = np.arange(ids.shape[1])[None, :]
+    labels[positions < encoded.prompt_lengths[index][:, None]] = IGNORE
+    return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask),
+            "labels": torch.from_numpy(labels)}
+
+
+def left_padded(rows: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Prompts for generation: padded on the left, so every row's next token is written at the same position."""
+    width = max(len(r) for r in rows)
+    ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for j, row in enumerate(rows):
+        ids[j, width - len(row):] = row
+        mask[j, width - len(row):] = 1
+    return ids, mask

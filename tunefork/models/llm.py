@@ -1,0 +1,181 @@
+"""The causal-LM model of `model_type: llm`: base weights (optionally quantized), adapter, tokenizer, generation.
+
+`build` is the one place a base model becomes the trained model: `AutoModelForCausalLM.from_pretrained(base_model,
+**pretrained_kwargs)` — a hub id, a local folder, or a GGUF file in one through `pretrained_kwargs.gguf_file` — then
+the adapter from `tunefork.adapters` (task type CAUSAL_LM), the same layer the auto_transformer encoder uses. What
+is saved and loaded lives in `models/llm_artifact.py`.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from tunefork.adapters import wrapper as adapters
+from tunefork.config.errors import ConfigError
+from tunefork.data.prompts import left_padded
+from tunefork.errors import TuneforkError
+
+# from_pretrained arguments that also concern the tokenizer; the others (dtype, attn_implementation, ...) are the
+# model's only, and a tokenizer would store them in its tokenizer_config.json
+TOKENIZER_KWARGS = ("gguf_file", "revision", "subfolder", "cache_dir", "local_files_only", "token")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def hf_config(config):
+    """The base model's AutoConfig (no weights read): its architecture and context length, for the plan."""
+    from transformers import AutoConfig
+
+    kwargs = {k: v for k, v in (config.pretrained_kwargs or {}).items() if k in TOKENIZER_KWARGS}
+    try:
+        return AutoConfig.from_pretrained(config.base_model, trust_remote_code=config.trust_remote_code, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise TuneforkError(f"base_model '{config.base_model}': cannot read its config ({_first_line(exc)})") from None
+
+
+def context_length(hf) -> int | None:
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(hf, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def load_tokenizer(config, folder=None):
+    """The base model's tokenizer (or a saved one). Without a pad token, padding uses eos: every padded position is
+    masked out of attention and loss, so which id fills it does not matter."""
+    from transformers import AutoTokenizer
+
+    kwargs = {} if folder else {k: v for k, v in (config.pretrained_kwargs or {}).items() if k in TOKENIZER_KWARGS}
+    source = folder or config.base_model
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=config.trust_remote_code, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise TuneforkError(f"base_model '{config.base_model}': cannot load its tokenizer ({_first_line(exc)})") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    if tokenizer.pad_token is None:
+        raise TuneforkError(f"base_model '{config.base_model}': its tokenizer has no pad, eos or unk token to pad with")
+    return tokenizer
+
+
+def quantization_config(section):
+    """transformers' BitsAndBytesConfig for `quantization`; bitsandbytes quantizes on CUDA only."""
+    if not torch.cuda.is_available():
+        raise ConfigError([f"quantization: {section.bits}-bit loading uses bitsandbytes, which needs a CUDA GPU, and "
+                           f"this machine has none; remove the quantization section to load in full precision"])
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise TuneforkError("quantization needs the bitsandbytes package: pip install bitsandbytes") from None
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=section.bits == 4, load_in_8bit=section.bits == 8,
+        llm_int8_threshold=section.llm_int8_threshold, llm_int8_has_fp16_weight=section.llm_int8_has_fp16_weight,
+        bnb_4bit_compute_dtype=getattr(torch, section.bnb_4bit_compute_dtype),
+        bnb_4bit_use_double_quant=section.bnb_4bit_use_double_quant, bnb_4bit_quant_type=section.bnb_4bit_quant_type,
+    )
+
+
+def load_base(config, weights_dir=None):
+    """`AutoModelForCausalLM` from `base_model` (with `pretrained_kwargs` and quantization), or the full weights of a
+    saved model folder. Weights stay fp32 unless asked otherwise: mixed precision is autocast's job."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {} if weights_dir else dict(config.pretrained_kwargs or {})
+    if "torch_dtype" not in kwargs:
+        kwargs.setdefault("dtype", torch.float32)
+    if config.quantization is not None:
+        kwargs["quantization_config"] = quantization_config(config.quantization)
+        kwargs["device_map"] = {"": torch.cuda.current_device()}  # bitsandbytes places the weights itself
+    source = weights_dir or config.base_model
+    try:
+        return AutoModelForCausalLM.from_pretrained(source, trust_remote_code=config.trust_remote_code, **kwargs)
+    except (OSError, ValueError, TypeError) as exc:
+        raise TuneforkError(f"base_model '{source}': cannot load it as a causal LM ({_first_line(exc)})") from None
+
+
+def build(config, total_steps: int | None = None):
+    """The model to train or to predict with: the base, wrapped by a fresh or `pretrained_adapter_weights` adapter.
+
+    Without an adapter, `trainer.type: finetune` trains every weight and `none` freezes them all.
+    """
+    model = load_base(config)
+    finetune = config.trainer.type == "finetune"
+    adapter = config.adapter
+    if config.quantization is not None and finetune:
+        from peft import prepare_model_for_kbit_training
+
+        # fp32 layer norms and an input that requires grad, so gradients reach the adapter through 4/8-bit layers
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=config.trainer.enable_gradient_checkpointing)
+    if adapter is not None:
+        if adapter.pretrained_adapter_weights:
+            model = adapters.load(model, adapter.pretrained_adapter_weights, trainable=finetune, where="adapter",
+                                  expect=adapter, total_steps=total_steps)
+        else:
+            model = adapters.attach(model, adapter, "CAUSAL_LM", total_steps=total_steps, where="adapter")
+    elif not finetune:
+        model.requires_grad_(False)
+    if finetune and config.trainer.enable_gradient_checkpointing:
+        # recompute each layer's activations in backward instead of keeping them: less memory, ~30 % more compute.
+        # Non-reentrant checkpointing needs no input that requires grad, so frozen embeddings under an adapter work.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
+def merge(model):
+    """The adapter folded into the base weights (a plain transformers model), or a refusal for prompt methods."""
+    return adapters.merge(model) if adapters.is_peft(model) else model
+
+
+def logits(model, batch: dict) -> torch.Tensor:
+    # use_cache=False: training and scoring never reuse keys/values, and a cache would only hold memory
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+
+
+def token_loss_sum(logits_: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Summed cross-entropy of each labelled token given the ones before it (position t predicts t+1), and how many
+    tokens were scored; prompt and padding positions carry -100 and are skipped."""
+    shifted = logits_[:, :-1].reshape(-1, logits_.shape[-1]).float()
+    targets = labels[:, 1:].reshape(-1)
+    total = torch.nn.functional.cross_entropy(shifted, targets, ignore_index=-100, reduction="sum")
+    return total, int((targets != -100).sum())
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompt_ids: list[list[int]], generation, batch_size: int, device: str, amp) -> dict:
+    """Generate after each prompt. Returns the new tokens per row (prompt stripped, cut at the first eos), the
+    decoded responses, the count of generated tokens and the seconds spent in `generate`.
+
+    Prompts are batched longest first, so rows of similar length share a batch (less padding to attend over) and the
+    largest batch — the memory peak — comes first. Padding is on the left so every row continues at the same column.
+    """
+    model.eval()
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    order = np.argsort([-len(r) for r in prompt_ids], kind="stable")
+    new_tokens: list[list[int] | None] = [None] * len(prompt_ids)
+    seconds, generated = 0.0, 0
+    for start in range(0, len(order), batch_size):
+        index = order[start : start + batch_size]
+        ids, mask = left_padded([prompt_ids[i] for i in index], pad)
+        ids, mask = torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)
+        began = time.perf_counter()
+        with amp:
+            out = model.generate(input_ids=ids, attention_mask=mask, pad_token_id=pad, eos_token_id=eos,
+                                 use_cache=True, **generation.kwargs())
+        seconds += time.perf_counter() - began
+        for j, row in zip(index, out[:, ids.shape[1]:].tolist(), strict=True):
+            cut = row.index(eos) if eos is not None and eos in row else len(row)
+            new_tokens[j] = row[:cut]
+            generated += cut + (cut < len(row))  # the eos that ended a row was generated too
+    responses = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+    return {"tokens": new_tokens, "responses": [r.strip() for r in responses], "generated_tokens": generated,
+            "seconds": seconds}
