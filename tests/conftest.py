@@ -7,10 +7,15 @@ and loaded back through the same `from_pretrained(path)` code a user's hub id go
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
 import pytest
+
+# The tiny models gain nothing from a second thread, and the machine's cores are shared: one thread per process
+# (set before anything imports torch; the subprocesses the tests start inherit it).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 sys.path.insert(0, str(Path(__file__).parent))  # `import tiny` from every test module
 

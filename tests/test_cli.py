@@ -146,14 +146,20 @@ def test_evaluate_writes_test_statistics(trained_run, workspace, tmp_path):
 
 
 def test_experiment_trains_and_scores_the_test_split(workspace, tmp_path):
-    done = tunefork("experiment", "-c", "config.yaml", "--training_set", "train.csv", "--test_set", "holdout.csv",
+    tabular = {"input_features": [{"name": "genre", "type": "category"}, {"name": "score", "type": "number"}],
+               "output_features": [{"name": "sentiment", "type": "category"}],
+               "trainer": {"epochs": 5, "batch_size": 16, "learning_rate": 0.01}}
+    (tmp_path / "tabular.yaml").write_text(yaml.safe_dump(tabular))
+    done = tunefork("experiment", "-c", tmp_path / "tabular.yaml", "--training_set", "train.csv", "--test_set", "holdout.csv",
                     "--output_directory", tmp_path, "--quiet", cwd=workspace)
     assert done.returncode == 0, done.stderr
     run = tmp_path / "experiment_run"
     statistics = json.loads((run / "test_statistics.json").read_text())
     assert sum(map(sum, statistics["sentiment"]["confusion_matrix"])) == 60
+    assert statistics["sentiment"]["accuracy"] > 0.9  # the score column gives the sentiment away
     predictions = pd.read_csv(run / "test_predictions.csv")
     assert len(predictions) == 60 and "sentiment_predictions" in predictions
+    assert done.stderr == ""  # --quiet after the command is honoured
 
 
 # ------------------------------------------------------------------------------------------------ user errors
@@ -203,7 +209,7 @@ def _setup_error(case: str, workspace: Path) -> tuple[list, str]:
         return [*train, path], f"error: {path}: output column 'sentiment' is empty"
     if case == "text in a number column":
         path = _data_with(ws, "text_length.csv", _text_in_row_57)
-        return [*train, path], "error: number column 'length': 'twelve' is not a number (row 57)"
+        return [*train, path], f"error: {path}: number column 'length': 'twelve' is not a number (row 57)"
     if case == "unknown feature type":
         path = _bad_config(ws, "bad_type.yaml", lambda c: c["input_features"][1].update(type="categroy"))
         return ["train", "-c", path, "--dataset", ws / "train.csv"], (
@@ -242,7 +248,7 @@ def test_user_error_is_one_line_without_traceback_or_run_directory(case, workspa
     assert not out.exists()
 
 
-@pytest.mark.parametrize("case", ["missing column", "bad config key"])
+@pytest.mark.parametrize("case", ["bad config key", "YAML syntax"])
 def test_user_error_from_the_real_command(case, workspace, tmp_path):
     argv, expected = _setup_error(case, workspace)
     done = tunefork(*argv, "--output_directory", tmp_path / "results", cwd=workspace)

@@ -88,6 +88,14 @@ def test_read_errors_name_the_file(tmp_path, name, content, message):
     assert "\n" not in str(caught.value)
 
 
+def test_reads_the_shared_sst2_splits(sst2_dir):
+    dev = read.read(sst2_dir / "dev.csv")
+    assert list(dev.columns) == ["sentence", "label"]
+    assert len(dev) == 872
+    assert set(dev["label"]) == {"negative", "positive"}
+    assert dev.attrs["source"] == str(sst2_dir / "dev.csv")
+
+
 def test_empty_dataframe_is_an_error():
     with pytest.raises(DataError, match="the training set DataFrame: no rows"):
         read.read(pd.DataFrame({"a": []}), "training set")

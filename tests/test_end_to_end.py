@@ -300,6 +300,13 @@ def test_evaluate_training_set_true_matches_a_separate_evaluation(tmp_path):
     assert result.statistics["training"]["combined"]["loss"] == [pytest.approx(again["combined"]["loss"], rel=1e-5)]
 
 
+def test_validation_metric_not_reported_for_the_field_stops_before_anything_is_written(tmp_path):
+    cfg = tabular_config(validation_field="sentiment", validation_metric="r2")
+    with pytest.raises(config.ConfigError, match="trainer.validation_metric: 'r2' is not reported for 'sentiment'"):
+        train(cfg, sentiment_frame(50, seed=1), tmp_path / "results")
+    assert not (tmp_path / "results").exists()
+
+
 def test_early_stopping_stops_before_epochs(tmp_path):
     # a learning rate too small to move any weight: the validation loss never improves after the first evaluation
     model, result = train(tabular_config(epochs=50, early_stop=2, learning_rate=1e-12), sentiment_frame(100, seed=1), tmp_path)

@@ -247,6 +247,22 @@ def test_text_is_truncated_at_max_sequence_length(bert_feature_and_tokenizer, ma
     assert ids.row(1)[0] == tokenizer.cls_token_id and ids.row(1)[-1] == tokenizer.sep_token_id
 
 
+def test_real_wordpiece_tokenizer_truncates_and_keeps_special_tokens(minilm_dir):
+    from tunefork.encoders.transformer import hf_config, is_decoder_only
+
+    cfg = config.load({"input_features": [{"name": "s", "type": "text", "encoder": {"type": "auto_transformer",
+                       "pretrained_model_name_or_path": str(minilm_dir)}, "preprocessing": {"max_sequence_length": 8}}],
+                       "output_features": [{"name": "y", "type": "category"}]})
+    feature = cfg.input_features[0]
+    tokenizer = text.load_tokenizer(feature.encoder)
+    meta = text.fit(pd.Series(["x"]), feature, tokenizer)
+    ids = text.transform(pd.Series(["a gorgeous , witty , seductive movie that never lets up", "fine"]), feature, meta, tokenizer)
+    assert ids.lengths.tolist() == [8, 3]
+    assert ids.row(1).tolist() == [tokenizer.cls_token_id, tokenizer.convert_tokens_to_ids("fine"), tokenizer.sep_token_id]
+    assert ids.row(0)[-1] == tokenizer.sep_token_id  # truncation keeps the closing [SEP]
+    assert not is_decoder_only(hf_config(feature.encoder))
+
+
 def test_token_ids_pad_to_the_batch_longest_row():
     ids = TokenIds.from_rows([[1, 2, 3, 4, 5], [6], [7, 8]])
     assert ids.lengths.tolist() == [5, 1, 2]

@@ -160,6 +160,10 @@ class Model:
         self.model = self.meta = self.tokenizers = self.plan = None
         self._last_test = self._report = None
 
+    @property
+    def is_llm(self) -> bool:
+        return self.config.model_type == "llm"
+
     # ------------------------------------------------------------------------------------------------ training
     def train(self, dataset=None, *, training_set=None, validation_set=None, test_set=None, output_directory="results",
               experiment_name: str = "experiment", model_name: str = "run", random_seed: int = 42,
@@ -167,6 +171,13 @@ class Model:
               model_resume_path=None) -> TrainResult:
         """Train and write the run directory; `model_resume_path` continues a run that stopped from its last
         checkpoint, in the same directory, with the same seed and data (both checked)."""
+        if self.is_llm:  # model_type: llm — the causal-LM recipe, same run directory
+            from tunefork import api_llm
+
+            return api_llm.train(self, dataset, training_set=training_set, validation_set=validation_set,
+                                 test_set=test_set, output_directory=output_directory, experiment_name=experiment_name,
+                                 model_name=model_name, random_seed=random_seed, skip_save_model=skip_save_model,
+                                 logger=logger, model_resume_path=model_resume_path)
         import torch
 
         from tunefork import report as report_mod
@@ -260,8 +271,9 @@ class Model:
         if result.output_directory is not None:
             rundir.write_json(result.output_directory / "test_statistics.json", statistics)
             predictions.to_csv(result.output_directory / "test_predictions.csv", index=False)
-            self._report.add_test(statistics, predictions, test)
-            self._report.write(result.output_directory / "report.html")
+            if self._report is not None:  # an LLM run has no HTML report yet
+                self._report.add_test(statistics, predictions, test)
+                self._report.write(result.output_directory / "report.html")
         self.console.table({"test": statistics}, "test set")
         return result, statistics
 
@@ -284,6 +296,10 @@ class Model:
         """One row per input row: `<output>_predictions`, `_probabilities_<class>`, `_probability`."""
         from tunefork.training.loop import run_inference
 
+        if self.is_llm:  # `<output>_response`: the generated text
+            from tunefork import api_llm
+
+            return api_llm.predict(self, dataset)
         self._require_model()
         table = self._table(dataset, with_outputs=False)
         collector = run_inference(self.model, table, self.config, self.meta, self._inference_plan(), with_targets=False)
@@ -298,6 +314,10 @@ class Model:
     def _evaluate_frame(self, dataset) -> tuple[dict, pd.DataFrame]:
         from tunefork.training.loop import run_inference
 
+        if self.is_llm:  # loss, perplexity, exact match, ROUGE-L, BLEU
+            from tunefork import api_llm
+
+            return api_llm.evaluate_frame(self, dataset)
         self._require_model()
         table = self._table(dataset, with_outputs=True)
         collector = run_inference(self.model, table, self.config, self.meta, self._inference_plan())
@@ -311,15 +331,20 @@ class Model:
     def save(self, directory) -> Path:
         from tunefork.models import artifact
 
+        if self.is_llm:
+            from tunefork import api_llm
+
+            return api_llm.save(self, directory)
         self._require_model()
         artifact.save(Path(directory), self.model, config_mod.to_dict(self.config), self.meta, self.tokenizers)
         return Path(directory)
 
     @classmethod
     def load(cls, directory, *, progress: bool = False, quiet: bool = True) -> Model:
-        from tunefork.models import artifact
+        from tunefork.models import artifact, llm_artifact
 
-        config, meta, model, tokenizers = artifact.load(Path(directory))
+        loader = llm_artifact if llm_artifact.is_llm_folder(Path(directory)) else artifact
+        config, meta, model, tokenizers = loader.load(Path(directory))
         self = cls(config, progress=progress, quiet=quiet)
         self.model, self.meta, self.tokenizers = model, meta, tokenizers
         return self

@@ -17,6 +17,7 @@ COMMANDS = {
     "serve": "serve a trained model over REST (FastAPI + uvicorn)",
     "visualize": "draw learning curves, confusion matrices, comparisons, ROC curves from run directories",
     "export": "write a trained model as a transformers folder or an ONNX graph",
+    "convert-gguf": "convert a GGUF file (llama.cpp) once into a plain transformers folder for base_model",
 }
 
 
@@ -96,6 +97,17 @@ def _product_flags(parsers: dict) -> None:
     p.add_argument("-m", "--model_path", required=True, help="a model folder or run directory")
     p.add_argument("-f", "--format", required=True, choices=("hf", "onnx"), help="hf: a transformers folder; onnx: a graph")
     p.add_argument("-o", "--output", required=True, help="the folder to write (must not exist or be empty)")
+    p = parsers["convert-gguf"]
+    p.add_argument("gguf_file", help="the .gguf file")
+    p.add_argument("-o", "--output", help="the folder to write (default: <cache dir>/converted/<file name>)")
+
+
+def _convert(args) -> int:
+    from tunefork import convert
+
+    output = args.output or convert.default_output(args.gguf_file)
+    print(f"converted: {convert.convert_gguf(args.gguf_file, output)} (use it as base_model)")
+    return 0
 
 
 def _product(args) -> int:
@@ -136,6 +148,8 @@ def _run(args) -> int:
         return 0
     if args.command in ("init-config", "serve", "visualize", "export"):
         return _product(args)
+    if args.command == "convert-gguf":
+        return _convert(args)
 
     from tunefork.api import Model
 

@@ -8,7 +8,8 @@ import sys
 from rich.console import Console as RichConsole
 from rich.table import Table
 
-SHOWN = ("loss", "accuracy", "macro_f1", "roc_auc", "mean_absolute_error", "root_mean_squared_error", "r2")
+SHOWN = ("loss", "accuracy", "macro_f1", "roc_auc", "mean_absolute_error", "root_mean_squared_error", "r2",
+         "perplexity", "exact_match", "rouge_l", "bleu")
 
 
 def _fmt(value) -> str:

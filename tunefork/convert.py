@@ -15,14 +15,17 @@ The conversion is the tested workaround: drop the quantization marker from the c
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 from tunefork.errors import TuneforkError
 
 
-def default_output(gguf_file: Path, cache_dir: Path) -> Path:
-    return cache_dir / "converted" / gguf_file.stem
+def default_output(gguf_file: str | Path) -> Path:
+    """`<cache>/converted/<file stem>`; the cache is $TUNEFORK_CACHE_DIR or ~/.cache/tunefork (as for a run)."""
+    root = Path(os.environ.get("TUNEFORK_CACHE_DIR") or Path.home() / ".cache" / "tunefork")
+    return root / "converted" / Path(gguf_file).stem
 
 
 def convert_gguf(gguf_file: str | Path, output: str | Path) -> Path:

@@ -253,9 +253,9 @@ def render(visualization: str, runs: list[Path], output_directory: Path, *, file
 
 
 def _roc(runs, names, outputs, folder: Path, fmt: str, ground_truth, positive_label) -> list[Path]:
-    import pandas as pd
-
     from types import SimpleNamespace
+
+    import pandas as pd
 
     from tunefork.data import read
     from tunefork.features import binary

@@ -13,8 +13,8 @@ import yaml
 from pydantic import ValidationError
 
 from tunefork.config.errors import ConfigError
-from tunefork.config.ludwig import translate
 from tunefork.config.llm import LLMConfig
+from tunefork.config.ludwig import translate
 from tunefork.config.schema import Config
 
 __all__ = ["Config", "ConfigError", "LLMConfig", "load", "render"]

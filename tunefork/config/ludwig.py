@@ -46,7 +46,8 @@ def _defaults(raw: dict) -> dict:
     defaults = copy.deepcopy(raw.pop("defaults", None) or {})
     if not isinstance(defaults, dict):
         raise ConfigError([f"defaults: expected a mapping of feature type to settings, got {defaults!r}"])
-    per_type = {k: v for k, v in (raw.get("preprocessing") or {}).items() if k in set(INPUT_TYPES) | set(OUTPUT_TYPES)}
+    preprocessing = raw.get("preprocessing")
+    per_type = {k: v for k, v in preprocessing.items() if k in set(INPUT_TYPES) | set(OUTPUT_TYPES)} if isinstance(preprocessing, dict) else {}
     for ftype, settings in per_type.items():
         log.info("preprocessing.%s moved to defaults.%s.preprocessing (older Ludwig layout)", ftype, ftype)
         raw["preprocessing"].pop(ftype)
@@ -66,7 +67,10 @@ def _defaults(raw: dict) -> dict:
 
 
 def _apply_defaults(feature: dict, defaults: dict, path: str, sections: tuple[str, ...]) -> dict:
-    for section, value in (defaults.get(feature.get("type")) or {}).items():
+    kind = feature.get("type")
+    if not isinstance(kind, str):
+        return feature  # a missing or malformed type is reported by the schema
+    for section, value in (defaults.get(kind) or {}).items():
         if section not in sections:
             continue
         mine = feature.get(section)
@@ -83,7 +87,7 @@ def _encoder(feature: dict, path: str) -> None:
         encoder = feature["encoder"] = {"type": encoder}
     if not isinstance(encoder, dict):
         return
-    if encoder.get("type") in NAMED_TRANSFORMERS:
+    if isinstance(encoder.get("type"), str) and encoder["type"] in NAMED_TRANSFORMERS:
         name = encoder["type"]
         encoder["type"] = "auto_transformer"
         encoder.setdefault("pretrained_model_name_or_path", NAMED_TRANSFORMERS[name])

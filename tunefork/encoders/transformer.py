@@ -7,6 +7,7 @@ the transformer to the adapter, and dropout follows train/eval mode as in a full
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import torch
@@ -31,6 +32,11 @@ def is_decoder_only(hf_config) -> bool:
         and kind not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
         and kind not in MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES
     )
+
+
+def accepts_position_ids(model) -> bool:
+    base = model.get_base_model() if adapters.is_peft(model) else model
+    return "position_ids" in inspect.signature(base.forward).parameters
 
 
 def hf_config(encoder):
@@ -129,6 +135,8 @@ class TransformerEncoder(nn.Module):
         self.frozen = not encoder.trainable and not self.adapted
         # Prompt tuning puts learned positions in front of the tokens; pooling reads the real tokens only.
         self.virtual_tokens = adapters.virtual_tokens(self.transformer)
+        # peft drops position ids for prompt methods (their virtual tokens take the first positions)
+        self.positions_from_mask = not self.virtual_tokens and accepts_position_ids(self.transformer)
         self.output_size = self.transformer.config.hidden_size if hasattr(self.transformer.config, "hidden_size") else (
             self.transformer.get_input_embeddings().embedding_dim
         )
@@ -152,7 +160,13 @@ class TransformerEncoder(nn.Module):
         return self
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        out = self.transformer(input_ids=input_ids, attention_mask=attention_mask)
+        kwargs = {}
+        if self.positions_from_mask and not bool(attention_mask[:, 0].all()):
+            # Left padding. Without position ids a model numbers the padding too, so each real token sits as many
+            # places later as its row has padding: harmless for relative positions (RoPE, ALiBi), wrong for learned
+            # absolute ones — GPT-2's pooled vector moved by up to 2.6 on a tiny model. Count real tokens only.
+            kwargs["position_ids"] = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.transformer(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         hidden = out.last_hidden_state[:, self.virtual_tokens:] if self.virtual_tokens else out.last_hidden_state
         return pool(hidden, attention_mask, self.pooling, getattr(out, "pooler_output", None))
 

@@ -56,8 +56,23 @@ def _fill(frame: pd.DataFrame, features, fills: dict) -> pd.DataFrame:
     return kept
 
 
+def _naming_file(frame: pd.DataFrame, work):
+    """Run `work`; a DataError it raises about a column is prefixed with the file the column came from."""
+    try:
+        return work()
+    except DataError as exc:
+        source = frame.attrs.get("source")
+        if source and not str(exc).startswith(source):
+            raise DataError(f"{source}: {exc}") from None
+        raise
+
+
 def fit(config: Config, training: pd.DataFrame, toks: dict) -> dict:
     """Feature metadata from the training split: vocabularies, normalisation statistics, tokenizer facts."""
+    return _naming_file(training, lambda: _fit(config, training, toks))
+
+
+def _fit(config: Config, training: pd.DataFrame, toks: dict) -> dict:
     meta: dict = {"inputs": {}, "outputs": {}, "fills": {}}
     features = [*config.input_features, *config.output_features]
     for feature in features:
@@ -83,6 +98,11 @@ def fit(config: Config, training: pd.DataFrame, toks: dict) -> dict:
 
 
 def transform(config: Config, frame: pd.DataFrame, meta: dict, toks: dict, with_outputs: bool = True) -> Table:
+    """The table's rows as tensors-to-be, with the fitted metadata; errors name the file and column."""
+    return _naming_file(frame, lambda: _transform(config, frame, meta, toks, with_outputs))
+
+
+def _transform(config: Config, frame: pd.DataFrame, meta: dict, toks: dict, with_outputs: bool) -> Table:
     features = [*config.input_features, *(config.output_features if with_outputs else [])]
     frame = _fill(frame, features, meta["fills"])
     columns = {}

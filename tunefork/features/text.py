@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pandas as pd
 
 from tunefork.data.tensors import TokenIds
 from tunefork.errors import DataError, TuneforkError
+
+log = logging.getLogger("tunefork.preprocess")
 
 
 def load_tokenizer(encoder):
@@ -27,12 +31,36 @@ def load_tokenizer(encoder):
         ) from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    limit = _position_limit(encoder)
+    if limit and tokenizer.model_max_length > limit:
+        tokenizer.model_max_length = limit  # longer rows would index past the model's position embeddings
     return tokenizer
 
 
+def _position_limit(encoder) -> int | None:
+    """How many positions the model can embed, from its config (tokenizers often ship without a limit)."""
+    from transformers import AutoConfig
+
+    kwargs = {k: v for k, v in (encoder.pretrained_kwargs or {}).items() if k in ("gguf_file", "revision", "subfolder")}
+    try:
+        config = AutoConfig.from_pretrained(encoder.pretrained_model_name_or_path, trust_remote_code=encoder.trust_remote_code, **kwargs)
+    except (OSError, ValueError):
+        return None
+    config = getattr(config, "text_config", None) or config
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 def fit(values: pd.Series, feature, tokenizer) -> dict:
+    asked = feature.preprocessing.max_sequence_length
+    length = min(asked, tokenizer.model_max_length)
+    if length < asked:
+        log.info("%s: max_sequence_length %d is more than the model takes; using %d", feature.name, asked, length)
     return {
-        "max_sequence_length": feature.preprocessing.max_sequence_length,
+        "max_sequence_length": length,
         "pad_token_id": int(tokenizer.pad_token_id),
         "padding_side": tokenizer.padding_side,
         "vocab_size": len(tokenizer),

@@ -1,0 +1,220 @@
+"""Hostile configs and data: every mutated config is valid or a ConfigError; every bad table is a one-line error
+naming the file and column (exit code 2, no traceback) or has documented handling."""
+
+from __future__ import annotations
+
+import copy
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import tiny
+from tunefork import config
+from tunefork.config import ConfigError
+
+VALID = {
+    "input_features": [
+        {"name": "review", "type": "text", "encoder": {"type": "auto_transformer", "pretrained_model_name_or_path": "m", "trainable": True},
+         "preprocessing": {"max_sequence_length": 32}},
+        {"name": "genre", "type": "category", "encoder": {"type": "dense", "embedding_size": 8}},
+        {"name": "length", "type": "number", "preprocessing": {"normalization": "minmax"}},
+    ],
+    "output_features": [{"name": "sentiment", "type": "category", "loss": {"class_weights": [1, 2]}},
+                        {"name": "score", "type": "number", "clip": [0, 5]}],
+    "combiner": {"type": "concat", "num_fc_layers": 1, "output_size": 16},
+    "trainer": {"epochs": 2, "batch_size": 8, "learning_rate": 0.01, "optimizer": {"type": "adamw"},
+                "learning_rate_scheduler": {"decay": "cosine", "warmup_fraction": 0.1}},
+    "preprocessing": {"split": {"type": "random", "probabilities": [0.8, 0.1, 0.1]}},
+    "defaults": {"category": {"preprocessing": {"most_common": 100}}},
+}
+
+junk = st.one_of(
+    st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12), st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=6), st.integers(), max_size=2),
+)
+
+
+def _paths(node, prefix=()):
+    yield prefix
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _paths(value, (*prefix, key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _paths(value, (*prefix, i))
+
+
+PATHS = list(_paths(VALID))[1:]
+
+
+def _get(node, path):
+    for part in path:
+        node = node[part]
+    return node
+
+
+@st.composite
+def mutated(draw):
+    cfg = copy.deepcopy(VALID)
+    for _ in range(draw(st.integers(1, 3))):
+        path = draw(st.sampled_from(PATHS))
+        try:
+            parent = _get(cfg, path[:-1])
+            parent[path[-1]]  # noqa: B018 — the path may be gone after an earlier mutation
+        except (KeyError, IndexError, TypeError):
+            continue
+        action = draw(st.sampled_from(["replace", "delete", "unknown_key", "wrap", "nest"]))
+        key = path[-1]
+        if action == "replace":
+            parent[key] = draw(junk)
+        elif action == "delete" and isinstance(parent, dict):
+            del parent[key]
+        elif action == "unknown_key" and isinstance(parent, dict):
+            parent[draw(st.text(min_size=1, max_size=10))] = draw(junk)
+        elif action == "wrap":
+            parent[key] = [parent[key]]
+        elif action == "nest":
+            parent[key] = {"value": parent[key]}
+    return cfg
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated())
+def test_a_mutated_config_is_valid_or_a_config_error(raw):
+    try:
+        loaded = config.load(raw)
+    except ConfigError as exc:
+        message = str(exc)
+        assert message and "\n" not in message.split(" (and ")[0]
+        return
+    assert isinstance(loaded, config.Config)
+    assert config.load(config.to_dict(loaded)) == loaded  # a valid result renders and re-loads to itself
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.recursive(junk, lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3), max_leaves=12))
+def test_any_yaml_value_is_valid_or_a_config_error(raw):
+    try:
+        config.load(raw if isinstance(raw, dict) else {"input_features": raw, "output_features": raw})
+    except ConfigError:
+        pass
+
+
+# ------------------------------------------------------------------------------------------------------ data
+
+def _config_file(tmp_path, tiny_bert, outputs=None):
+    import yaml
+
+    cfg = {
+        "input_features": [{"name": "review", "type": "text", "encoder": {"type": "auto_transformer", "pretrained_model_name_or_path": str(tiny_bert)}},
+                           {"name": "length", "type": "number"}],
+        "output_features": outputs or [{"name": "sentiment", "type": "category"}],
+        "trainer": {"epochs": 1, "batch_size": 8},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _train(tmp_path, config_path, data_path):
+    """The CLI in-process (its error handling is what is under test; a subprocess would only add start-up time)."""
+    import contextlib
+    import io
+    import types
+
+    from tunefork import cli
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = cli.main(["--quiet", "train", "-c", str(config_path), "--dataset", str(data_path),
+                         "--output_directory", str(tmp_path / "runs")])
+    return types.SimpleNamespace(returncode=code, stderr=err.getvalue())
+
+
+def _frame(n=60):
+    return tiny.sentiment_frame(n, seed=5)[["review", "length", "sentiment"]]
+
+
+def _bad_encoding(path):
+    path.write_bytes("review,length,sentiment\n".encode() + "caf\xe9 great,3,positive\n".encode("latin-1") * 30)
+
+
+def _ragged(path):
+    path.write_text("review,length,sentiment\n" + "good film,3,positive\n" * 20 + "bad,2,negative,extra,fields\n")
+
+
+def _write(frame):
+    return lambda path: frame.to_csv(path, index=False)
+
+
+def _with(column, value, n=60):
+    frame = _frame(n).astype({column: object})
+    frame.loc[3, column] = value
+    return frame
+
+
+BAD_DATA = [
+    ("bad encoding", _bad_encoding, "not UTF-8"),
+    ("ragged rows", _ragged, "cannot be parsed as CSV"),
+    ("inf in a number column", _write(_with("length", math.inf)), "column 'length': contains NaN or infinity"),
+    ("text in a number column", _write(_with("length", "seven")), "column 'length': 'seven' is not a number"),
+    ("one class", _write(_frame().assign(sentiment="positive")), "'sentiment' has 1 class"),
+    ("label column all empty", _write(_frame().assign(sentiment="")), "output column 'sentiment' is empty"),
+    ("missing column", _write(_frame().drop(columns=["length"])), "column 'length' (feature 'length') not found"),
+    ("empty file", lambda p: p.write_text(""), "the file is empty"),
+    ("header only", lambda p: p.write_text("review,length,sentiment\n"), "no rows"),
+]
+
+
+@pytest.mark.parametrize("case, write, message", BAD_DATA, ids=[c[0] for c in BAD_DATA])
+def test_bad_data_is_one_line_naming_file_and_column(case, write, message, tmp_path, tiny_bert):
+    data = tmp_path / "data.csv"
+    write(data)
+    out = _train(tmp_path, _config_file(tmp_path, tiny_bert), data)
+    assert out.returncode == 2, out.stderr[-2000:]
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in out.stderr
+    assert message in lines[0]
+    assert str(data) in lines[0] or "column" in lines[0]
+    assert not (tmp_path / "runs").exists()  # nothing half-written
+
+
+HANDLED = [
+    # (case, frame, what we check in the trained run)
+    ("NaN in a number column is filled with fill_value", _with("length", np.nan), None),
+    ("empty text is the empty string (special tokens only)", _with("review", ""), None),
+    ("mixed types in a category column", _frame().assign(length=[1, "2", 3.0] * 20), None),
+    ("a huge field is truncated at max_sequence_length", _with("review", "great " * 200_000), None),
+]
+
+
+@pytest.mark.parametrize("case, frame, _", HANDLED, ids=[c[0] for c in HANDLED])
+def test_documented_handling(case, frame, _, tmp_path, tiny_bert):
+    from tunefork import Model
+
+    cfg = config.read_yaml(_config_file(tmp_path, tiny_bert))
+    if "mixed types" in case:
+        cfg["input_features"][1]["type"] = "category"
+    result = Model(cfg, quiet=True).train(frame, skip_save_model=True)
+    assert result.statistics["training"]["sentiment"]["loss"][0] > 0
+
+
+def test_a_one_row_dataset_is_explained(tmp_path, tiny_bert):
+    data = tmp_path / "one.csv"
+    _frame(1).to_csv(data, index=False)
+    out = _train(tmp_path, _config_file(tmp_path, tiny_bert), data)
+    assert out.returncode == 2 and out.stderr.startswith("error: ") and "Traceback" not in out.stderr
+
+
+def test_debug_shows_the_traceback(tmp_path, tiny_bert):
+    data = tmp_path / "data.csv"
+    data.write_text("")
+    out = subprocess.run([sys.executable, "-m", "tunefork", "--debug", "train", "-c", str(_config_file(tmp_path, tiny_bert)),
+                          "--dataset", str(data)], capture_output=True, text=True)
+    assert out.returncode != 0 and "Traceback" in out.stderr
