@@ -276,6 +276,38 @@ def test_missing_base_model_at_load_time_is_explained(model_dirs, tmp_path):
         Model.load(result.output_directory)
 
 
+def test_export_merge_adapter_writes_a_plain_transformers_classifier(model_dirs, tmp_path, capsys):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from tunefork.cli import main
+
+    config = make_config(model_dirs["bert"], {"type": "lora", "r": 4}, reduce_output="cls_pooled")
+    config["trainer"]["epochs"] = 1
+    _, result, _, _ = train(config, tmp_path / "runs")
+    run, out = str(result.output_directory), tmp_path / "hf"
+    assert main(["export", "-m", run, "-f", "hf", "-o", str(out)]) != 0
+    assert "export it with --merge-adapter" in capsys.readouterr().err
+    assert main(["export", "-m", run, "-f", "hf", "-o", str(out), "--merge-adapter"]) == 0
+
+    hf = AutoModelForSequenceClassification.from_pretrained(out).eval()  # no peft, no tunefork
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    texts = VALIDATION["review"].tolist()
+    with torch.no_grad():
+        theirs = hf(**tokenizer(texts, padding=True, return_tensors="pt")).logits.softmax(-1).numpy()
+    expected = Model.load(run).predict(VALIDATION)
+    ours = expected[[f"sentiment_probabilities_{hf.config.id2label[i]}" for i in range(theirs.shape[1])]].to_numpy()
+    np.testing.assert_allclose(theirs, ours, atol=1e-5, rtol=0)
+
+
+def test_export_merge_adapter_refuses_a_prompt_method(trained, tmp_path, capsys):
+    from tunefork.cli import main
+
+    _, result, _, _ = trained("prompt_tuning", "bert")
+    assert main(["export", "-m", str(result.output_directory), "-f", "hf", "-o", str(tmp_path / "x"), "--merge-adapter"]) != 0
+    assert "prompt_tuning adapters cannot be merged into the base model" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
 # ------------------------------------------------------------------------------------------------- mistakes
 
 

@@ -218,3 +218,57 @@ def test_debug_shows_the_traceback(tmp_path, tiny_bert):
     out = subprocess.run([sys.executable, "-m", "tunefork", "--debug", "train", "-c", str(_config_file(tmp_path, tiny_bert)),
                           "--dataset", str(data)], capture_output=True, text=True)
     assert out.returncode != 0 and "Traceback" in out.stderr
+
+
+# ------------------------------------------------------------------------------------------------- safe loading
+
+def test_pickle_only_model_is_refused_unless_allowed(tmp_path, tiny_bert, monkeypatch):
+    import shutil
+
+    from transformers import BertModel
+
+    from tunefork import Model, safety
+    from tunefork.errors import TuneforkError
+
+    pickled = tmp_path / "pickled-bert"
+    shutil.copytree(tiny_bert, pickled)
+    import torch
+
+    torch.save(BertModel.from_pretrained(tiny_bert).state_dict(), pickled / "pytorch_model.bin")
+    (pickled / "model.safetensors").unlink()
+    cfg = config.read_yaml(_config_file(tmp_path, pickled))
+    monkeypatch.setattr(safety, "_allowed", False)
+    with pytest.raises(TuneforkError, match="only pickle files, which can run code"):
+        Model(cfg, quiet=True).train(_frame(), skip_save_model=True)
+    result = Model(cfg, quiet=True, allow_pickle=True).train(_frame(), skip_save_model=True)
+    assert result.statistics["training"]["sentiment"]["loss"]
+
+
+def test_a_model_folder_with_pickle_weights_is_refused(tmp_path):
+    from tunefork import Model
+    from tunefork.errors import ModelFolderError
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "pytorch_model.bin").write_bytes(b"\x80\x04not really")
+    with pytest.raises(ModelFolderError, match="pickle weights"):
+        Model.load(folder)
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", "..", "x\\y"])
+def test_feature_names_cannot_escape_the_model_folder(name):
+    raw = copy.deepcopy(VALID)
+    raw["input_features"][0]["name"] = name
+    with pytest.raises(ConfigError, match="cannot be a folder name"):
+        config.load(raw)
+
+
+def test_trust_remote_code_is_off_and_recorded(tmp_path, tiny_bert):
+    import json
+
+    from tunefork import Model
+
+    cfg = config.read_yaml(_config_file(tmp_path, tiny_bert))
+    result = Model(cfg, quiet=True).train(_frame(), output_directory=tmp_path / "runs")
+    description = json.loads((result.output_directory / "description.json").read_text())
+    assert description["trust_remote_code"] == {"review": False}

@@ -96,7 +96,7 @@ def test_decoder_trains_category_binary_and_number_heads(model_fixture, request,
                "adapter": {"type": "lora", "r": 8}}}],
            "output_features": [{"name": "sentiment", "type": "category"}, {"name": "recommended", "type": "binary"},
                                {"name": "score", "type": "number"}],
-           "trainer": {"epochs": 6, "batch_size": 16, "learning_rate": 0.01, "early_stop": -1}}
+           "trainer": {"epochs": 10, "batch_size": 16, "learning_rate": 0.01, "early_stop": -1}}
     model = Model(cfg, progress=False, quiet=True)
     result = model.train(sentiment_frame(240, seed=4), output_directory=tmp_path)
     for output in ("sentiment", "recommended", "score"):

@@ -154,7 +154,11 @@ def config_of_run(run) -> dict:
 class Model:
     """A tunefork model: built from a config, trained on data, or loaded from a model folder."""
 
-    def __init__(self, config, *, progress: bool = True, quiet: bool = False):
+    def __init__(self, config, *, progress: bool = True, quiet: bool = False, allow_pickle: bool = False):
+        if allow_pickle:  # for this process: see tunefork.safety
+            from tunefork import safety
+
+            safety.allow_pickle()
         self.config = config_mod.load(config)
         self.console = Console(progress=progress, quiet=quiet)
         self.model = self.meta = self.tokenizers = self.plan = None

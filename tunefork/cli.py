@@ -42,12 +42,14 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _global_flags(inside_command: bool) -> argparse.ArgumentParser:
-    """--debug and --quiet, accepted before the command and after it (`tunefork train ... --quiet`)."""
+    """--debug, --quiet and --allow-pickle, accepted before the command and after it (`tunefork train ... --quiet`)."""
     p = argparse.ArgumentParser(add_help=False)
     # after the command the default is SUPPRESS, so a flag given before the command is not reset to False
     default = argparse.SUPPRESS if inside_command else False
     p.add_argument("--debug", action="store_true", default=default, help="show tracebacks for every error")
     p.add_argument("--quiet", action="store_true", default=default, help="print results only")
+    p.add_argument("--allow-pickle", action="store_true", default=default,
+                   help="also load models that ship only pickle weights (.bin), which can run code; off by default")
     return p
 
 
@@ -97,6 +99,8 @@ def _product_flags(parsers: dict) -> None:
     p.add_argument("-m", "--model_path", required=True, help="a model folder or run directory")
     p.add_argument("-f", "--format", required=True, choices=("hf", "onnx"), help="hf: a transformers folder; onnx: a graph")
     p.add_argument("-o", "--output", required=True, help="the folder to write (must not exist or be empty)")
+    p.add_argument("--merge-adapter", action="store_true",
+                   help="fold a trained adapter (lora, adalora, ia3, loha, lokr, vera) into the base weights first")
     p = parsers["convert-gguf"]
     p.add_argument("gguf_file", help="the .gguf file")
     p.add_argument("-o", "--output", help="the folder to write (default: <cache dir>/converted/<file name>)")
@@ -133,7 +137,8 @@ def _product(args) -> int:
     else:
         from tunefork import export
 
-        print(f"{args.format} export written to {export.export(args.model_path, args.format, args.output)}")
+        written = export.export(args.model_path, args.format, args.output, merge_adapter=args.merge_adapter)
+        print(f"{args.format} export written to {written}")
     return 0
 
 
@@ -197,8 +202,10 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if not args.debug:
         _quiet_libraries()
+    from tunefork import safety
     from tunefork.errors import TuneforkError
 
+    safety.allow_pickle(args.allow_pickle)
     try:
         return _run(args)
     except TuneforkError as exc:

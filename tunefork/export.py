@@ -41,15 +41,15 @@ class ExportError(TuneforkError):
 def _transformer(encoder, merge_adapter: bool):
     """The bare transformer inside a text encoder, ready to be written out.
 
-    `--merge-adapter` (from the adapters work) belongs here: merge a PEFT adapter into the base weights and return
-    the merged model. Until then an adapter-wrapped encoder is refused rather than exported without its adapter.
+    With `--merge-adapter` a PEFT adapter is folded into the base weights first, in the loaded model itself (so the
+    ONNX forward and the hf weights both see the merged transformer); prompt methods, which peft cannot merge, are
+    refused by the adapters layer. Without it an adapter is refused rather than exported without its adapter.
     """
-    transformer = encoder.transformer
-    if hasattr(transformer, "peft_config"):
+    if encoder.adapted:
         if not merge_adapter:
             raise ExportError("this model has an adapter: export it with --merge-adapter so its weights are merged in")
-        transformer = transformer.merge_and_unload()
-    return transformer
+        encoder.merge_adapter()
+    return encoder.transformer
 
 
 def _probe_batch(tokenizer, meta: dict):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from tunefork.config.base import Section, tagged
 
@@ -163,8 +163,15 @@ class NumberLoss(Section):
 
 
 class FeatureBase(Section):
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, description="Also a folder name inside model/: no '/', '\\' or '..'.")
     column: str | None = Field(None, description="Dataset column; defaults to the feature's name.")
+
+    @field_validator("name")
+    @classmethod
+    def _safe_as_folder_name(cls, name: str) -> str:
+        if "/" in name or "\\" in name or name in (".", "..") or "\x00" in name:
+            raise ValueError(f"feature name {name!r} cannot be a folder name (no '/', '\\', '.' or '..')")
+        return name
 
     @property
     def source(self) -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from tunefork import safety
 from tunefork.adapters import wrapper as adapters
 from tunefork.encoders.pooling import pool
 from tunefork.errors import ModelFolderError, TuneforkError
@@ -53,8 +54,17 @@ def hf_config(encoder):
         ) from None
 
 
+def _only_pickle(path: str) -> bool:
+    folder = Path(path)
+    return folder.is_dir() and not any(folder.glob("*.safetensors")) and any(
+        p.suffix in (".bin", ".pt", ".pth", ".ckpt") for p in folder.iterdir())
+
+
 def _load_kwargs(encoder) -> dict:
     kwargs = dict(encoder.pretrained_kwargs or {})
+    if "gguf_file" not in kwargs:
+        # safetensors only: transformers then never unpickles a .bin (and fetches only safetensors from the hub)
+        kwargs.setdefault("use_safetensors", not safety.pickle_allowed() or None)
     kwargs.setdefault("dtype", torch.float32)  # mixed precision is autocast's job; weights stay fp32
     return kwargs
 
@@ -71,6 +81,8 @@ def load_transformer(encoder, saved_config_dir: Path | None = None):
             return AutoModel.from_config(hf_config, trust_remote_code=encoder.trust_remote_code, dtype=torch.float32)
         return AutoModel.from_pretrained(path, trust_remote_code=encoder.trust_remote_code, **_load_kwargs(encoder))
     except (OSError, ValueError) as exc:
+        if _only_pickle(path):
+            raise TuneforkError(f"encoder.pretrained_model_name_or_path {safety.refusal(path)}") from None
         raise TuneforkError(
             f"encoder.pretrained_model_name_or_path '{path}': cannot load the model ({str(exc).splitlines()[0]})"
         ) from None
