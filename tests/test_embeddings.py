@@ -7,10 +7,10 @@ import shutil
 
 import numpy as np
 import pytest
+import tiny
 import torch
 import yaml
 
-import tiny
 from tunefork import Model, hardware
 from tunefork.data.tensors import TokenIds
 from tunefork.encoders import embeddings

@@ -9,12 +9,11 @@ import subprocess
 import sys
 
 import numpy as np
-import pandas as pd
 import pytest
+import tiny
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import tiny
 from tunefork import config
 from tunefork.config import ConfigError
 
@@ -142,7 +141,7 @@ def _frame(n=60):
 
 
 def _bad_encoding(path):
-    path.write_bytes("review,length,sentiment\n".encode() + "caf\xe9 great,3,positive\n".encode("latin-1") * 30)
+    path.write_bytes(b"review,length,sentiment\n" + "caf\xe9 great,3,positive\n".encode("latin-1") * 30)
 
 
 def _ragged(path):

@@ -10,13 +10,11 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
+import tiny
 import yaml
 from safetensors.torch import load_file
-
-import tiny
 
 CONFIG = {
     "input_features": [{"name": "review", "type": "text", "encoder": {"type": "auto_transformer", "trainable": True}},

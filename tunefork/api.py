@@ -104,6 +104,30 @@ def _embed(config, plan, model, tables: dict, meta: dict, tokenizers: dict):
     return tables, hits
 
 
+def _fit_in_memory(config, plan, facts, model, meta: dict, train_table, console):
+    """Estimate peak memory, pick the fastest micro-batch for `batch_size: auto`, refuse what cannot fit."""
+    from tunefork.training import memory
+
+    device = plan["device"]
+    model.to(device)
+    estimate = memory.estimate(model, config, plan, train_table)
+    backprops = any(not e.frozen for e in model.text_encoders().values())
+    if config.trainer.batch_size == "auto" and backprops:
+        target = plan["batch_size"]
+        best, rates = memory.tune_batch_size(model, config, meta, plan, train_table, estimate, device)
+        if rates:
+            measured = ", ".join(f"{b}: {r:.0f}" for b, r in rates.items())
+            plan.decide("batch_size", best, f"auto: fastest measured micro-batch (examples/s {measured}) within memory")
+            plan.decide("gradient_accumulation_steps", plan["gradient_accumulation_steps"] * target // best,
+                        f"keeps the effective batch at {target * plan['gradient_accumulation_steps']}")
+            plan_mod.schedule(plan, config, facts)
+            estimate = memory.estimate(model, config, plan, train_table)
+            console.note(f"batch_size: auto → {best} × {plan['gradient_accumulation_steps']} accumulation ({measured} examples/s)")
+    memory.check(estimate, plan, device)
+    plan.decide("memory_estimate_mb", estimate.to_dict(), "what the process holds + gradients + optimizer state + activations")
+    return estimate
+
+
 def _start_run_directory(output: Path, config, plan, fingerprints: dict, tables: dict, seed: int) -> Path:
     output.mkdir(parents=True)
     rundir.write_yaml(output / "resolved_config.yaml", {"config": config_mod.to_dict(config), "plan": plan.to_dict()})
@@ -219,6 +243,8 @@ class Model:
             tables, embed_hits = _embed(config, plan, model, tables, meta, tokenizers)
         if embed_hits:
             self.console.note(f"encoder embeddings loaded from the cache: {', '.join(embed_hits)}")
+        with phases("plan_memory"):
+            estimate = _fit_in_memory(config, plan, facts, model, meta, tables["training"], self.console)
         recorder = report_mod.Recorder()  # the Console, the report's recorder and any trackers all hear the loop
         board = tracking.Fanout(self.console, recorder, *tracking.start(logger, output_directory, f"{experiment_name}_{model_name}", config_mod.to_dict(config), self.console))
         output = None
@@ -254,6 +280,7 @@ class Model:
             "preprocessing_cache_hit": cache_hit,
             "embedding_cache_hit": {name: name in embed_hits for name in meta["pooling"] if plan[f"cache_embeddings.{name}"]},
             "final_validation": history.best,
+            "estimated_peak_mb": estimate.to_dict()["peak_mb"],
         }
         if output is not None:
             artifact.save(output / "model", model, config_mod.to_dict(config), meta, tokenizers)  # atomic: whole or absent

@@ -96,18 +96,7 @@ def resolve(config: Config, facts: DataFacts, hardware) -> Plan:
     scale = {"constant": 1.0, "sqrt": math.sqrt(workers), "linear": float(workers)}[trainer.learning_rate_scaling]
     plan.decide("learning_rate", trainer.learning_rate * scale,
                 f"trainer.learning_rate × {scale:g} ({trainer.learning_rate_scaling} scaling over {workers} worker(s))")
-    plan.decide("effective_batch_size", plan["batch_size"] * accumulation * workers, "batch_size × gradient_accumulation_steps × workers")
-
-    steps_per_epoch = max(1, math.ceil(facts.training_rows / (plan["batch_size"] * workers) / accumulation))
-    total = trainer.train_steps or steps_per_epoch * trainer.epochs
-    plan.decide("steps_per_epoch", steps_per_epoch, "ceil(training rows / effective batch)")
-    plan.decide("total_steps", total, "trainer.train_steps" if trainer.train_steps else "steps_per_epoch × epochs")
-    if trainer.steps_per_checkpoint:
-        plan.decide("evaluate_every_steps", trainer.steps_per_checkpoint, "trainer.steps_per_checkpoint")
-    elif trainer.checkpoints_per_epoch:
-        plan.decide("evaluate_every_steps", max(1, steps_per_epoch // trainer.checkpoints_per_epoch), "trainer.checkpoints_per_epoch")
-    else:
-        plan.decide("evaluate_every_steps", None, "once per epoch, after its last step")
+    schedule(plan, config, facts)
 
     plan.decide("precision", *_precision(trainer.use_mixed_precision, hardware))
 
@@ -124,7 +113,7 @@ def resolve(config: Config, facts: DataFacts, hardware) -> Plan:
         plan.decide(f"pooling.{f.name}", pooling, why)
         plan.decide(f"cache_embeddings.{f.name}", *_cache_embeddings(f))
         if getattr(f.encoder.adapter, "type", None) == "adalora":
-            plan.decide(f"adalora_total_step.{f.name}", *_adalora_steps(f, config.input_features.index(f), total))
+            plan.decide(f"adalora_total_step.{f.name}", *_adalora_steps(f, config.input_features.index(f), plan["total_steps"]))
     return plan
 
 
@@ -134,7 +123,7 @@ def _adalora_steps(feature, index: int, planned: int) -> tuple[int, str]:
 
     adapter = feature.encoder.adapter
     steps = adapter.schedule_steps(planned)
-    problem = schedule_problem(adapter, steps)
+    problem = schedule_problem(adapter.tinit, adapter.tfinal, steps)
     if problem:
         raise ConfigError([f"input_features[{index}].encoder.adapter: {problem}"])
     return steps, "adapter.total_step" if adapter.total_step else "adapter.total_step unset: the planned optimizer steps"
@@ -148,6 +137,23 @@ def _cache_embeddings(feature) -> tuple[bool, str]:
     if getattr(feature.encoder, "adapter", None) is not None:
         return False, "cache_encoder_embeddings asked, but the encoder has an adapter that trains: no cache"
     return True, "frozen encoder: pooled embeddings computed once, before training"
+
+
+def schedule(plan: Plan, config: Config, facts: DataFacts) -> None:
+    """Effective batch, steps and evaluation cadence from the batch size and accumulation (re-run when they change)."""
+    trainer, workers = config.trainer, facts.num_workers
+    accumulation = plan["gradient_accumulation_steps"]
+    plan.decide("effective_batch_size", plan["batch_size"] * accumulation * workers, "batch_size × gradient_accumulation_steps × workers")
+    steps_per_epoch = max(1, math.ceil(facts.training_rows / (plan["batch_size"] * workers) / accumulation))
+    total = trainer.train_steps or steps_per_epoch * trainer.epochs
+    plan.decide("steps_per_epoch", steps_per_epoch, "ceil(training rows / effective batch)")
+    plan.decide("total_steps", total, "trainer.train_steps" if trainer.train_steps else "steps_per_epoch × epochs")
+    if trainer.steps_per_checkpoint:
+        plan.decide("evaluate_every_steps", trainer.steps_per_checkpoint, "trainer.steps_per_checkpoint")
+    elif trainer.checkpoints_per_epoch:
+        plan.decide("evaluate_every_steps", max(1, steps_per_epoch // trainer.checkpoints_per_epoch), "trainer.checkpoints_per_epoch")
+    else:
+        plan.decide("evaluate_every_steps", None, "once per epoch, after its last step")
 
 
 def _precision(asked: bool, hardware) -> tuple[str, str]:
@@ -222,7 +228,7 @@ def resolve_llm(config, training_rows: int, context_length: int | None, hardware
         from tunefork.adapters.adalora import schedule_problem
 
         steps = config.adapter.schedule_steps(plan["total_steps"])
-        problem = schedule_problem(config.adapter, steps)
+        problem = schedule_problem(config.adapter.tinit, config.adapter.tfinal, steps)
         if problem:
             raise ConfigError([f"adapter: {problem}"])
         plan.decide("adalora_total_step", steps, "adapter.total_step" if config.adapter.total_step else "the planned optimizer steps")

@@ -27,18 +27,20 @@ class Recorder:
     progress = False
 
     def __init__(self):
-        self.matrices: list[dict] = []
+        self.matrices: dict[int, dict] = {}  # by the evaluation's index in History (a resumed run starts past 0)
 
     def evaluation(self, epoch: int, step: int, scores: dict, history, improved: bool) -> None:
-        self.matrices.append({
+        index = len(history.evaluations) - 1 if history is not None else len(self.matrices)
+        self.matrices[index] = {
             split: {o: s["confusion_matrix"] for o, s in outputs.items() if "confusion_matrix" in s}
             for split, outputs in scores.items()
-        })
+        }
 
     def at(self, evaluation: int | None) -> dict:
-        if not self.matrices:
-            return {}
-        return self.matrices[evaluation if evaluation is not None and evaluation < len(self.matrices) else -1]
+        """The matrices of evaluation `evaluation`; the latest recorded if that one was not seen (before a resume)."""
+        if evaluation in self.matrices:
+            return self.matrices[evaluation]
+        return self.matrices[max(self.matrices)] if self.matrices else {}
 
 
 @dataclass
@@ -235,7 +237,9 @@ def _config(report: RunReport) -> str:
             detail = []
             if encoder.get("type") == "auto_transformer":
                 pooling = report.plan.get(f"pooling.{f['name']}", {}).get("value", encoder.get("reduce_output"))
-                detail.append(("trainable" if encoder.get("trainable") else "frozen") + f", pooling {pooling}")
+                adapter = (encoder.get("adapter") or {}).get("type")  # an adapter trains whatever `trainable` says
+                state = f"{adapter} adapter, base frozen" if adapter else ("trainable" if encoder.get("trainable") else "frozen")
+                detail.append(state + f", pooling {pooling}")
                 detail.append(f"max {f.get('preprocessing', {}).get('max_sequence_length')} tokens")
             rows.append([_e(kind.split("_")[0]), _e(f["name"]), _e(f["type"]), _e(f.get("column") or f["name"]),
                          f'<span class="model">{_e(model)}</span>', _e("; ".join(detail))])

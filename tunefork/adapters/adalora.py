@@ -52,7 +52,7 @@ class AdaLora(AdapterSection):
     def _budget_shrinks(self):
         if self.target_r > self.init_r:
             raise ValueError(f"target_r ({self.target_r}) must not exceed init_r ({self.init_r}): the budget only shrinks")
-        problem = schedule_problem(self, self.total_step) if self.total_step is not None else None
+        problem = schedule_problem(self.tinit, self.tfinal, self.total_step) if self.total_step is not None else None
         if problem:
             raise ValueError(problem)
         return self
@@ -82,8 +82,10 @@ class AdaLora(AdapterSection):
 
     # ------------------------------------------------------------------------------------------ training hooks
     def penalty(self, peft_model):
-        """peft's orthogonality regulariser (AdaLoraModel.forward), for a loss computed outside the model."""
-        if not self.orth_reg_weight:
+        """peft's orthogonality regulariser (AdaLoraModel.forward), for a loss computed outside the model. The weight
+        is the peft config's: this section's, or a `pretrained_adapter_weights` adapter's own."""
+        weight = _peft_config(peft_model).orth_reg_weight
+        if not weight:
             return None
         import torch
 
@@ -95,7 +97,7 @@ class AdaLora(AdapterSection):
                 covariance = p @ p.T if "lora_A" in key else p.T @ p
                 eye = torch.eye(*covariance.shape, dtype=covariance.dtype, device=covariance.device)
                 norms.append(torch.linalg.matrix_norm(covariance - eye))  # Frobenius, not squared, as peft does
-        return self.orth_reg_weight * torch.stack(norms).mean() if norms else None
+        return weight * torch.stack(norms).mean() if norms else None
 
     def after_optimizer_step(self, peft_model, step: int) -> None:
         # peft's schedule reaches the target budget at step == total_step - tfinal (its force-mask branch), so
@@ -114,9 +116,9 @@ def _peft_config(peft_model):
     return peft_model.peft_config[peft_model.base_model.trainable_adapter_name]
 
 
-def schedule_problem(adapter: AdaLora, total_step: int) -> str | None:
+def schedule_problem(tinit: int, tfinal: int, total_step: int) -> str | None:
     """Why the budget schedule has no pruning phase (peft refuses it), or None when it has one."""
-    if adapter.tinit >= total_step - adapter.tfinal:
-        return (f"tinit ({adapter.tinit}) + tfinal ({adapter.tfinal}) leave no step to re-allocate the rank budget in "
-                f"{total_step} steps; lower them or train longer")
+    if tinit >= total_step - tfinal:
+        return (f"tinit ({tinit}) + tfinal ({tfinal}) leave no step to re-allocate the rank budget in {total_step} "
+                f"steps; lower them or train longer")
     return None

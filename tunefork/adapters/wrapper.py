@@ -8,6 +8,7 @@ outside tunefork too, and `pretrained_adapter_weights` reads adapters trained el
 
 from __future__ import annotations
 
+import contextlib
 import json
 import warnings
 from pathlib import Path
@@ -47,13 +48,15 @@ def load(model, source: str | Path, *, trainable: bool, where: str = "adapter", 
         raise ConfigError([f"{where}.pretrained_adapter_weights: '{source}' holds a {_name(kind)} adapter, "
                            f"not {expect.type}"])
     if expect is not None and kind == "ADALORA":
+        from tunefork.adapters.adalora import schedule_problem
+
         peft_config.total_step = expect.schedule_steps(total_steps)  # a new run: the budget spans its own steps
+        problem = schedule_problem(peft_config.tinit, peft_config.tfinal, peft_config.total_step)
+        if problem:
+            raise ConfigError([f"{where}.pretrained_adapter_weights: the saved adapter's {problem}"])
     peft_config.inference_mode = not trainable
     try:
-        with warnings.catch_warnings():
-            # AdaLoRA's saved rank pattern resizes the modules while loading; peft then also tries to apply it as a
-            # LoRA rank pattern and warns that its keys match nothing, harmlessly (the reload is exact: tested)
-            warnings.filterwarnings("ignore", message="The following rank_pattern keys did not match")
+        with _no_false_adalora_warnings():
             peft_model = PeftModel.from_pretrained(model, str(source), is_trainable=trainable, config=peft_config)
     except (ValueError, TypeError, KeyError, RuntimeError) as exc:
         raise TuneforkError(f"{where}: the adapter at '{source}' does not fit this model ({_first_line(exc)})") from None
@@ -72,7 +75,8 @@ def _check_all_loaded(peft_model, folder: Path, where: str) -> None:
 
     with safe_open(str(weights), framework="pt") as saved:
         saved_keys = set(saved.keys())
-    missing = sorted(saved_keys - set(get_peft_model_state_dict(peft_model)))
+    with _no_false_adalora_warnings():
+        missing = sorted(saved_keys - set(get_peft_model_state_dict(peft_model)))
     if missing:
         raise TuneforkError(f"{where}: {len(missing)} tensor(s) of the adapter at '{folder}' match nothing in this "
                             f"model (first: {missing[0]}); it was trained on a different model or layout")
@@ -80,10 +84,7 @@ def _check_all_loaded(peft_model, folder: Path, where: str) -> None:
 
 def save(peft_model, folder: Path) -> None:
     """peft's own format: adapter_config.json + adapter_model.safetensors (and peft's README model card)."""
-    with warnings.catch_warnings():
-        # an AdaLoRA layer whose whole budget was pruned saves rank-0 matrices, which peft mistakes for unsynced
-        # DeepSpeed/FSDP shards; they are legitimately empty
-        warnings.filterwarnings("ignore", message=r".*LoRA tensor\(s\) have invalid shape")
+    with _no_false_adalora_warnings():
         peft_model.save_pretrained(str(folder), safe_serialization=True)
 
 
@@ -128,6 +129,17 @@ def base_config_mismatch(saved_config_dir: Path, base) -> str | None:
         if key in saved and saved[key] != now.get(key):
             return f"{key} is {now.get(key)!r}, the adapter was trained on {saved[key]!r}"
     return None
+
+
+@contextlib.contextmanager
+def _no_false_adalora_warnings():
+    """Two peft warnings that are wrong about AdaLoRA (its save → load is exact: tested): a layer whose whole budget
+    was pruned has legitimately empty matrices, not unsynced DeepSpeed/FSDP shards; and a loaded rank pattern resizes
+    the modules itself, so peft's second, LoRA-style use of it matching nothing changes nothing."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*LoRA tensor\(s\) have invalid shape")
+        warnings.filterwarnings("ignore", message="The following rank_pattern keys did not match")
+        yield
 
 
 def _peft_type(peft_config) -> str:

@@ -115,20 +115,19 @@ def _adapted(encoder, saved_config_dir: Path | None, where: str, total_steps: in
 
 
 def pretrained_adapter_source(value: str, where: str) -> str:
-    """A peft adapter folder as given, or the adapter inside a tunefork model folder / run directory (the feature's
-    own, or the only one); anything else is passed on as a hub id."""
+    """A peft adapter folder as given, or the one adapter inside a tunefork model folder / run directory (with
+    several, the user names one of their folders); anything else is passed on as a hub id."""
     folder = Path(value)
     if (folder / adapters.ADAPTER_CONFIG).is_file() or not folder.is_dir():
         return value
     model_dir = folder / "model" if (folder / "model" / "encoders").is_dir() else folder
     found = sorted(p.parent for p in (model_dir / "encoders").glob(f"*/{adapters.ADAPTER_CONFIG}"))
-    feature = where.split(".encoder", 1)[0]
     if len(found) == 1:
         return str(found[0])
     if not found:
         raise TuneforkError(f"{where}.pretrained_adapter_weights: '{value}' holds no adapter (no {adapters.ADAPTER_CONFIG})")
     raise TuneforkError(f"{where}.pretrained_adapter_weights: '{value}' holds several adapters "
-                        f"({', '.join(p.name for p in found)}); name one folder, e.g. {found[0]} (for {feature})")
+                        f"({', '.join(p.name for p in found)}); name one of their folders, e.g. {found[0]}")
 
 
 class TransformerEncoder(nn.Module):
