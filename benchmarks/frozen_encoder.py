@@ -101,9 +101,10 @@ def floor_case() -> dict:
 
 def startup_case() -> dict:
     start = time.perf_counter()
-    import tunefork.api  # noqa: F401
     import torch  # noqa: F401
     import transformers  # noqa: F401
+
+    import tunefork.api  # noqa: F401
 
     return {"seconds": time.perf_counter() - start}
 

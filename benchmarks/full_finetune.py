@@ -56,7 +56,12 @@ def tunefork_case(rows: int, epochs: int, group_by_length: bool) -> dict:
 def plain_case(rows: int, epochs: int) -> dict:
     import torch
     from torch.utils.data import DataLoader
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, get_linear_schedule_with_warmup
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        get_linear_schedule_with_warmup,
+    )
 
     common.quiet_transformers()
     torch.manual_seed(SEED)

@@ -9,9 +9,9 @@ import subprocess
 import sys
 
 import pytest
+import tiny
 import yaml
 
-import tiny
 from tunefork import Model
 from tunefork.errors import TuneforkError
 from tunefork.training import memory
@@ -93,10 +93,10 @@ def test_tune_batch_size_leaves_weights_and_rng_untouched(tiny_bert):
     import torch
 
     from tunefork import hardware
+    from tunefork import plan as plan_mod
     from tunefork.api import _text_facts
     from tunefork.features import pipeline
     from tunefork.models.ecd import ECD
-    from tunefork import plan as plan_mod
 
     model_api = Model(config(tiny_bert, batch_size="auto"), quiet=True)
     cfg = model_api.config

@@ -217,7 +217,8 @@ class Model:
 
         config, phases = self.config, Phases()
         resume_dir = Path(model_resume_path) if model_resume_path else None
-        resume, random_seed = _resume_point(resume_dir, random_seed) if resume_dir else (None, random_seed)
+        with phases("resume"):
+            resume, random_seed = _resume_point(resume_dir, random_seed) if resume_dir else (None, random_seed)
         with phases("read"):
             frames = _splits(config, dataset, training_set, validation_set, test_set, random_seed)
         if len(frames["training"]) == 0:
@@ -264,6 +265,8 @@ class Model:
             self.console.note(f"{name}: adapter merged into the base weights (model/ holds full weights)")
         phases.seconds["train"] = history.train_seconds
         phases.seconds["evaluate"] = history.evaluate_seconds
+        if checkpoints is not None:
+            phases.seconds["checkpoint"] = checkpoints.seconds  # inside evaluate: each follows an evaluation
         self.model, self.meta, self.tokenizers, self.plan = model.eval(), meta, tokenizers, plan
         self._last_test = frames.get("test")
 

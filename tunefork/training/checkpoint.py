@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import torch
@@ -64,6 +65,7 @@ class Checkpoints:
     def __init__(self, folder: Path):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
+        self.seconds = 0.0  # spent writing checkpoints, for efficiency.json
 
     def pointer(self) -> dict:
         path = self.folder / POINTER
@@ -73,6 +75,7 @@ class Checkpoints:
              rng_state: dict, is_best: bool) -> Path:
         from safetensors.torch import save_file
 
+        started = time.perf_counter()
         name = f"step-{progress['step']}"
         target = self.folder / name
         tmp = self.folder / f".{name}.tmp"
@@ -97,6 +100,7 @@ class Checkpoints:
         for old in self.folder.iterdir():  # keep the last and the best only
             if old.is_dir() and old.name not in (pointer["last"], pointer["best"]):
                 shutil.rmtree(old, ignore_errors=True)
+        self.seconds += time.perf_counter() - started
         return target
 
 
