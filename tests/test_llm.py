@@ -157,9 +157,11 @@ def test_category_is_read_from_the_generated_text(tiny_llama):
 # ------------------------------------------------------------------------------------------------ zero-shot
 
 
-def test_zero_shot_predict_without_train_is_the_models_greedy_generation(tiny_llama):
+@pytest.mark.parametrize("model_fixture", ["tiny_llama", "tiny_gpt2"])  # rotary / learned absolute positions
+def test_zero_shot_predict_without_train_is_the_models_greedy_generation(model_fixture, request):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    tiny_llama = request.getfixturevalue(model_fixture)
     model = Model(llm_config(tiny_llama), progress=False, quiet=True)  # trainer.type none: Ludwig's default
     rows = pd.DataFrame({"instruction": ["what is the plot", "a long and very dull movie with a bland cast"],
                          "input": ["", "the film"]})
@@ -233,6 +235,18 @@ def test_adaption_prompt_fine_tune_lowers_the_loss(tiny_llama, alpaca, tmp_path)
     assert validation[-1] < validation[0] - 0.02, validation
     trainable = [n for n, p in model.model.named_parameters() if p.requires_grad]
     assert trainable and all("adaption_" in n for n in trainable)
+
+
+@pytest.mark.parametrize("adapter", [{"type": "adalora", "init_r": 6, "target_r": 2}, {"type": "ia3"},
+                                     {"type": "loha", "r": 4}, {"type": "prompt_tuning", "num_virtual_tokens": 4}],
+                         ids=lambda a: a["type"])
+def test_every_adapter_trains_saves_and_reloads_to_the_same_generations(adapter, tiny_llama, alpaca, tmp_path):
+    model = Model(llm_config(tiny_llama, adapter=adapter, trainer=finetune(epochs=1)), progress=False, quiet=True)
+    result = model.train(alpaca.head(16), output_directory=tmp_path)
+    assert np.isfinite(result.statistics["training"]["output"]["loss"]).all()
+    assert (result.output_directory / "model" / "adapter" / "adapter_model.safetensors").is_file()
+    rows = alpaca.iloc[20:22]
+    pd.testing.assert_frame_equal(Model.load(result.output_directory).predict(rows), model.predict(rows))
 
 
 def test_merge_writes_full_weights_that_generate_the_same(tiny_llama, alpaca, tmp_path):
@@ -316,6 +330,12 @@ def test_base_model_in_an_ecd_config_says_to_set_model_type():
                      "output_features": [{"name": "b", "type": "text"}]})
 
 
+def test_a_base_model_that_is_not_there_is_one_sentence(tmp_path):
+    model = Model(llm_config(tmp_path / "nowhere"), quiet=True)
+    with pytest.raises(TuneforkError, match=rf"^base_model '{tmp_path / 'nowhere'}': cannot read its config"):
+        model.predict(pd.DataFrame({"instruction": ["x"], "input": [""]}))
+
+
 def test_untrained_finetune_config_refuses_to_predict(tiny_llama):
     model = Model(llm_config(tiny_llama, adapter="lora", trainer=finetune()), quiet=True)
     with pytest.raises(TuneforkError, match="this model is not trained"):
@@ -325,3 +345,25 @@ def test_untrained_finetune_config_refuses_to_predict(tiny_llama):
 def test_example_config_validates():
     loaded = config.load(ROOT / "examples" / "alpaca_lora_smollm2.yaml")
     assert (loaded.model_type, loaded.adapter.type, loaded.trainer.type) == ("llm", "lora", "finetune")
+
+
+def test_command_line_experiment_predict_evaluate(tiny_llama, alpaca, tmp_path, capsys):
+    from tunefork import cli
+
+    data = tmp_path / "alpaca.jsonl"
+    alpaca.head(20).to_json(data, orient="records", lines=True)
+    cfg = tmp_path / "llm.yaml"
+    cfg.write_text(yaml.safe_dump(llm_config(tiny_llama, adapter="lora", trainer=finetune(epochs=1))))
+    out = tmp_path / "out"
+    assert cli.main(["--quiet", "experiment", "-c", str(cfg), "--dataset", str(data), "--output_directory", str(out)]) == 0
+    run = out / "experiment_run"
+    test_scores = json.loads((run / "test_statistics.json").read_text())["output"]
+    assert {"loss", "perplexity", "exact_match", "rouge_l", "bleu"} <= set(test_scores)
+    assert list(pd.read_csv(run / "test_predictions.csv").columns) == ["output_response"]
+    assert cli.main(["predict", "-m", str(run), "--dataset", str(data), "--output_directory", str(out / "p")]) == 0
+    assert len(pd.read_csv(out / "p" / "predictions.csv")) == 20
+    assert cli.main(["--quiet", "evaluate", "-m", str(run), "--dataset", str(data), "--output_directory", str(out / "e")]) == 0
+    assert "rouge_l" in json.loads((out / "e" / "test_statistics.json").read_text())["output"]
+    capsys.readouterr()
+    assert cli.main(["convert-gguf", str(tmp_path / "missing.gguf")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'missing.gguf'}: GGUF file not found"

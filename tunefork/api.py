@@ -206,10 +206,18 @@ class Model:
                                  test_set=test_set, output_directory=output_directory, experiment_name=experiment_name,
                                  model_name=model_name, random_seed=random_seed, skip_save_model=skip_save_model,
                                  logger=logger, model_resume_path=model_resume_path)
+        from tunefork import backends
+
+        with backends.session(self.config):  # backend ray: this run's cluster (joined, or started and stopped)
+            return self._train_ecd(dataset, training_set, validation_set, test_set, output_directory, experiment_name,
+                                   model_name, random_seed, skip_save_model, logger, model_resume_path)
+
+    def _train_ecd(self, dataset, training_set, validation_set, test_set, output_directory, experiment_name, model_name,
+                   random_seed, skip_save_model, logger, model_resume_path) -> TrainResult:
         import torch
 
+        from tunefork import backends, tracking
         from tunefork import report as report_mod
-        from tunefork import tracking
         from tunefork.models import artifact
         from tunefork.models.ecd import ECD
         from tunefork.training import checkpoint
@@ -219,17 +227,28 @@ class Model:
         resume_dir = Path(model_resume_path) if model_resume_path else None
         with phases("resume"):
             resume, random_seed = _resume_point(resume_dir, random_seed) if resume_dir else (None, random_seed)
-        with phases("read"):
-            frames = _splits(config, dataset, training_set, validation_set, test_set, random_seed)
-        if len(frames["training"]) == 0:
-            raise DataError("the training split has no rows (check preprocessing.split)")
-        with phases("preprocess"):
-            tokenizers = pipeline.tokenizers(config)
-            meta, tables, cache_hit = pipeline.preprocess(config, frames, random_seed, cache_dir(config), tokenizers)
+        files = backends.file_set(config, dataset)  # a folder or glob: Ray Data reads it, never one pandas frame
+        if files is None:
+            with phases("read"):
+                frames = _splits(config, dataset, training_set, validation_set, test_set, random_seed)
+            if len(frames["training"]) == 0:
+                raise DataError("the training split has no rows (check preprocessing.split)")
+            with phases("preprocess"):
+                tokenizers = pipeline.tokenizers(config)
+                meta, tables, cache_hit = pipeline.preprocess(config, frames, random_seed, cache_dir(config), tokenizers)
+            fingerprints = {k: read.fingerprint(v) for k, v in frames.items()}
+        else:
+            with phases("preprocess"):  # reading and preprocessing are one parallel Ray Data pass
+                tokenizers = pipeline.tokenizers(config)
+                meta, tables, fingerprints = backends.preprocess_files(config, files, random_seed, tokenizers)
+            frames, cache_hit = {}, False
         if cache_hit:
             self.console.note("preprocessed data: loaded from the cache")
-        facts = plan_mod.DataFacts(training_rows=len(tables["training"]), text_inputs=_text_facts(config))
-        plan = plan_mod.resolve(config, facts, hardware.detect())
+        workers = backends.workers(config)  # local: this process; ray: from the cluster's resources
+        facts = plan_mod.DataFacts(training_rows=len(tables["training"]), text_inputs=_text_facts(config),
+                                   num_workers=workers.count)
+        plan = plan_mod.resolve(config, facts, backends.hardware(config, workers))
+        backends.decide(plan, config, workers)
         meta["pooling"] = {f.name: plan[f"pooling.{f.name}"] for f in config.input_features if f.type == "text"}
         for key, decision in plan.decisions.items():
             if key in ("precision", "batch_size", "learning_rate") or key.startswith("cache_embeddings."):
@@ -244,13 +263,14 @@ class Model:
             tables, embed_hits = _embed(config, plan, model, tables, meta, tokenizers)
         if embed_hits:
             self.console.note(f"encoder embeddings loaded from the cache: {', '.join(embed_hits)}")
-        with phases("plan_memory"):
-            estimate = _fit_in_memory(config, plan, facts, model, meta, tables["training"], self.console)
+        estimate = None  # the estimate is of this process; a Ray worker holds a shard (FSDP) on its own machine
+        if config.backend.type == "local":
+            with phases("plan_memory"):
+                estimate = _fit_in_memory(config, plan, facts, model, meta, tables["training"], self.console)
         recorder = report_mod.Recorder()  # the Console, the report's recorder and any trackers all hear the loop
         board = tracking.Fanout(self.console, recorder, *tracking.start(logger, output_directory, f"{experiment_name}_{model_name}", config_mod.to_dict(config), self.console))
         output = None
         if not skip_save_model:  # everything is validated: from here on the run directory exists
-            fingerprints = {k: read.fingerprint(v) for k, v in frames.items()}
             output = resume_dir or _start_run_directory(rundir.new(output_directory, experiment_name, model_name), config,
                                                         plan, fingerprints, tables, random_seed)
             if resume_dir is not None:
@@ -258,7 +278,12 @@ class Model:
         checkpoints = checkpoint.Checkpoints(output / "checkpoints") if output is not None else None
         with phases("fit"):
             try:
-                history = fit(model, tables, config, meta, plan, random_seed, report=board, checkpoints=checkpoints, resume=resume)
+                distributed = None
+                if config.backend.type == "ray":  # every worker runs `fit`; Ray Train persists the checkpoints
+                    history, distributed = backends.fit(model, tables, config, meta, plan, random_seed, report=board,
+                                                        run_dir=output, workers=workers)
+                else:
+                    history = fit(model, tables, config, meta, plan, random_seed, report=board, checkpoints=checkpoints, resume=resume)
             finally:
                 board.close()
         for name in model.merge_adapters():  # adapter.postprocessor.merge_adapter_into_base_model
@@ -283,7 +308,8 @@ class Model:
             "preprocessing_cache_hit": cache_hit,
             "embedding_cache_hit": {name: name in embed_hits for name in meta["pooling"] if plan[f"cache_embeddings.{name}"]},
             "final_validation": history.best,
-            "estimated_peak_mb": estimate.to_dict()["peak_mb"],
+            "estimated_peak_mb": estimate.to_dict()["peak_mb"] if estimate is not None else None,
+            **({"distributed": distributed} if distributed else {}),
         }
         if output is not None:
             artifact.save(output / "model", model, config_mod.to_dict(config), meta, tokenizers)  # atomic: whole or absent

@@ -91,7 +91,7 @@ def train(owner, dataset, *, training_set, validation_set, test_set, output_dire
             if config.trainer.type == "finetune":
                 history = recipe.fit(model, tables, config, plan, meta["pad_token_id"], random_seed, report=board)
             else:  # zero-shot: nothing trains; the splits are scored once so the run still has its numbers
-                history = _score_once(model.to(plan["device"]), tables, config, plan, meta["pad_token_id"], History)
+                history = _score_once(llm.place(model, plan["device"]), tables, config, plan, meta["pad_token_id"], History)
         finally:
             board.close()
     if config.adapter is not None and config.adapter.postprocessor.merge_adapter_into_base_model:
@@ -168,7 +168,7 @@ def _ready(owner):
         owner.model = llm.build(config).eval()
     if owner.plan is None:
         owner.plan = plan_mod.resolve_llm_inference(config, owner.meta["context_length"], hardware.detect())
-    owner.model.to(owner.plan["device"])
+    llm.place(owner.model, owner.plan["device"])
     return owner.model, owner.tokenizers, owner.meta, owner.plan
 
 

@@ -208,20 +208,9 @@ def resolve_llm(config, training_rows: int, context_length: int | None, hardware
     plan.decide("gradient_accumulation_steps", accumulation, "auto: 1" if trainer.gradient_accumulation_steps == "auto"
                 else "trainer.gradient_accumulation_steps")
     plan.decide("learning_rate", trainer.learning_rate, "trainer.learning_rate (one worker: no scaling)")
-    plan.decide("effective_batch_size", plan["batch_size"] * accumulation, "batch_size × gradient_accumulation_steps")
-    steps_per_epoch = max(1, math.ceil(training_rows / plan["batch_size"] / accumulation))
-    plan.decide("steps_per_epoch", steps_per_epoch, "ceil(training rows / effective batch)")
+    schedule(plan, config, DataFacts(training_rows=training_rows, text_inputs={}))  # the ECD rules: same keys
     if trainer.type == "none":
         plan.decide("total_steps", 0, "trainer.type none: nothing trains")
-    else:
-        plan.decide("total_steps", trainer.train_steps or steps_per_epoch * trainer.epochs,
-                    "trainer.train_steps" if trainer.train_steps else "steps_per_epoch × epochs")
-    if trainer.steps_per_checkpoint:
-        plan.decide("evaluate_every_steps", trainer.steps_per_checkpoint, "trainer.steps_per_checkpoint")
-    elif trainer.checkpoints_per_epoch:
-        plan.decide("evaluate_every_steps", max(1, steps_per_epoch // trainer.checkpoints_per_epoch), "trainer.checkpoints_per_epoch")
-    else:
-        plan.decide("evaluate_every_steps", None, "once per epoch, after its last step")
     plan.decide("precision", *_precision(trainer.use_mixed_precision, hardware))
     plan.decide("max_sequence_length", *_sequence_limit(config, context_length))
     if getattr(config.adapter, "type", None) == "adalora" and trainer.type == "finetune":

@@ -30,7 +30,7 @@ from tunefork.adapters.registry import Adapter  # noqa: E402  isort: skip
 
 SAMPLE, TASK = "__sample__", "__task__"
 # Ludwig's default template when only `prompt.task` is given (ludwig/prompt.py, DEFAULT_ZERO_SHOT_PROMPT_TEMPLATE).
-DEFAULT_TASK_TEMPLATE = "SAMPLE INPUT: {__sample__}\n\nUSER: Complete the following task: {__task__}\n\nASSISTANT:"
+DEFAULT_TASK_TEMPLATE = "SAMPLE INPUT: {__sample__}\n\nUSER: Complete the following task: {__task__}\n\nASSISTANT:\n"
 
 # ------------------------------------------------------------------------------------------------- features
 

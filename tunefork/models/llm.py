@@ -131,14 +131,24 @@ def build(config, total_steps: int | None = None):
     return model
 
 
+def place(model, device: str):
+    """`model` on `device`; bitsandbytes-quantized weights were put on their GPU at load and refuse `.to`."""
+    if not (getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)):
+        model.to(device)
+    return model
+
+
 def merge(model):
     """The adapter folded into the base weights (a plain transformers model), or a refusal for prompt methods."""
     return adapters.merge(model) if adapters.is_peft(model) else model
 
 
 def logits(model, batch: dict) -> torch.Tensor:
+    """Next-token logits at every real position of the batch."""
     # use_cache=False: training and scoring never reuse keys/values, and a cache would only hold memory
-    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    virtual = adapters.virtual_tokens(model)  # prompt tuning's learned positions come first: not the text's
+    return out[:, virtual:] if virtual else out
 
 
 def token_loss_sum(logits_: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:

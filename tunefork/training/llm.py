@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from tunefork.data import prompts
-from tunefork.models.llm import logits, token_loss_sum
+from tunefork.models.llm import logits, place, token_loss_sum
 from tunefork.training import batches, optim
 from tunefork.training.loop import History, autocast, to_device
 
@@ -33,7 +33,9 @@ def scored_tokens(encoded: prompts.Encoded, index: np.ndarray) -> int:
 
 def scores(loss_sum: float, tokens: int) -> dict[str, float]:
     loss = loss_sum / tokens if tokens else float("nan")
-    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)) if tokens else float("nan")}
+    # exp overflows a float past 709: a diverged run reports an infinite perplexity (null in JSON), not an error
+    perplexity = float("nan") if not tokens else (math.exp(loss) if loss < 709 else float("inf"))
+    return {"loss": loss, "perplexity": perplexity}
 
 
 @torch.no_grad()
@@ -71,7 +73,7 @@ def fit(model, tables: dict[str, prompts.Encoded], config, plan, pad_id: int, se
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     device = plan["device"]
-    model.to(device)
+    place(model, device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = optim.optimizer(trainer.optimizer, params, plan["learning_rate"])
     factor = optim.schedule(trainer.learning_rate_scheduler, plan["total_steps"], plan["evaluate_every_steps"] or plan["steps_per_epoch"])
