@@ -117,7 +117,7 @@ class Forward:
             def forward(self, *tensors):
                 vectors = [_encode(self.model.encoders[module_key(name)], tensors[2 * i], tensors[2 * i + 1])
                            for i, name in enumerate(self.text)]
-                hidden = self.model.combiner(torch.cat(vectors, dim=-1) if len(vectors) > 1 else vectors[0])
+                hidden = self.model.combiner(dict(zip((f.name for f in self.model.config.input_features), vectors, strict=True)))
                 results = []
                 for name, kind, clip, scale in self.outputs:
                     logits = self.model.heads[module_key(name)](hidden)

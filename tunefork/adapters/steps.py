@@ -31,4 +31,5 @@ class AdapterSteps:
 
 def _encoders(model):
     text_encoders = getattr(model, "text_encoders", None)
-    return list(text_encoders().values()) if text_encoders else []
+    unique = {id(e): e for e in text_encoders().values()} if text_encoders else {}  # tied inputs share one encoder
+    return list(unique.values())

@@ -165,6 +165,7 @@ class NumberLoss(Section):
 class FeatureBase(Section):
     name: str = Field(min_length=1, description="Also a folder name inside model/: no '/', '\\' or '..'.")
     column: str | None = Field(None, description="Dataset column; defaults to the feature's name.")
+    tied: str | None = Field(None, description="Share the encoder (and its weights) of this other input feature.")
 
     @field_validator("name")
     @classmethod

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from tunefork.config.backend import Backend, LocalBackend
 from tunefork.config.base import Section, tagged
 from tunefork.config.features import InputFeature, OutputFeature
 from tunefork.config.trainer import Trainer
@@ -27,6 +28,23 @@ class ConcatCombiner(Section):
     dropout: float = Field(0.0, ge=0, lt=1)
     activation: Literal["relu", "gelu", "tanh", "silu"] = "relu"
     norm: Literal["batch", "layer"] | None = None
+
+
+class ComparatorCombiner(Section):
+    """Compares two groups of inputs (`entity_1`, `entity_2`): [e1, e2, e1·e2, |e1 − e2|], then the decoders."""
+
+    type: Literal["comparator"]
+    entity_1: list[str] = Field(min_length=1, description="Input feature names of the first entity.")
+    entity_2: list[str] = Field(min_length=1, description="Input feature names of the second entity.")
+    num_fc_layers: int = Field(1, ge=1, description="Layers projecting each entity before the comparison.")
+    output_size: int = Field(256, gt=0)
+    fc_layers: list[FCLayer] | None = Field(None, description="Explicit layers; overrides num_fc_layers.")
+    dropout: float = Field(0.0, ge=0, lt=1)
+    activation: Literal["relu", "gelu", "tanh", "silu"] = "relu"
+    norm: Literal["batch", "layer"] | None = None
+
+
+Combiner = tagged(ConcatCombiner, ComparatorCombiner, default="concat")
 
 
 class RandomSplit(Section):
@@ -59,19 +77,14 @@ class Preprocessing(Section):
     sample_size: int | None = Field(None, gt=0)
 
 
-class LocalBackend(Section):
-    type: Literal["local"] = "local"
-    cache_dir: str | None = Field(None, description="Where preprocessed data and embeddings are cached.")
-
-
 class Config(Section):
     model_type: Literal["ecd"] = "ecd"
     input_features: list[InputFeature] = Field(min_length=1)
     output_features: list[OutputFeature] = Field(min_length=1)
-    combiner: ConcatCombiner = ConcatCombiner()
+    combiner: Combiner = ConcatCombiner()
     trainer: Trainer = Trainer()
     preprocessing: Preprocessing = Preprocessing()
-    backend: LocalBackend = LocalBackend()
+    backend: Backend = LocalBackend()  # or a Ray cluster: tunefork/config/backend.py
 
     @model_validator(mode="after")
     def _names_unique_and_fields_known(self):
@@ -79,6 +92,18 @@ class Config(Section):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"feature names must be unique; repeated: {', '.join(duplicates)}")
+        inputs = [f.name for f in self.input_features]
+        for feature in self.input_features:
+            tied = feature.tied
+            if tied is not None and (tied == feature.name or tied not in inputs or self.input(tied).type != feature.type
+                                     or self.input(tied).tied is not None):
+                raise ValueError(f"input feature '{feature.name}': tied must name another {feature.type} input that is not tied itself, got '{tied}'")
+        if self.combiner.type == "comparator":
+            named = [*self.combiner.entity_1, *self.combiner.entity_2]
+            unknown = sorted(set(named) - set(inputs))
+            if unknown or len(set(named)) != len(named) or set(named) != set(inputs):
+                raise ValueError(f"combiner.entity_1 and entity_2 must split the input features ({', '.join(inputs)}) between them, "
+                                 f"each once; got {self.combiner.entity_1} and {self.combiner.entity_2}")
         outputs = [f.name for f in self.output_features]
         field = self.trainer.validation_field
         if field != "combined" and field not in outputs:

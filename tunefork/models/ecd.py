@@ -15,6 +15,7 @@ from tunefork.config.schema import Config
 from tunefork.encoders import tabular
 from tunefork.encoders.transformer import TransformerEncoder
 from tunefork.features import OUTPUTS
+from tunefork.models import combiners
 from tunefork.models.layers import fc_stack
 
 
@@ -29,19 +30,21 @@ class ECD(nn.Module):
         super().__init__()
         self.config = config
         self.encoders = nn.ModuleDict()
+        built = {}
         for i, feature in enumerate(config.input_features):
+            if feature.tied is not None:
+                continue  # shares its target's module, below
             if feature.type == "text":
                 saved = saved_dir / "encoders" / feature.name if saved_dir is not None else None
-                encoder = TransformerEncoder(feature.encoder, pooling[feature.name], saved,
-                                             where=f"input_features[{i}].encoder", total_steps=total_steps)
+                built[feature.name] = TransformerEncoder(feature.encoder, pooling[feature.name], saved,
+                                                         where=f"input_features[{i}].encoder", total_steps=total_steps)
             else:
-                encoder = tabular.build(feature, meta["inputs"][feature.name])
-            self.encoders[module_key(feature.name)] = encoder
-        width = sum(e.output_size for e in self.encoders.values())
-
-        combiner = config.combiner
-        sizes = [layer.output_size for layer in combiner.fc_layers] if combiner.fc_layers else [combiner.output_size] * combiner.num_fc_layers
-        self.combiner, width = fc_stack(width, sizes, combiner.activation, combiner.dropout, combiner.norm)
+                built[feature.name] = tabular.build(feature, meta["inputs"][feature.name])
+        for feature in config.input_features:  # in config order, tied features on their target's module
+            self.encoders[module_key(feature.name)] = built[feature.tied or feature.name]
+        widths = {f.name: self.encoders[module_key(f.name)].output_size for f in config.input_features}
+        self.combiner = combiners.build(config.combiner, widths)
+        width = self.combiner.output_size
 
         self.heads = nn.ModuleDict()
         for feature in config.output_features:
@@ -71,5 +74,5 @@ class ECD(nn.Module):
                 vectors.append(x["embedding"] if "embedding" in x else self.encoders[module_key(feature.name)](**x))
             else:
                 vectors.append(self.encoders[module_key(feature.name)](x))
-        hidden = self.combiner(torch.cat(vectors, dim=-1) if len(vectors) > 1 else vectors[0])
+        hidden = self.combiner(dict(zip((f.name for f in self.config.input_features), vectors, strict=True)))
         return {f.name: self.heads[module_key(f.name)](hidden) for f in self.config.output_features}
