@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import tiny
 import torch
 
-import tiny
 from tunefork import Model, config
 from tunefork.config import ConfigError
 from tunefork.models.combiners import Comparator
