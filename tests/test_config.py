@@ -65,7 +65,16 @@ BAD = [
      "trainer.optimizer: 'lion' is not supported (one of: adam, adamw, adamax, nadam, sgd, rmsprop, adagrad)"),
     ("unknown split type", make(preprocessing={"split": {"type": "hash"}}),
      "preprocessing.split.type: 'hash' is not supported (one of: random, stratify, fixed)"),
-    ("ray backend", make(backend={"type": "ray"}), "backend.type: 'ray' is not one of 'local'"),
+    ("unknown backend", make(backend={"type": "horovod"}), "backend.type: 'horovod' is not supported (one of: local, ray)"),
+    ("ray strategy", make(backend={"type": "ray", "trainer": {"strategy": "deepspeed"}}),
+     "backend.trainer.strategy: 'deepspeed' is not supported (one of: ddp, fsdp)"),
+    ("dask processor", make(backend={"type": "ray", "processor": {"type": "dask"}}),
+     "backend.processor: Ludwig's Dask processor is not used here: tunefork preprocesses with Ray Data (type: ray)"),
+    ("streaming loader", make(backend={"type": "ray", "loader": {"window_size_bytes": 500000000}}),
+     "backend.loader: 'window_size_bytes' configures Ludwig's streaming loader; tunefork's workers train from fully "
+     "preprocessed tables (remove backend.loader)"),
+    ("ray resource case", make(backend={"type": "ray", "trainer": {"resources_per_worker": {"gpu": 1}}}),
+     "backend.trainer.resources_per_worker: 'gpu': Ray's resource names are case-sensitive (did you mean 'GPU'?)"),
     ("reduce_output typo", make(input_features=[text_input(encoder={"reduce_output": "meen"})]),
      "input_features[0].encoder.reduce_output: 'meen' is not one of 'auto', 'cls_pooled', 'mean', 'sum', 'max', 'last' "
      "(did you mean 'mean'?)"),

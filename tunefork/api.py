@@ -142,8 +142,9 @@ def _start_run_directory(output: Path, config, plan, fingerprints: dict, tables:
     return output
 
 
-def _resume_point(run: Path, seed: int):
+def _resume_point(run: Path, seed: int, config):
     """The last checkpoint of `run` and the seed it was started with."""
+    from tunefork import backends
     from tunefork.training import checkpoint
 
     description = run / "description.json"
@@ -151,7 +152,7 @@ def _resume_point(run: Path, seed: int):
         raise TuneforkError(f"{run}: not a tunefork run directory (no description.json) to resume")
     if (run / "model").is_dir():
         raise TuneforkError(f"{run}: this run already finished (model/ is there); nothing to resume")
-    resume = checkpoint.load(run / "checkpoints")
+    resume = checkpoint.load(run / "checkpoints") or backends.resume_point(config, run)
     if resume is None:
         raise TuneforkError(f"{run}: no checkpoint was written before the run stopped; start it again instead")
     original = json.loads(description.read_text())["random_seed"]
@@ -226,7 +227,7 @@ class Model:
         config, phases = self.config, Phases()
         resume_dir = Path(model_resume_path) if model_resume_path else None
         with phases("resume"):
-            resume, random_seed = _resume_point(resume_dir, random_seed) if resume_dir else (None, random_seed)
+            resume, random_seed = _resume_point(resume_dir, random_seed, config) if resume_dir else (None, random_seed)
         files = backends.file_set(config, dataset)  # a folder or glob: Ray Data reads it, never one pandas frame
         if files is None:
             with phases("read"):

@@ -145,6 +145,43 @@ def _trainable_state(model) -> dict[str, torch.Tensor]:
     return state
 
 
+class Single:
+    """The hooks `fit` calls around what a distributed run does differently, for one process: identities. The
+    distributed implementation (`tunefork.backends.distributed.Distributed`) explains each one."""
+
+    world = 1
+
+    def wrap(self, model):
+        return model
+
+    def scaler(self, precision: str):
+        return torch.amp.GradScaler("cuda") if precision == "fp16" else None
+
+    def sync_gradients(self, model, sync: bool) -> None:
+        pass
+
+    def shard(self, index: np.ndarray) -> tuple[np.ndarray, float]:
+        return index, 1.0  # all rows of the batch, at full weight
+
+    def mean(self, loss: torch.Tensor, weight: float) -> float:
+        return loss.item()  # a sync point, once a step
+
+    def gather(self, collector: Collector) -> Collector:
+        return collector
+
+    def evaluate(self, model, table: Table, config, meta: dict, plan: Plan) -> dict:
+        return evaluate(model, table, config, meta, plan)
+
+    def state(self, model) -> dict[str, torch.Tensor]:
+        return _trainable_state(model)
+
+    def load(self, model, state: dict) -> None:
+        model.load_state_dict(state, strict=False)
+
+    def load_optimizer(self, optimizer, state: dict) -> None:
+        optimizer.load_state_dict(state)
+
+
 @dataclass
 class Progress:
     """Where training stands, beyond weights and optimizer: what a resumed run needs to continue exactly."""
@@ -159,24 +196,28 @@ class Progress:
 
 
 def fit(model, tables: dict[str, Table], config, meta: dict, plan: Plan, seed: int, report=None,
-        checkpoints=None, resume: dict | None = None) -> History:
+        checkpoints=None, resume: dict | None = None, distributed=None) -> History:
     """Train `model` in place; the best weights (by the validation field and metric) are restored at the end.
 
     With `checkpoints` (a `checkpoint.Checkpoints`), a checkpoint follows every evaluation; `resume` (a loaded
     checkpoint) continues a run from it with the same batches, RNG draws and optimizer state as if never stopped.
+    `distributed` (default: this one process) wraps the model, shards each batch and gathers evaluations when this
+    is one of several workers (`tunefork.backends.distributed`); `plan["batch_size"]` is then per worker.
     """
     trainer = config.trainer
+    dist = distributed or Single()
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     device = plan["device"]
     model.to(device)
+    adapter_steps = AdapterSteps(model)  # AdaLoRA's penalty and rank budget; nothing for other models
+    model = dist.wrap(model)  # before the optimizer: FSDP replaces the parameters by their shards
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = optim.optimizer(trainer.optimizer, params, plan["learning_rate"])
     factor = optim.schedule(trainer.learning_rate_scheduler, plan["total_steps"], plan["evaluate_every_steps"] or plan["steps_per_epoch"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-    scaler = torch.amp.GradScaler("cuda") if plan["precision"] == "fp16" else None
+    scaler = dist.scaler(plan["precision"])
     accumulation, total_steps = plan["gradient_accumulation_steps"], plan["total_steps"]
-    adapter_steps = AdapterSteps(model)  # AdaLoRA's penalty and rank budget; nothing for other models
 
     train = tables["training"]
     by_length = batches.lengths(train, config) if trainer.group_by_length else None
@@ -188,7 +229,7 @@ def fit(model, tables: dict[str, Table], config, meta: dict, plan: Plan, seed: i
 
     history, progress, best_state, best_adapter_state = History(trainer.evaluate_training_set), Progress(), None, None
     if resume is not None:
-        progress, history, best_state = _restore(resume, model, optimizer, scheduler, scaler)
+        progress, history, best_state = _restore(resume, model, optimizer, scheduler, scaler, dist)
     stop = progress.step >= total_steps
     running = Collector(config, meta)
     while not stop:
@@ -196,7 +237,8 @@ def fit(model, tables: dict[str, Table], config, meta: dict, plan: Plan, seed: i
             progress.epoch += 1
             progress.epoch_rng = rng.bit_generator.state
         rng.bit_generator.state = progress.epoch_rng
-        order = batches.training_order(len(train), plan["batch_size"], rng, trainer.should_shuffle, by_length)
+        # the global batches: with N workers each holds N × batch_size rows, of which a worker computes its shard
+        order = batches.training_order(len(train), plan["batch_size"] * dist.world, rng, trainer.should_shuffle, by_length)
         model.train()
         done_rows = sum(len(index) for index in order[: progress.batch])
         bar = tqdm(total=len(train), initial=done_rows, unit="ex", desc=f"epoch {progress.epoch}", leave=False,
@@ -204,8 +246,12 @@ def fit(model, tables: dict[str, Table], config, meta: dict, plan: Plan, seed: i
         started = time.perf_counter()
         for i in range(progress.batch, len(order)):
             index = order[i]
-            inputs, targets = batches.collate(train, index, config, meta)
-            history.train_tokens += batches.token_count(inputs)
+            last_of_epoch = i == len(order) - 1
+            dist.sync_gradients(model, (i + 1) % accumulation == 0 or last_of_epoch)
+            mine, weight = dist.shard(index)
+            inputs, targets = batches.collate(train, mine, config, meta)
+            if weight:
+                history.train_tokens += batches.token_count(inputs)
             inputs, targets = to_device(inputs, device), to_device(targets, device)
             with autocast(plan):
                 logits = model(inputs)
@@ -214,14 +260,14 @@ def fit(model, tables: dict[str, Table], config, meta: dict, plan: Plan, seed: i
                     loss = loss + trainer.regularization_lambda * _penalty(params, trainer.regularization_type)
                 extra = adapter_steps.penalty()  # trained on, not reported: the logged loss stays the task's
                 objective = loss if extra is None else loss + extra
-            # divide so the accumulated gradient is the mean over the effective batch, not the sum
-            scaled = objective / accumulation
+            # divide so the accumulated gradient is the mean over the effective batch, not the sum (`weight` is 1
+            # in one process, and this worker's share of the global batch in a distributed run)
+            scaled = objective * weight / accumulation
             (scaler.scale(scaled) if scaler else scaled).backward()
-            if not trainer.evaluate_training_set:
-                running.add(index, logits, terms, loss)
+            if not trainer.evaluate_training_set and weight:
+                running.add(mine, logits, terms, loss)
             history.train_examples += len(index)
             bar.update(len(index))
-            last_of_epoch = i == len(order) - 1
             if (i + 1) % accumulation and not last_of_epoch:
                 continue
             if scaler:
@@ -236,9 +282,10 @@ def fit(model, tables: dict[str, Table], config, meta: dict, plan: Plan, seed: i
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             progress.step, progress.batch = progress.step + 1, i + 1
-            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")  # .item(): a sync point, once a step
+            shown = dist.mean(loss, weight)  # .item(): a sync point, once a step
+            bar.set_postfix(loss=f"{shown:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
             if report is not None and hasattr(report, "step"):  # per-step loss and lr for experiment trackers
-                report.step(progress.step, loss.item(), scheduler.get_last_lr()[0])
+                report.step(progress.step, shown, scheduler.get_last_lr()[0])
             done = progress.step >= total_steps
             every = plan["evaluate_every_steps"]
             if not (done or (last_of_epoch if every is None else progress.step % every == 0)):
@@ -247,15 +294,15 @@ def fit(model, tables: dict[str, Table], config, meta: dict, plan: Plan, seed: i
             eval_started = time.perf_counter()
             scores = {}
             if trainer.evaluate_training_set:
-                scores["training"] = evaluate(model, train, config, meta, plan)
+                scores["training"] = dist.evaluate(model, train, config, meta, plan)
             else:
-                scores["training"] = running.metrics(train)
+                scores["training"] = dist.gather(running).metrics(train)
                 running = Collector(config, meta)
             if not trainer.skip_all_evaluation:
                 if validation is not None:
-                    scores["validation"] = evaluate(model, validation, config, meta, plan)
+                    scores["validation"] = dist.evaluate(model, validation, config, meta, plan)
                 if test is not None:
-                    scores["test"] = evaluate(model, test, config, meta, plan)
+                    scores["test"] = dist.evaluate(model, test, config, meta, plan)
             for split, values in scores.items():
                 history.record(split, values)
             history.evaluations.append({"epoch": progress.epoch, "step": progress.step, "learning_rate": scheduler.get_last_lr()[0]})
@@ -264,7 +311,7 @@ def fit(model, tables: dict[str, Table], config, meta: dict, plan: Plan, seed: i
             improved = not math.isnan(value) and (best is None or (value > best if higher else value < best))
             if improved:
                 progress.best_value, progress.stale = value, 0
-                best_state, best_adapter_state = _trainable_state(model), adapter_steps.state()
+                best_state, best_adapter_state = dist.state(model), adapter_steps.state()
                 history.best = {"evaluation": len(history.evaluations) - 1, "epoch": progress.epoch, "step": progress.step,
                                 "split": watch_split, "field": watch_field, "metric": watch_metric, "value": value}
             else:
@@ -275,7 +322,7 @@ def fit(model, tables: dict[str, Table], config, meta: dict, plan: Plan, seed: i
                     progress.reductions += 1
                     scheduler.base_lrs = [lr * lr_section.reduce_on_plateau_rate for lr in scheduler.base_lrs]
             if checkpoints is not None:
-                checkpoints.save(_trainable_state(model), optimizer, scheduler, scaler, asdict(progress), history.to_state(),
+                checkpoints.save(dist.state(model), optimizer, scheduler, scaler, asdict(progress), history.to_state(),
                                  rng.bit_generator.state, improved)
             history.evaluate_seconds += time.perf_counter() - eval_started
             if report is not None:
@@ -295,16 +342,16 @@ def fit(model, tables: dict[str, Table], config, meta: dict, plan: Plan, seed: i
         if progress.epoch >= trainer.epochs and not trainer.train_steps:
             stop = True
     if best_state is not None:
-        model.load_state_dict(best_state, strict=False)
+        dist.load(model, best_state)
         if best_adapter_state is not None:
             adapter_steps.restore(best_adapter_state)
     return history
 
 
-def _restore(resume: dict, model, optimizer, scheduler, scaler):
+def _restore(resume: dict, model, optimizer, scheduler, scaler, dist):
     """Put a loaded checkpoint back: weights, optimizer, scheduler, RNGs, progress, history, best weights."""
-    model.load_state_dict(resume["model"], strict=False)
-    optimizer.load_state_dict(resume["optimizer"])
+    dist.load(model, resume["model"])
+    dist.load_optimizer(optimizer, resume["optimizer"])
     scheduler.load_state_dict(resume["scheduler"])
     if scaler is not None and resume["scaler"] is not None:
         scaler.load_state_dict(resume["scaler"])
