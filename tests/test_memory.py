@@ -23,7 +23,8 @@ import tiny
 from tunefork import Model
 cfg = json.loads({config!r})
 result = Model(cfg, quiet=True).train(tiny.sentiment_frame(300, seed=2), skip_save_model=True)
-print(json.dumps({{"estimate": result.plan["memory_estimate_mb"]["value"], "peak": result.efficiency["peak_rss_mb"]}}))
+eff = result.efficiency
+print(json.dumps({{"estimate": result.plan["memory_estimate_mb"]["value"], "peak": eff["peak_rss_training_mb"] or eff["peak_rss_mb"]}}))
 """
 
 

@@ -104,12 +104,21 @@ def _embed(config, plan, model, tables: dict, meta: dict, tokenizers: dict):
     return tables, hits
 
 
+def _training_peak_mb() -> float | None:
+    """Peak RSS since the estimate (the kernel's counter is reset there), i.e. what the estimate predicts."""
+    from tunefork.training import memory
+
+    peak = memory.peak_since_reset()
+    return round(peak / 2**20, 1) if peak else None
+
+
 def _fit_in_memory(config, plan, facts, model, meta: dict, train_table, console):
     """Estimate peak memory, pick the fastest micro-batch for `batch_size: auto`, refuse what cannot fit."""
     from tunefork.training import memory
 
     device = plan["device"]
     model.to(device)
+    memory.reset_peak()  # what loading and preprocessing peaked at is past: measure training's own peak from here
     estimate = memory.estimate(model, config, plan, train_table)
     backprops = any(not e.frozen for e in model.text_encoders().values())
     if config.trainer.batch_size == "auto" and backprops:
@@ -310,6 +319,7 @@ class Model:
             "embedding_cache_hit": {name: name in embed_hits for name in meta["pooling"] if plan[f"cache_embeddings.{name}"]},
             "final_validation": history.best,
             "estimated_peak_mb": estimate.to_dict()["peak_mb"] if estimate is not None else None,
+            "peak_rss_training_mb": _training_peak_mb() if estimate is not None else None,
             **({"distributed": distributed} if distributed else {}),
         }
         if output is not None:

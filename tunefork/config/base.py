@@ -24,8 +24,9 @@ class Section(BaseModel):
             known = set(cls.model_fields)
             for key in data:
                 if key not in known:
+                    shown = key if isinstance(key, str) and key.isprintable() and key else repr(key)  # one line, always
                     raise PydanticCustomError(
-                        "unknown_key", "unknown key {key}{hint}", {"key": key, "hint": did_you_mean(key, known)}
+                        "unknown_key", "unknown key {key}{hint}", {"key": shown, "hint": did_you_mean(key, known)}
                     )
         return data
 

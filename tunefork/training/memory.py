@@ -29,6 +29,27 @@ def current_rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def reset_peak() -> bool:
+    """Restart the kernel's peak-RSS counter (VmHWM), so the peak of training alone can be read afterwards."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_since_reset() -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def available(device: str) -> int:
     if device == "cuda":
         free, _ = torch.cuda.mem_get_info()
