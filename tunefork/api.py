@@ -21,7 +21,8 @@ from tunefork.console import Console
 from tunefork.data import read, split
 from tunefork.errors import DataError, TuneforkError
 from tunefork.features import OUTPUTS, pipeline
-from tunefork.training.efficiency import Phases, peak_device_mb, peak_rss_mb
+from tunefork.training.efficiency import Phases
+from tunefork.training.efficiency import record as efficiency_record
 
 log = logging.getLogger("tunefork")
 
@@ -306,22 +307,14 @@ class Model:
         self._last_test = frames.get("test")
 
         statistics = history.to_json()
-        efficiency = {
-            "device": plan["device"],
-            "precision": plan["precision"],
-            "seconds": {k: round(v, 3) for k, v in phases.seconds.items()},
-            "train_examples_per_second": history.train_examples / max(history.train_seconds, 1e-9),
-            "train_tokens_per_second": history.train_tokens / max(history.train_seconds, 1e-9),
-            "train_examples": history.train_examples,
-            "peak_rss_mb": round(peak_rss_mb(), 1),
-            "peak_device_mb": peak_device_mb(),
-            "preprocessing_cache_hit": cache_hit,
-            "embedding_cache_hit": {name: name in embed_hits for name in meta["pooling"] if plan[f"cache_embeddings.{name}"]},
-            "final_validation": history.best,
-            "estimated_peak_mb": estimate.to_dict()["peak_mb"] if estimate is not None else None,
-            "peak_rss_training_mb": _training_peak_mb() if estimate is not None else None,
+        efficiency = efficiency_record(
+            plan, phases, history,
+            preprocessing_cache_hit=cache_hit,
+            embedding_cache_hit={name: name in embed_hits for name in meta["pooling"] if plan[f"cache_embeddings.{name}"]},
+            estimated_peak_mb=estimate.to_dict()["peak_mb"] if estimate is not None else None,
+            peak_rss_training_mb=_training_peak_mb() if estimate is not None else None,
             **({"distributed": distributed} if distributed else {}),
-        }
+        )
         if output is not None:
             artifact.save(output / "model", model, config_mod.to_dict(config), meta, tokenizers)  # atomic: whole or absent
             rundir.write_json(output / "training_statistics.json", statistics)

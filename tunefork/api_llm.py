@@ -21,7 +21,8 @@ from tunefork import plan as plan_mod
 from tunefork.data import prompts, read
 from tunefork.errors import DataError, TuneforkError
 from tunefork.features import llm_output
-from tunefork.training.efficiency import Phases, peak_device_mb, peak_rss_mb
+from tunefork.training.efficiency import Phases
+from tunefork.training.efficiency import record as efficiency_record
 
 
 def _labelled(frame: pd.DataFrame, config) -> pd.DataFrame:
@@ -102,18 +103,7 @@ def train(owner, dataset, *, training_set, validation_set, test_set, output_dire
     owner._last_test = frames.get("test")
 
     statistics = history.to_json()
-    efficiency = {
-        "device": plan["device"],
-        "precision": plan["precision"],
-        "seconds": {k: round(v, 3) for k, v in phases.seconds.items()},
-        "train_examples_per_second": history.train_examples / max(history.train_seconds, 1e-9),
-        "train_tokens_per_second": history.train_tokens / max(history.train_seconds, 1e-9),
-        "train_examples": history.train_examples,
-        "train_tokens": history.train_tokens,
-        "peak_rss_mb": round(peak_rss_mb(), 1),
-        "peak_device_mb": peak_device_mb(),
-        "final_validation": history.best,
-    }
+    efficiency = efficiency_record(plan, phases, history)
     output = None
     if not skip_save_model:
         output = rundir.new(output_directory, experiment_name, model_name)

@@ -29,3 +29,20 @@ def peak_device_mb() -> float | None:
     import torch
 
     return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+
+
+def record(plan, phases: Phases, history, **extra) -> dict:
+    """efficiency.json: the same units for every run, whatever the recipe (ECD or LLM)."""
+    return {
+        "device": plan["device"],
+        "precision": plan["precision"],
+        "seconds": {k: round(v, 3) for k, v in phases.seconds.items()},
+        "train_examples_per_second": history.train_examples / max(history.train_seconds, 1e-9),
+        "train_tokens_per_second": history.train_tokens / max(history.train_seconds, 1e-9),
+        "train_examples": history.train_examples,
+        "train_tokens": history.train_tokens,
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "peak_device_mb": peak_device_mb(),
+        "final_validation": history.best,
+        **extra,
+    }
