@@ -27,7 +27,6 @@ import os
 import resource
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -86,12 +85,9 @@ def plain_peft_case(rows: int, epochs: int, lr: float) -> dict:
     """The loop from peft's README, for sequence classification: what a user writes without tunefork."""
     import torch
     from peft import LoraConfig, get_peft_model
-    from torch.utils.data import DataLoader
     from transformers import (
         AutoModelForSequenceClassification,
         AutoTokenizer,
-        DataCollatorWithPadding,
-        get_linear_schedule_with_warmup,
     )
 
     common.quiet_transformers()
@@ -104,41 +100,14 @@ def plain_peft_case(rows: int, epochs: int, lr: float) -> dict:
     model = get_peft_model(base, LoraConfig(task_type="SEQ_CLS", r=LORA["r"], lora_alpha=LORA["alpha"],
                                             lora_dropout=LORA["dropout"], target_modules=["query", "value"]))
 
-    def encode(frame):
-        enc = tokenizer(frame.sentence.tolist(), truncation=True, max_length=LENGTH)
-        return [{"input_ids": i, "attention_mask": m, "labels": labels.index(y)}
-                for i, m, y in zip(enc["input_ids"], enc["attention_mask"], frame.label, strict=True)]
-
-    collate = DataCollatorWithPadding(tokenizer)
-    loader = DataLoader(encode(train), batch_size=BATCH, shuffle=True, collate_fn=collate)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
-    steps = epochs * len(loader)
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(0.1 * steps), steps)
-    seen, seconds = 0, 0.0
-    for _ in range(epochs):
-        model.train()
-        start = time.perf_counter()
-        for batch in loader:
-            loss = model(**batch).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-            seen += len(batch["labels"])
-        seconds += time.perf_counter() - start
-    model.eval()
-    correct = 0
-    with torch.no_grad():
-        for batch in DataLoader(encode(test), batch_size=64, collate_fn=collate):
-            correct += int((model(**batch).logits.argmax(-1) == batch["labels"]).sum())
+    rate, seconds, accuracy = common.plain_classifier_loop(model, tokenizer, train, test, labels, epochs, lr, BATCH, LENGTH)
     trainable, total = model.get_nb_trainable_parameters()
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         weights, whole = folder_bytes(Path(tmp), "*.safetensors"), folder_bytes(Path(tmp))
-    return {"train_examples_per_second": seen / seconds, "train_seconds": seconds,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "test_accuracy": correct / len(test),
+    return {"train_examples_per_second": rate, "train_seconds": seconds,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "test_accuracy": accuracy,
             "trainable_parameters": trainable, "total_parameters": total,
             "saved_weights_bytes": weights, "saved_folder_bytes": whole, "learning_rate": lr}
 

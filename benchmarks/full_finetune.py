@@ -17,7 +17,6 @@ import json
 import resource
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -55,13 +54,7 @@ def tunefork_case(rows: int, epochs: int, group_by_length: bool) -> dict:
 
 def plain_case(rows: int, epochs: int) -> dict:
     import torch
-    from torch.utils.data import DataLoader
-    from transformers import (
-        AutoModelForSequenceClassification,
-        AutoTokenizer,
-        DataCollatorWithPadding,
-        get_linear_schedule_with_warmup,
-    )
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     common.quiet_transformers()
     torch.manual_seed(SEED)
@@ -71,36 +64,9 @@ def plain_case(rows: int, epochs: int) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(labels))
 
-    def encode(frame):
-        enc = tokenizer(frame.sentence.tolist(), truncation=True, max_length=LENGTH)
-        return [{"input_ids": i, "attention_mask": m, "labels": labels.index(y)}
-                for i, m, y in zip(enc["input_ids"], enc["attention_mask"], frame.label, strict=True)]
-
-    collate = DataCollatorWithPadding(tokenizer)
-    loader = DataLoader(encode(train), batch_size=BATCH, shuffle=True, collate_fn=collate)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=LR)
-    steps = epochs * len(loader)
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(0.1 * steps), steps)
-    seen, seconds = 0, 0.0
-    for _ in range(epochs):
-        model.train()
-        start = time.perf_counter()
-        for batch in loader:
-            loss = model(**batch).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-            seen += len(batch["labels"])
-        seconds += time.perf_counter() - start
-    model.eval()
-    correct = 0
-    with torch.no_grad():
-        for batch in DataLoader(encode(test), batch_size=64, collate_fn=collate):
-            correct += int((model(**batch).logits.argmax(-1) == batch["labels"]).sum())
-    return {"train_examples_per_second": seen / seconds, "train_seconds": seconds,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "test_accuracy": correct / len(test)}
+    rate, seconds, accuracy = common.plain_classifier_loop(model, tokenizer, train, test, labels, epochs, LR, BATCH, LENGTH)
+    return {"train_examples_per_second": rate, "train_seconds": seconds,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "test_accuracy": accuracy}
 
 
 def main() -> None:

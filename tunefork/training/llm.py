@@ -121,14 +121,7 @@ def fit(model, tables: dict[str, prompts.Encoded], config, plan, pad_id: int, se
             last_of_epoch = i == len(order) - 1
             if (i + 1) % accumulation and not last_of_epoch:
                 continue
-            if scaler:
-                scaler.unscale_(optimizer)
-            optim.clip(trainer.gradient_clipping, params)
-            if scaler:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
+            optim.step(optimizer, scaler, trainer.gradient_clipping, params)
             if adapter is not None:
                 adapter.after_optimizer_step(model, step + 1)  # AdaLoRA ranks by this step's gradients: before zero_grad
             optimizer.zero_grad(set_to_none=True)

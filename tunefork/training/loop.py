@@ -270,14 +270,7 @@ def fit(model, tables: dict[str, Table], config, meta: dict, plan: Plan, seed: i
             bar.update(len(index))
             if (i + 1) % accumulation and not last_of_epoch:
                 continue
-            if scaler:
-                scaler.unscale_(optimizer)
-            optim.clip(trainer.gradient_clipping, params)
-            if scaler:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
+            optim.step(optimizer, scaler, trainer.gradient_clipping, params)
             adapter_steps.after_optimizer_step(progress.step + 1)  # AdaLoRA ranks by this step's gradients: before zero_grad
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()

@@ -53,3 +53,15 @@ def clip(section, params) -> None:
                 torch.nn.utils.clip_grad_norm_([p], section.clipnorm)
     if section.clipglobalnorm is not None:
         torch.nn.utils.clip_grad_norm_(params, section.clipglobalnorm)
+
+
+def step(optimizer, scaler, clipping, params) -> None:
+    """One optimizer step: unscale (fp16), clip, step — the same in every recipe; the caller clears gradients."""
+    if scaler:
+        scaler.unscale_(optimizer)
+    clip(clipping, params)
+    if scaler:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
