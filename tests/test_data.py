@@ -183,6 +183,19 @@ def test_preprocessing_cache_hits_then_misses_on_every_change(tiny_bert, frame, 
     assert len(list((tmp_path / "preprocessed").iterdir())) == 5
 
 
+def test_tokenizer_identity_is_remembered_until_the_tokenizer_changes(tiny_bert):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    first = pipeline.tokenizer_identity(tokenizer)
+    assert pipeline.tokenizer_identity(tokenizer) == first == pipeline.tokenizer_identity(AutoTokenizer.from_pretrained(tiny_bert))
+    tokenizer.add_tokens(["zzzyzzy"])  # the same object, grown: a new identity, not the remembered one
+    grown = pipeline.tokenizer_identity(tokenizer)
+    assert grown != first
+    tokenizer.padding_side = "left"
+    assert pipeline.tokenizer_identity(tokenizer) not in (first, grown)
+
+
 def test_no_cache_dir_means_no_cache(tiny_bert, frame):
     cfg = _config(tiny_bert)
     toks = pipeline.tokenizers(cfg)

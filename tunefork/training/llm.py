@@ -127,7 +127,7 @@ def fit(model, tables: dict[str, prompts.Encoded], config, plan, pad_id: int, se
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             step += 1
-            bar.set_postfix(loss=f"{step_loss / group_tokens:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+            bar.set_postfix(loss=f"{step_loss / group_tokens:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", refresh=False)
             if report is not None and hasattr(report, "step"):
                 report.step(step, step_loss / group_tokens, scheduler.get_last_lr()[0])
             done = step >= total_steps

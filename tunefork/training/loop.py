@@ -276,7 +276,7 @@ def fit(model, tables: dict[str, Table], config, meta: dict, plan: Plan, seed: i
             scheduler.step()
             progress.step, progress.batch = progress.step + 1, i + 1
             shown = dist.mean(loss, weight)  # .item(): a sync point, once a step
-            bar.set_postfix(loss=f"{shown:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+            bar.set_postfix(loss=f"{shown:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", refresh=False)
             if report is not None and hasattr(report, "step"):  # per-step loss and lr for experiment trackers
                 report.step(progress.step, shown, scheduler.get_last_lr()[0])
             done = progress.step >= total_steps
