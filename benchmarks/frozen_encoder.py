@@ -105,7 +105,7 @@ def _bare_loop(model, tokenizer, ids, batch_size: int, bf16: bool) -> float:
 
 
 def floor_sweep_case(rows: int) -> dict:
-    """Which batch size the bare loop likes best (one process, so later sizes run on warmed-up kernels)."""
+    """Which batch size the bare loop likes best (one process, so all but the first pass run on warmed-up kernels)."""
     from transformers import AutoModel
 
     from tunefork import hardware
@@ -114,7 +114,10 @@ def floor_sweep_case(rows: int) -> dict:
     tokenizer, texts, ids, frames = _distinct_token_ids(rows)
     model = AutoModel.from_pretrained(common.minilm()).eval()
     bf16 = hardware.detect().cpu_bf16
-    timings = {size: _bare_loop(model, tokenizer, ids, size, bf16) for size in (32, 64, 128, 256, 512)}
+    sizes, timings = (32, 64, 128, 256, 512), {}
+    for _ in range(2):  # two interleaved passes, the faster of each: one slow second must not pick the size
+        for size in sizes:
+            timings[size] = min(timings.get(size, float("inf")), _bare_loop(model, tokenizer, ids, size, bf16))
     tokens = {name: int(sum(len(x) for x in tokenizer(frame.sentence.tolist(), truncation=True, max_length=LENGTH)["input_ids"]))
               for name, frame in zip(("training", "validation", "test"), frames, strict=True)}
     return {"seconds_by_batch_size": timings, "best_batch_size": min(timings, key=timings.get), "distinct_texts": len(texts),
@@ -181,6 +184,7 @@ def epochs_block(work: Path, epochs: int, floor: dict, repeats: int) -> dict:
         "startup_seconds_runs": startups, "startup_seconds": startup_s,
         "speedup_measured": {"a_over_c": wall["a"] / wall["c"], "b_over_c": wall["b"] / wall["c"]},
         "speedup_flop_model": flop_ratio(floor, epochs),
+        "targets_judged_here": repeats > 1,  # a single run is for the speed-ups; the targets need the medians
         "targets": {
             "c_embed_over_floor": cases["c"]["embed_seconds_median"] / floor_s,
             "c_wall_over_floor_plus_startup": cases["c"]["wall_seconds"] / (1.3 * floor_s + startup_s),
@@ -234,9 +238,10 @@ def table(report: dict) -> str:
         lines.append(f"| (e) floor: bare `model(**batch)`, batch {sweep['best_batch_size']}, fresh process | | "
                      f"{block['floor_seconds']:.2f} | | | | | | |")
         m, f, t = block["speedup_measured"], block["speedup_flop_model"], block["targets"]
+        judged = "" if block["targets_judged_here"] else "one run of each, for the speed-ups; the targets are judged on the medians above: "
         lines += ["", f"speed-up (a)/(c) {m['a_over_c']:.1f}× (FLOP model {f['a_over_c']:.1f}×), "
                       f"(b)/(c) {m['b_over_c']:.1f}× (FLOP model {f['b_over_c']:.1f}×)",
-                  f"(c) embed / floor {t['c_embed_over_floor']:.2f} (target ≤ 1.15); (c) wall / (1.3 × floor + start-up) "
+                  f"{judged}(c) embed / floor {t['c_embed_over_floor']:.2f} (target ≤ 1.15); (c) wall / (1.3 × floor + start-up) "
                   f"{t['c_wall_over_floor_plus_startup']:.2f} (target ≤ 1); (d) embed / (c) embed {t['d_embed_over_c_embed']:.3f} "
                   f"(target ≤ 0.05); accuracy (c) − (b) {t['c_minus_b_accuracy']:+.4f}", ""]
     return "\n".join(lines)
