@@ -367,3 +367,53 @@ def test_command_line_experiment_predict_evaluate(tiny_llama, alpaca, tmp_path, 
     capsys.readouterr()
     assert cli.main(["convert-gguf", str(tmp_path / "missing.gguf")]) == 2
     assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'missing.gguf'}: GGUF file not found"
+
+
+def test_serve_answers_with_the_generated_text(lora_run, alpaca, tmp_path):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from tunefork import serve
+
+    model, result = lora_run
+    client = TestClient(serve.app(result.output_directory))
+    meta = client.get("/metadata").json()
+    assert meta["model_type"] == "llm" and meta["input_columns"] == ["instruction", "input"]
+    assert meta["prediction_columns"] == ["output_response"] and meta["generation"]["max_new_tokens"] == 6
+    rows = alpaca.iloc[30:33][["instruction", "input"]]
+    expected = Model.load(result.output_directory).predict(rows)["output_response"].tolist()
+    assert client.post("/predict", json=rows.iloc[0].to_dict()).json() == {"output_response": expected[0]}
+    batch = client.post("/batch_predict", json=rows.to_dict(orient="records")).json()
+    assert batch["columns"] == ["output_response"] and [r[0] for r in batch["data"]] == expected
+    missing = client.post("/predict", json={"instruction": "say hi"})  # `input` is a template column
+    assert missing.status_code == 422 and missing.json()["message"].startswith("input: ")
+    # the fingerprint follows the adapter: another adapter, another fingerprint
+    other = model.save(tmp_path / "saved")
+    assert serve.fingerprint(serve.Service(other).folder) == meta["fingerprint"]
+    adapter = next((other / "adapter").glob("*.safetensors"))
+    adapter.write_bytes(adapter.read_bytes()[:-4] + b"\0\0\0\0")
+    assert serve.fingerprint(other) != meta["fingerprint"]
+
+
+def test_hf_export_is_a_causal_lm_folder_that_generates_the_same(lora_run, alpaca, tmp_path, capsys):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunefork import cli, export
+
+    _, result = lora_run
+    run = result.output_directory
+    assert cli.main(["export", "--model_path", str(run), "--format", "hf", "--output", str(tmp_path / "no")]) == 2
+    assert "--merge-adapter" in capsys.readouterr().err and not (tmp_path / "no").exists()
+    assert cli.main(["export", "--model_path", str(run), "--format", "onnx", "--output", str(tmp_path / "onnx")]) == 2
+    assert "exports as --format hf only" in capsys.readouterr().err
+    folder = export.export(run, "hf", tmp_path / "hf", merge_adapter=True)
+    assert not list(folder.glob("*.bin")) and (folder / "generation_config.json").is_file()
+    # plain transformers, no tunefork: the same greedy continuation as tunefork's predict
+    rows = alpaca.iloc[30:32]
+    expected = Model.load(run).predict(rows)["output_response"].tolist()
+    tokenizer, model = AutoTokenizer.from_pretrained(folder), AutoModelForCausalLM.from_pretrained(folder)
+    assert model.generation_config.max_new_tokens == 6 and model.generation_config.do_sample is False
+    for (_, row), want in zip(rows.iterrows(), expected, strict=True):
+        ids = tokenizer(TEMPLATE.format(**row), return_tensors="pt")
+        out = model.generate(**ids)[0, ids["input_ids"].shape[1]:]
+        assert tokenizer.decode(out, skip_special_tokens=True).strip() == want

@@ -19,6 +19,11 @@ has its normalisation folded into the weights, so the logit is the prediction it
 
 **onnx** exports the forward pass, token ids + attention mask in, logits and probabilities (or predictions) out,
 with dynamic batch and sequence axes, and checks onnxruntime against PyTorch on probe texts when onnxruntime is there.
+
+A `model_type: llm` model exports as **hf** only: the folder `AutoModelForCausalLM.from_pretrained` reads — full
+safetensors weights (an adapter merged in with `--merge-adapter`), the tokenizer as trained, and a
+`generation_config.json` holding the config's generation settings — checked by comparing the reloaded folder's
+next-token logits with tunefork's on probe prompts. (For ONNX, optimum converts that folder.)
 """
 
 from __future__ import annotations
@@ -154,11 +159,18 @@ def export(model_path, fmt: str, output, *, merge_adapter: bool = False) -> Path
         raise ExportError(f"unknown export format '{fmt}' (one of: {', '.join(FORMATS)})")
     output = _fresh(output)
     model, config, meta, tokenizers = _load(model_path)
+    if config.model_type == "llm":
+        if fmt != "hf":
+            raise ExportError(f"a model_type: llm model exports as --format hf only (optimum converts that folder to "
+                              f"{fmt}); '{fmt}' is not written here")
+        write = _hf_llm
+    else:
+        write = _hf if fmt == "hf" else _onnx
     staging = output.with_name(output.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        (_hf if fmt == "hf" else _onnx)(model, config, meta, tokenizers, staging, merge_adapter)
+        write(model, config, meta, tokenizers, staging, merge_adapter)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)  # nothing half-written is left behind
         raise
@@ -169,6 +181,32 @@ def export(model_path, fmt: str, output, *, merge_adapter: bool = False) -> Path
 
 
 # ----------------------------------------------------------------------------------------------------- hf
+
+
+def _hf_llm(model, config, meta, tokenizer, folder: Path, merge_adapter: bool) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    from tunefork.adapters import wrapper as adapters
+    from tunefork.models import llm, llm_artifact
+
+    if adapters.is_peft(model) and not merge_adapter:
+        raise ExportError("this model is a base model plus an adapter: --merge-adapter writes full weights that "
+                          "AutoModelForCausalLM loads (the adapter alone is already in model/adapter, in peft's format)")
+    batch = tokenizer(PROBES, return_tensors="pt", padding=True)
+    with torch.inference_mode():
+        reference = llm.logits(model.eval(), batch)
+        plain = llm.merge(model).eval()
+        kwargs = config.generation.kwargs()
+        plain.generation_config = GenerationConfig(**{k: v for k, v in kwargs.items() if v is not None},
+                                                   pad_token_id=meta["pad_token_id"], eos_token_id=tokenizer.eos_token_id)
+        llm_artifact.save_full(plain, folder)
+        tokenizer.save_pretrained(folder)
+        reloaded = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+        real = batch["attention_mask"].bool()  # padded positions attend to nothing: not part of the comparison
+        difference = float((llm.logits(reloaded, batch) - reference)[real].abs().max())
+    if difference > 1e-3:  # merging adds the low-rank product into fp32 weights: rounding, nothing more
+        raise ExportError(f"the exported model's logits differ from tunefork's by {difference:.2e}; nothing was written")
 
 
 def _hf(model, config, meta, tokenizers, folder: Path, merge_adapter: bool) -> None:

@@ -5,6 +5,9 @@
     POST /predict        one row, as JSON or as form fields          → {"label_predictions": ..., ...}
     POST /batch_predict  a JSON list of rows, a columns object, or pandas' split layout → {"columns", "index", "data"}
 
+A `model_type: llm` folder is served the same way: a row holds the columns its prompt reads, and the answer is the
+generated text (`<output>_response`, plus `<output>_predictions` for a category output).
+
 Request bodies are validated against a model built from the input features, so a missing field or a wrong type is a
 422 that names the field; a model's NaN or infinity becomes null instead of breaking the JSON (Ludwig answers 500);
 bodies over a size limit are refused before they are read; and the server binds 127.0.0.1 unless told otherwise.
@@ -30,17 +33,33 @@ FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 
 def fingerprint(model_folder: Path) -> str:
-    """blake2b-128 of the weights file: two servers answer alike exactly when their fingerprints match."""
+    """blake2b-128 of what decides the answers: two servers answer alike exactly when their fingerprints match.
+    A model's weights file; for an LLM, its config (base model, prompt, generation settings) and every safetensors
+    file it holds (an adapter, or full weights), each with its path."""
+    folder = Path(model_folder)
     digest = hashlib.blake2b(digest_size=16)
-    with open(Path(model_folder) / "model.safetensors", "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
+    if (folder / "model.safetensors").is_file():
+        files = [folder / "model.safetensors"]
+    else:
+        files = [folder / "model_hyperparameters.json", *sorted(folder.rglob("*.safetensors"))]
+        for path in files:
+            digest.update(str(path.relative_to(folder)).encode())
+    for path in files:
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
     return digest.hexdigest()
 
 
 def row_model(config):
-    """A pydantic model of one input row: one field per input feature, keyed by its dataset column."""
+    """A pydantic model of one input row: one field per input feature (an LLM: per column its prompt reads), keyed by
+    its dataset column."""
     from pydantic import ConfigDict, Field, create_model
+
+    if config.model_type == "llm":  # a missing cell is an empty string in the prompt, as in training
+        fields = {f"field_{i}": (str | None, Field(..., alias=column, description="prompt column"))
+                  for i, column in enumerate(config.columns())}
+        return create_model("Row", __config__=ConfigDict(extra="ignore", populate_by_name=False), **fields)
 
     kinds = {
         "text": str,
@@ -62,6 +81,10 @@ def _output_columns(config, meta: dict) -> dict[str, dict]:
     """JSON schema of each column a prediction has (mirrors features.*.columns)."""
     number = {"type": ["number", "null"]}
     out: dict[str, dict] = {}
+    if config.model_type == "llm":
+        name = config.output.name
+        return {**({f"{name}_predictions": {"type": "string"}} if config.output.type == "category" else {}),
+                f"{name}_response": {"type": "string"}}
     for feature in config.output_features:
         fitted = meta["outputs"][feature.name]
         if feature.type == "number":
@@ -79,9 +102,10 @@ class Service:
 
     def __init__(self, model_path):
         from tunefork.api import Model
-        from tunefork.models import artifact
+        from tunefork.models import artifact, llm_artifact
 
-        self.folder = artifact.check(Path(model_path))
+        kind = llm_artifact if llm_artifact.is_llm_folder(Path(model_path)) else artifact
+        self.folder = kind.check(Path(model_path))
         self.model = Model.load(self.folder)
         self.config, self.meta = self.model.config, self.model.meta
         self.Row = row_model(self.config)
@@ -91,11 +115,24 @@ class Service:
     def predict(self, rows: list[dict]):
         import pandas as pd
 
-        frame = pd.DataFrame(rows, columns=[f.source for f in self.config.input_features])
+        columns = self.config.columns() if self.config.model_type == "llm" else [f.source for f in self.config.input_features]
+        frame = pd.DataFrame(rows, columns=columns)
         with self.lock:
             return self.model.predict(frame)
 
     def metadata(self) -> dict:
+        from tunefork import __version__
+
+        common = {"model_path": str(self.folder), "fingerprint": self.fingerprint, "tunefork_version": __version__,
+                  "prediction_columns": list(_output_columns(self.config, self.meta))}
+        if self.config.model_type == "llm":
+            output = self.config.output
+            return {**common, "model_type": "llm", "base_model": self.config.base_model,
+                    "input_columns": self.config.columns(), "prompt_template": self.config.prompt.text(),
+                    "output_features": [{"name": output.name, "type": output.type, "column": output.source,
+                                         **({"labels": self.meta["labels"]} if output.type == "category" else {})}],
+                    "generation": self.config.generation.model_dump(mode="json")}
+
         def describe(feature, fitted: dict, is_input: bool) -> dict:
             item = {"name": feature.name, "type": feature.type, "column": feature.source}
             if feature.type == "category":
@@ -109,15 +146,10 @@ class Service:
                     item["max_sequence_length"] = fitted["max_sequence_length"]
             return item
 
-        from tunefork import __version__
-
         return {
-            "model_path": str(self.folder),
-            "fingerprint": self.fingerprint,
-            "tunefork_version": __version__,
+            **common,
             "input_features": [describe(f, self.meta["inputs"][f.name], True) for f in self.config.input_features],
             "output_features": [describe(f, self.meta["outputs"][f.name], False) for f in self.config.output_features],
-            "prediction_columns": list(_output_columns(self.config, self.meta)),
         }
 
 

@@ -50,13 +50,14 @@ def save(folder: Path, model, config_dict: dict, meta: dict, tokenizer) -> None:
         adapters.save(model, tmp / ADAPTER)
         model.get_base_model().config.save_pretrained(tmp / ADAPTER)  # to tell a wrong base apart at load time
     elif meta.get("trained"):
-        _save_full(model, tmp / WEIGHTS)
+        save_full(model, tmp / WEIGHTS)
     if folder.exists():
         shutil.rmtree(folder)
     tmp.rename(folder)
 
 
-def _save_full(model, folder: Path) -> None:
+def save_full(model, folder: Path) -> None:
+    """Full weights as safetensors, in the folder layout `AutoModelForCausalLM.from_pretrained` reads."""
     # A base read from a GGUF file keeps its "quantized with gguf" marker although its tensors are dequantized fp32
     # by then; transformers refuses to serialize a model with that marker. The trained tensors are plain, so the
     # marker goes (see tunefork/convert.py for the same step on the base).
