@@ -28,10 +28,17 @@ def _tunefork(*args, env) -> list[str]:
     return [sys.executable, "-m", "tunefork", "--quiet", *args]
 
 
+# AdaLoRA keeps importance statistics between steps and re-allocates ranks from them: a checkpoint must carry them.
+# Its schedule spans the 44 steps: warm-up 4, re-allocation every 2 steps, the final budget over the last 8.
+ADALORA = {"type": "adalora", "init_r": 6, "target_r": 2, "tinit": 4, "tfinal": 8, "delta_t": 2}
+
+
 @pytest.fixture()
-def setup(tmp_path, tiny_bert):
+def setup(request, tmp_path, tiny_bert):
     config = json.loads(json.dumps(CONFIG))
     config["input_features"][0]["encoder"]["pretrained_model_name_or_path"] = str(tiny_bert)
+    if getattr(request, "param", "full") == "adalora":
+        config["input_features"][0]["encoder"]["adapter"] = ADALORA
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     tiny.sentiment_frame(240, seed=7).to_csv(tmp_path / "data.csv", index=False)
     env = dict(os.environ, TUNEFORK_CACHE_DIR=str(tmp_path / "cache"))
@@ -39,6 +46,7 @@ def setup(tmp_path, tiny_bert):
     return tmp_path, env, base
 
 
+@pytest.mark.parametrize("setup", ["full", "adalora"], indirect=True)
 def test_sigkill_at_a_random_step_then_resume_equals_uninterrupted(setup):
     tmp, env, base = setup
     subprocess.run(_tunefork(*base, "-c", str(tmp / "config.yaml"), "--model_name", "whole", env=env), env=env, check=True)

@@ -25,6 +25,8 @@ from pydantic import Field, model_validator
 from tunefork.adapters.base import AdapterSection
 from tunefork.adapters.lora import TARGETS_DESCRIPTION
 
+IMPORTANCE = ("ipt", "exp_avg_ipt", "exp_avg_unc")  # peft RankAllocator's per-parameter statistics
+
 
 class AdaLora(AdapterSection):
     type: Literal["adalora"]
@@ -110,6 +112,23 @@ class AdaLora(AdapterSection):
 
     def restore_training_state(self, peft_model, state) -> None:
         _peft_config(peft_model).rank_pattern = copy.deepcopy(state)
+
+    def checkpoint_state(self, peft_model):
+        # peft's rank allocator smooths each triplet's importance over steps; without these statistics a resumed run
+        # would re-allocate ranks from fresh ones and drift from the uninterrupted run.
+        allocator = peft_model.base_model.rankallocator
+        tensors = {f"{kind}/{name}": value for kind in IMPORTANCE for name, value in getattr(allocator, kind).items()}
+        return tensors, self.training_state(peft_model)
+
+    def restore_checkpoint_state(self, peft_model, tensors: dict, state) -> None:
+        allocator = peft_model.base_model.rankallocator
+        device = next(peft_model.parameters()).device
+        for kind in IMPORTANCE:
+            setattr(allocator, kind, {})
+        for key, value in tensors.items():
+            kind, name = key.split("/", 1)
+            getattr(allocator, kind)[name] = value.to(device)
+        self.restore_training_state(peft_model, state)
 
 
 def _peft_config(peft_model):

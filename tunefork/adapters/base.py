@@ -98,6 +98,15 @@ class AdapterSection(Section):
     def restore_training_state(self, peft_model, state: Any) -> None:
         """Put back what `training_state` returned."""
 
+    def checkpoint_state(self, peft_model) -> tuple[dict, Any]:
+        """What a resumed run needs beyond the parameters and the optimizer to continue exactly: (tensors by name,
+        plain JSON state). By default the state that travels with the best weights, and no tensors."""
+        return {}, self.training_state(peft_model)
+
+    def restore_checkpoint_state(self, peft_model, tensors: dict, state: Any) -> None:
+        """Put back what `checkpoint_state` returned."""
+        self.restore_training_state(peft_model, state)
+
 
 def adaptable_module_names(model) -> list[str]:
     """The distinct last name segments of the layers peft can adapt (linear, embedding, conv): what to write in

@@ -28,6 +28,20 @@ class AdapterSteps:
         for (section, peft), value in zip(self.adapted, state, strict=True):
             section.restore_training_state(peft, value)
 
+    def checkpoint_state(self) -> tuple[dict, list]:
+        """(tensors keyed `<adapter index>/<name>`, one plain state per adapter) for a checkpoint."""
+        tensors, plain = {}, []
+        for i, (section, peft) in enumerate(self.adapted):
+            values, state = section.checkpoint_state(peft)
+            tensors.update({f"{i}/{name}": value for name, value in values.items()})
+            plain.append(state)
+        return tensors, plain
+
+    def restore_checkpoint(self, tensors: dict, plain: list) -> None:
+        for i, ((section, peft), state) in enumerate(zip(self.adapted, plain, strict=True)):
+            mine = {name.split("/", 1)[1]: value for name, value in tensors.items() if name.startswith(f"{i}/")}
+            section.restore_checkpoint_state(peft, mine, state)
+
 
 def _encoders(model):
     text_encoders = getattr(model, "text_encoders", None)

@@ -142,14 +142,15 @@ class RayRun:
                 os.kill(os.getpid(), signal.SIGKILL)
 
     def save(self, trainable, optimizer, scheduler, scaler, progress: dict, history: dict, rng_state: dict,
-             is_best: bool) -> None:
+             is_best: bool, adapter: tuple[dict, dict] = ({}, {})) -> None:
         import torch
         from safetensors.torch import save_file
 
         full = self.dist.optimizer_state(optimizer)  # a collective under FSDP: every rank takes part
         generators = self.dist.gather_objects(torch.get_rng_state())
         if self.rank == 0:
-            self.writer.save(trainable, _FullOptimizer(full), scheduler, scaler, progress, history, rng_state, is_best)
+            self.writer.save(trainable, _FullOptimizer(full), scheduler, scaler, progress, history, rng_state, is_best,
+                             adapter=adapter)
             save_file({f"rank/{r}": state for r, state in enumerate(generators)}, str(self.folder / RNG))
 
     def evaluation(self, epoch: int, step: int, scores: dict, history, improved: bool) -> None:

@@ -72,7 +72,8 @@ class Checkpoints:
         return json.loads(path.read_text()) if path.is_file() else {}
 
     def save(self, trainable: dict[str, torch.Tensor], optimizer, scheduler, scaler, progress: dict, history: dict,
-             rng_state: dict, is_best: bool) -> Path:
+             rng_state: dict, is_best: bool, adapter: tuple[dict, dict] = ({}, {})) -> Path:
+        """`adapter`: (tensors, plain state) of adapters that keep statistics between steps (AdaLoRA)."""
         from safetensors.torch import save_file
 
         started = time.perf_counter()
@@ -85,9 +86,11 @@ class Checkpoints:
         optimizer_tensors, optimizer_plain = _flatten_optimizer(optimizer.state_dict())
         tensors.update(optimizer_tensors)
         tensors["rng/torch"] = torch.get_rng_state()
+        tensors.update({f"adapter/{k}": v.detach().cpu().contiguous() for k, v in adapter[0].items()})
         save_file(tensors, str(tmp / "tensors.safetensors"))
         state = {"progress": progress, "history": history, "scheduler": scheduler.state_dict(), "numpy_rng": rng_state,
-                 "optimizer": optimizer_plain, "scaler": scaler.state_dict() if scaler is not None else None}
+                 "optimizer": optimizer_plain, "scaler": scaler.state_dict() if scaler is not None else None,
+                 "adapter": adapter[1]}
         (tmp / "state.json").write_text(json.dumps(state))
         _fsync_tree(tmp)
         shutil.rmtree(target, ignore_errors=True)
@@ -122,5 +125,6 @@ def load(folder: Path, which: str = "last") -> dict | None:
         "best_model": {k[len("model/"):]: v for k, v in best.items() if k.startswith("model/")},
         "optimizer": _unflatten_optimizer(tensors, state["optimizer"]),
         "torch_rng": tensors["rng/torch"],
+        "adapter": ({k[len("adapter/"):]: v for k, v in tensors.items() if k.startswith("adapter/")}, state.get("adapter", {})),
         **{k: state[k] for k in ("progress", "history", "scheduler", "numpy_rng", "scaler")},
     }

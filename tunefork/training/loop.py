@@ -230,6 +230,10 @@ def fit(model, tables: dict[str, Table], config, meta: dict, plan: Plan, seed: i
     history, progress, best_state, best_adapter_state = History(trainer.evaluate_training_set), Progress(), None, None
     if resume is not None:
         progress, history, best_state = _restore(resume, model, optimizer, scheduler, scaler, dist)
+        tensors, adapter_state = resume.get("adapter", ({}, {}))
+        if adapter_state:  # AdaLoRA: its importance statistics and rank patterns (current, and the best's)
+            adapter_steps.restore_checkpoint(tensors, adapter_state["current"])
+            best_adapter_state = adapter_state["best"]
     stop = progress.step >= total_steps
     running = Collector(config, meta)
     while not stop:
@@ -315,8 +319,10 @@ def fit(model, tables: dict[str, Table], config, meta: dict, plan: Plan, seed: i
                     progress.reductions += 1
                     scheduler.base_lrs = [lr * lr_section.reduce_on_plateau_rate for lr in scheduler.base_lrs]
             if checkpoints is not None:
+                tensors, current = adapter_steps.checkpoint_state()
                 checkpoints.save(dist.state(model), optimizer, scheduler, scaler, asdict(progress), history.to_state(),
-                                 rng.bit_generator.state, improved)
+                                 rng.bit_generator.state, improved,
+                                 adapter=(tensors, {"current": current, "best": best_adapter_state} if current else {}))
             history.evaluate_seconds += time.perf_counter() - eval_started
             if report is not None:
                 report.evaluation(progress.epoch, progress.step, scores, history, improved)
