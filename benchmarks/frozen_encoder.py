@@ -35,7 +35,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-BATCH, LENGTH, SEED = 32, 64, 42
+BATCH, LENGTH = 32, 64
 
 
 def data(rows: int):
@@ -83,13 +83,19 @@ def train_command(work: Path, name: str, trainable: bool, cache: bool, epochs: i
             "embedding_cache_hit": eff.get("embedding_cache_hit")}
 
 
-def _distinct_token_ids(rows: int):
-    from transformers import AutoTokenizer
+def _bare_setup(rows: int):
+    """What the bare loop's script prepares before its loop: the distinct texts' token ids, the model, the autocast."""
+    from transformers import AutoModel, AutoTokenizer
 
+    from tunefork import hardware
+
+    common.quiet_transformers()
     train, dev, test = data(rows)
     tokenizer = AutoTokenizer.from_pretrained(common.minilm())
     texts = sorted(set(train.sentence) | set(dev.sentence) | set(test.sentence))
-    return tokenizer, texts, tokenizer(texts, truncation=True, max_length=LENGTH)["input_ids"], (train, dev, test)
+    ids = tokenizer(texts, truncation=True, max_length=LENGTH)["input_ids"]
+    model = AutoModel.from_pretrained(common.minilm()).eval()
+    return tokenizer, texts, ids, (train, dev, test), model, hardware.detect().cpu_bf16
 
 
 def _bare_loop(model, tokenizer, ids, batch_size: int, bf16: bool) -> float:
@@ -106,14 +112,7 @@ def _bare_loop(model, tokenizer, ids, batch_size: int, bf16: bool) -> float:
 
 def floor_sweep_case(rows: int) -> dict:
     """Which batch size the bare loop likes best (one process, so all but the first pass run on warmed-up kernels)."""
-    from transformers import AutoModel
-
-    from tunefork import hardware
-
-    common.quiet_transformers()
-    tokenizer, texts, ids, frames = _distinct_token_ids(rows)
-    model = AutoModel.from_pretrained(common.minilm()).eval()
-    bf16 = hardware.detect().cpu_bf16
+    tokenizer, texts, ids, frames, model, bf16 = _bare_setup(rows)
     sizes, timings = (32, 64, 128, 256, 512), {}
     for _ in range(2):  # two interleaved passes, the faster of each: one slow second must not pick the size
         for size in sizes:
@@ -126,14 +125,8 @@ def floor_sweep_case(rows: int) -> dict:
 
 def floor_case(rows: int, batch_size: int) -> dict:
     """The floor as a user's script meets it: one pass over each distinct text in a fresh process."""
-    from transformers import AutoModel
-
-    from tunefork import hardware
-
-    common.quiet_transformers()
-    tokenizer, _, ids, _ = _distinct_token_ids(rows)
-    model = AutoModel.from_pretrained(common.minilm()).eval()
-    return {"seconds": _bare_loop(model, tokenizer, ids, batch_size, hardware.detect().cpu_bf16)}
+    tokenizer, _, ids, _, model, bf16 = _bare_setup(rows)
+    return {"seconds": _bare_loop(model, tokenizer, ids, batch_size, bf16)}
 
 
 STARTUP = "import torch, transformers; p = {path!r}; transformers.AutoTokenizer.from_pretrained(p); transformers.AutoModel.from_pretrained(p)"

@@ -115,8 +115,7 @@ class Service:
     def predict(self, rows: list[dict]):
         import pandas as pd
 
-        columns = self.config.columns() if self.config.model_type == "llm" else [f.source for f in self.config.input_features]
-        frame = pd.DataFrame(rows, columns=columns)
+        frame = pd.DataFrame(rows, columns=self.config.columns())
         with self.lock:
             return self.model.predict(frame)
 

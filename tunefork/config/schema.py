@@ -113,5 +113,9 @@ class Config(Section):
     def input(self, name: str):
         return next(f for f in self.input_features if f.name == name)
 
+    def columns(self) -> list[str]:
+        """Dataset columns the inputs read, in feature order (as `LLMConfig.columns` for a prompt)."""
+        return [f.source for f in self.input_features]
+
     def output(self, name: str):
         return next(f for f in self.output_features if f.name == name)

@@ -38,7 +38,7 @@ class Comparator(nn.Module):
         self.entity_1, self.entity_2 = list(section.entity_1), list(section.entity_2)
         width_1 = sum(widths[n] for n in self.entity_1)
         width_2 = sum(widths[n] for n in self.entity_2)
-        sizes = _sizes(section) or [section.output_size]
+        sizes = _sizes(section)
         self.project_1, out_1 = fc_stack(width_1, sizes, section.activation, section.dropout, section.norm)
         self.project_2, out_2 = (self.project_1, out_1) if width_1 == width_2 else fc_stack(
             width_2, sizes, section.activation, section.dropout, section.norm)
