@@ -275,3 +275,16 @@ def test_debug_shows_the_traceback(workspace, tmp_path):
     assert "Traceback (most recent call last)" in done.stderr
     assert "tunefork.errors.DataError" in done.stderr and "column 'genre' (feature 'genre') not found" in done.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_a_missing_optional_dependency_names_the_extra_to_install(tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "training_statistics.json").write_text(json.dumps({
+        "evaluations": [{"step": 1}], "training": {"label": {"loss": [0.5]}}, "validation": {}}))
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now raises ModuleNotFoundError
+    code = cli.main(["visualize", "-v", "learning_curves", "-r", str(run), "-od", str(tmp_path / "out")])
+    assert code == 2
+    assert capsys.readouterr().err == "error: `tunefork visualize` needs matplotlib: pip install 'tunefork[viz]'\n"

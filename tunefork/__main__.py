@@ -1,5 +1,3 @@
-import sys
+from tunefork.cli import run
 
-from tunefork.cli import main
-
-sys.exit(main())
+run()

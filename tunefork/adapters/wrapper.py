@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 import warnings
 from pathlib import Path
 
@@ -89,9 +90,8 @@ def save(peft_model, folder: Path) -> None:
 
 
 def is_peft(module) -> bool:
-    from peft import PeftModel
-
-    return isinstance(module, PeftModel)
+    peft = sys.modules.get("peft")  # a model can only be a PeftModel once peft is imported: no 0.2 s import to say no
+    return peft is not None and isinstance(module, peft.PeftModel)
 
 
 def section_type(peft_model):
