@@ -1,7 +1,7 @@
 """`report.html`: the page a person opens after a run — metrics, curves, confusion matrix or scatter, cost, config.
 
-One self-contained file: styles inline, pictures embedded as base64 SVG/PNG, no script and no network request, so it
-reads the same offline, from an e-mail attachment or an artifact store. `Model.train` writes it into the run directory
+One self-contained file: styles inline, pictures embedded as base64 SVG (`charts.py`), no script and no network
+request, so it reads the same offline, from an e-mail attachment or an artifact store. `Model.train` writes it into the run directory
 before the directory appears; `Model.experiment` rewrites it with the test split added.
 """
 
@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunefork import visualize
+from tunefork import charts, visualize
 from tunefork.console import SHOWN
 
 SCATTER_ROWS = 2000  # a validation pass for the scatter is capped: the report must not cost a second evaluation
@@ -118,10 +118,9 @@ def _fmt(value) -> str:
     return _e(value)
 
 
-def _image(fig, alt: str, fmt: str = "svg") -> str:
-    mime = "image/svg+xml" if fmt == "svg" else "image/png"
-    data = base64.b64encode(visualize.encode(fig, fmt)).decode("ascii")
-    return f'<figure><img alt="{_e(alt)}" src="data:{mime};base64,{data}"></figure>'
+def _image(svg: bytes, alt: str) -> str:
+    data = base64.b64encode(svg).decode("ascii")
+    return f'<figure><img alt="{_e(alt)}" src="data:image/svg+xml;base64,{data}"></figure>'
 
 
 def _table(header: list[str], rows: list[list[str]], numeric_from: int = 1) -> str:
@@ -177,9 +176,9 @@ def _curves(report: RunReport) -> str:
         for metric in ("loss", MAIN_METRIC[feature["type"]]):
             if report.statistics.get("training", {}).get(feature["name"], {}).get(metric) or \
                     report.statistics.get("validation", {}).get(feature["name"], {}).get(metric):
-                figures.append(_image(visualize.learning_curves(stats, feature["name"], metric), f"{feature['name']} {metric}"))
+                figures.append(_image(charts.learning_curves(stats, feature["name"], metric), f"{feature['name']} {metric}"))
     if len(report.config["output_features"]) > 1:
-        figures.append(_image(visualize.learning_curves(stats, "combined", "loss"), "combined loss"))
+        figures.append(_image(charts.learning_curves(stats, "combined", "loss"), "combined loss"))
     if not figures:
         return '<p class="note">No evaluation was recorded.</p>'
     return '<div class="grid">' + "".join(figures) + '</div><p class="note">The ringed point is the evaluation whose weights were kept.</p>'
@@ -192,11 +191,11 @@ def _outcomes(report: RunReport) -> str:
         where = "best evaluation" if split != "test" else "final model"
         for output, matrix in report.matrices.get(split, {}).items():
             labels = visualize.class_names(report.outputs_meta.get(output, {}), len(matrix))
-            fig = visualize.confusion_matrix(matrix, labels, f"{output} · {split} ({where})")
-            figures.append(_image(fig, f"confusion matrix {output} {split}"))
+            figure = charts.confusion_matrix(matrix, labels, f"{output} · {split} ({where})")
+            figures.append(_image(figure, f"confusion matrix {output} {split}"))
         for output, (true, pred) in report.points.get(split, {}).items():
-            fig = visualize.scatter(true, pred, f"{output} · {split} ({where})")
-            figures.append(_image(fig, f"predicted vs true {output} {split}", fmt="png"))
+            figure = charts.scatter(true, pred, f"{output} · {split} ({where})")
+            figures.append(_image(figure, f"predicted vs true {output} {split}"))
     if not figures:
         return '<p class="note">No confusion matrix or scatter: this run recorded no evaluation.</p>'
     return '<div class="grid">' + "".join(figures) + "</div>"

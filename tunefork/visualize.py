@@ -1,6 +1,7 @@
 """Pictures of runs: learning curves, confusion matrices, predicted-vs-true scatter, compared metrics, ROC curves.
 
-The figure builders are shared by `tunefork visualize` (files from run directories) and the HTML run report. They use
+`tunefork visualize` writes them as files from run directories; the HTML run report draws the same lines as SVG
+(`charts.py`, from `curves` and `fit_summary` here) without paying for matplotlib's start-up. The figures use
 matplotlib's object API (`Figure`, never pyplot), so no global backend is switched and nothing opens a window: saving
 goes through the Agg renderer, which works headless.
 """
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import io
 import json
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -47,26 +50,47 @@ def encode(fig, fmt: str = "svg") -> bytes:
 # ------------------------------------------------------------------------------------------------ figures
 
 
-def learning_curves(statistics: dict[str, dict], output: str, metric: str):
-    """`metric` of `output` at each evaluation, one line per (run, split); the best evaluation is ringed."""
-    fig, ax = _figure(6.0, 3.4)
+@dataclass
+class Curve:
+    """One line of a learning curve: a split of a run, its value at each evaluation's step."""
+
+    label: str
+    x: list[int]
+    y: list[float]  # nan where the evaluation did not score this split
+    color: str
+    run: int  # the run's position among those drawn: picks the dash pattern
+    best: int | None  # index of the evaluation whose weights were kept, when it was judged on this split
+
+
+def curves(statistics: dict[str, dict], output: str, metric: str) -> list[Curve]:
+    """The lines of a learning curve of `metric` for `output`: one per (run, split) that recorded it."""
     several = len(statistics) > 1
+    lines = []
     for i, (run, stats) in enumerate(statistics.items()):
         steps = [e["step"] for e in stats.get("evaluations", [])]
+        best = stats.get("best") or {}
         for split, color in SPLIT_COLORS.items():
             values = stats.get(split, {}).get(output, {}).get(metric)
             if not values:
                 continue
-            y = np.array([np.nan if v is None else v for v in values], dtype=float)
+            y = [math.nan if v is None else float(v) for v in values]
             x = steps[: len(y)] if len(steps) >= len(y) else list(range(1, len(y) + 1))
-            label = f"{run} · {split}" if several else split
-            style = ["-", "--", ":", "-."][i % 4]
-            ax.plot(x, y, style, color=PALETTE[i % len(PALETTE)] if several and split == "validation" else color,
-                    marker="o", markersize=3.5, linewidth=1.8, label=label)
-            best = stats.get("best") or {}
-            if split == best.get("split") and best.get("evaluation") is not None and best["evaluation"] < len(y):
-                ax.plot([x[best["evaluation"]]], [y[best["evaluation"]]], "o", markersize=10, markerfacecolor="none",
-                        markeredgecolor="#111827", markeredgewidth=1.4)
+            ringed = split == best.get("split") and best.get("evaluation") is not None and best["evaluation"] < len(y)
+            lines.append(Curve(f"{run} · {split}" if several else split, x, y,
+                               PALETTE[i % len(PALETTE)] if several and split == "validation" else color, i,
+                               best["evaluation"] if ringed else None))
+    return lines
+
+
+def learning_curves(statistics: dict[str, dict], output: str, metric: str):
+    """`metric` of `output` at each evaluation, one line per (run, split); the best evaluation is ringed."""
+    fig, ax = _figure(6.0, 3.4)
+    for line in curves(statistics, output, metric):
+        ax.plot(line.x, line.y, ["-", "--", ":", "-."][line.run % 4], color=line.color, marker="o", markersize=3.5,
+                linewidth=1.8, label=line.label)
+        if line.best is not None:
+            ax.plot([line.x[line.best]], [line.y[line.best]], "o", markersize=10, markerfacecolor="none",
+                    markeredgecolor="#111827", markeredgewidth=1.4)
     ax.set_xlabel("step")
     ax.set_ylabel(metric.replace("_", " "))
     ax.set_title(f"{output} · {metric.replace('_', ' ')}", loc="left", fontsize=11)
@@ -98,20 +122,36 @@ def confusion_matrix(matrix, labels: list[str], title: str):
     return fig
 
 
-def scatter(true, predicted, title: str):
-    """Predicted against true values with the y = x line; MAE and R² in the title."""
+@dataclass
+class Fit:
+    """Predicted against true values (finite pairs only), with the mean absolute error and R²."""
+
+    true: list[float]
+    predicted: list[float]
+    mae: float
+    r2: float
+
+
+def fit_summary(true, predicted) -> Fit:
     y, p = np.asarray(true, dtype=float), np.asarray(predicted, dtype=float)
     keep = np.isfinite(y) & np.isfinite(p)
     y, p = y[keep], p[keep]
+    if not len(y):
+        return Fit([], [], math.nan, math.nan)
+    variance = float(np.var(y))
+    r2 = 1 - float(np.mean((p - y) ** 2)) / variance if variance > 0 else math.nan
+    return Fit(y.tolist(), p.tolist(), float(np.mean(np.abs(p - y))), r2)
+
+
+def scatter(true, predicted, title: str):
+    """Predicted against true values with the y = x line; MAE and R² in the title."""
+    fit = fit_summary(true, predicted)
     fig, ax = _figure(6.0, 4.2)
-    ax.scatter(y, p, s=9, alpha=0.45, color=PALETTE[0], linewidths=0)
-    if len(y):
-        low, high = float(min(y.min(), p.min())), float(max(y.max(), p.max()))
+    ax.scatter(fit.true, fit.predicted, s=9, alpha=0.45, color=PALETTE[0], linewidths=0)
+    if fit.true:
+        low, high = min(min(fit.true), min(fit.predicted)), max(max(fit.true), max(fit.predicted))
         ax.plot([low, high], [low, high], "--", color="#6b7280", linewidth=1)
-        mae = float(np.mean(np.abs(p - y)))
-        variance = float(np.var(y))
-        r2 = 1 - float(np.mean((p - y) ** 2)) / variance if variance > 0 else float("nan")
-        title = f"{title}\nMAE {mae:.3f} · R² {r2:.3f} · {len(y)} rows"
+        title = f"{title}\nMAE {fit.mae:.3f} · R² {fit.r2:.3f} · {len(fit.true)} rows"
     ax.set_xlabel("true")
     ax.set_ylabel("predicted")
     ax.set_title(title, loc="left", fontsize=11)
