@@ -196,6 +196,18 @@ def test_tokenizer_identity_is_remembered_until_the_tokenizer_changes(tiny_bert)
     assert pipeline.tokenizer_identity(tokenizer) not in (first, grown)
 
 
+def test_tokenizer_identity_ignores_call_time_truncation_and_padding_and_leaves_them_as_they_were(tiny_bert):
+    from transformers import AutoTokenizer
+
+    fresh = pipeline._tokenizer_identity(AutoTokenizer.from_pretrained(tiny_bert))
+    used = AutoTokenizer.from_pretrained(tiny_bert)
+    used(["a b c d e f", "g"], truncation=True, max_length=4, padding="max_length")
+    state = (used.backend_tokenizer.truncation, used.backend_tokenizer.padding)
+    assert state[0] is not None and state[1] is not None
+    assert pipeline._tokenizer_identity(used) == fresh
+    assert (used.backend_tokenizer.truncation, used.backend_tokenizer.padding) == state
+
+
 def test_no_cache_dir_means_no_cache(tiny_bert, frame):
     cfg = _config(tiny_bert)
     toks = pipeline.tokenizers(cfg)

@@ -79,6 +79,19 @@ def test_each_distinct_text_is_encoded_once():
     assert index["training"].tolist() == [0, 1, 0] and index["test"].tolist() == [1, 2]
 
 
+@pytest.mark.parametrize("descending", [True, False])
+def test_batches_cover_every_row_once_within_the_token_budget(descending):
+    lengths = np.random.default_rng(0).integers(3, 65, size=2000)
+    order = np.argsort(-lengths if descending else lengths, kind="stable")
+    batches = list(embeddings._batches(lengths, order, 4096))
+    assert np.array_equal(np.concatenate(batches), order)  # consecutive, in order, none left out
+    assert all(len(b) * lengths[b].max() <= 4096 and len(b) <= embeddings.MAX_ROWS for b in batches)
+    # and filled: the next row would have broken the budget (or the row cap)
+    for b, following in zip(batches, batches[1:], strict=False):
+        grown = np.append(b, following[0])
+        assert len(grown) * lengths[grown].max() > 4096 or len(b) == embeddings.MAX_ROWS
+
+
 def test_second_run_loads_vectors(tiny_bert, frame, cache):
     train(config(tiny_bert), frame)
     _, warm = train(config(tiny_bert), frame)

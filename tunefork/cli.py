@@ -234,7 +234,9 @@ def _quiet_libraries() -> None:
     import os
     import warnings
 
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Batches tokenize on every core. Set explicitly, the Rust tokenizer also stays quiet about a later fork (it then
+    # turns its threads off in the child itself); unset, it would print a warning at every fork.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module="transformers")
     try:  # transformers prints a load report and progress bars on every from_pretrained

@@ -77,11 +77,12 @@ def distinct_rows(columns: dict[str, TokenIds]) -> tuple[TokenIds, dict[str, np.
 
 
 def _batches(lengths: np.ndarray, order: np.ndarray, budget: int):
-    """Consecutive rows of `order` (length-sorted) whose padded size stays within `budget` tokens."""
+    """Consecutive rows of `order` whose padded size (rows × the longest of them) stays within `budget` tokens."""
     i = 0
     while i < len(order):
-        j = i + 1
-        while j < len(order) and j - i < MAX_ROWS and (j - i + 1) * lengths[order[j]] <= budget:
+        j, width = i + 1, lengths[order[i]]
+        while j < len(order) and j - i < MAX_ROWS and (j - i + 1) * max(width, lengths[order[j]]) <= budget:
+            width = max(width, lengths[order[j]])
             j += 1
         yield order[i:j]
         i = j

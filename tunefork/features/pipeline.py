@@ -143,14 +143,24 @@ def tokenizer_identity(tokenizer) -> str:
 def _tokenizer_identity(tokenizer) -> str:
     digest = hashlib.blake2b(digest_size=16)
     digest.update(type(tokenizer).__name__.encode())
-    digest.update(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode())
     digest.update(json.dumps([tokenizer.padding_side, tokenizer.pad_token, tokenizer.model_max_length]).encode())
-    if getattr(tokenizer, "backend_tokenizer", None) is not None:
-        state = json.loads(tokenizer.backend_tokenizer.to_str())
-        # truncation and padding are call-time state that tokenizing sets as a side effect, not identity
-        state.pop("truncation", None)
-        state.pop("padding", None)
-        digest.update(json.dumps(state, sort_keys=True).encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:  # a Python tokenizer: its vocabulary is what it has
+        digest.update(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode())
+        return digest.hexdigest()
+    # A fast tokenizer's serialisation holds its whole pipeline, vocabulary and added tokens, in a fixed order (a few
+    # ms, where re-serialising the vocabulary took ~0.2 s). Truncation and padding are call-time state that tokenizing
+    # sets as a side effect, not identity: cleared while serialising, then put back.
+    truncation, padding = backend.truncation, backend.padding
+    backend.no_truncation()
+    backend.no_padding()
+    try:
+        digest.update(backend.to_str().encode())
+    finally:
+        if truncation:
+            backend.enable_truncation(**truncation)
+        if padding:
+            backend.enable_padding(**padding)
     return digest.hexdigest()
 
 
