@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -169,3 +170,19 @@ def test_the_report_renders_in_headless_chromium_without_console_errors(runs, tm
     assert image.shape == (2400, 1280)
     assert image.std() > 10  # not a blank page: text, tables and charts make the pixels vary
     assert (image < 100).mean() > 0.002  # dark pixels: text and chart lines were drawn
+
+
+def test_training_writes_its_report_without_matplotlib(tiny_bert, tmp_path):
+    """matplotlib is only in the `viz` extra: a base install trains and writes report.html without it."""
+    tiny.sentiment_frame(60, seed=3).to_csv(tmp_path / "data.csv", index=False)
+    config = _config(tiny_bert, epochs=1)
+    config["output_features"] = config["output_features"][:1]
+    code = ("import sys\nsys.modules['matplotlib'] = None  # import matplotlib now fails\n"
+            "from tunefork import Model\n"
+            f"result = Model({config!r}, progress=False, quiet=True).train({str(tmp_path / 'data.csv')!r}, "
+            f"output_directory={str(tmp_path / 'results')!r})\n"
+            "print(result.output_directory)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    page = (Path(done.stdout.strip().splitlines()[-1]) / "report.html").read_text()
+    assert {"sentiment loss", "sentiment accuracy", "confusion matrix sentiment validation"} <= set(_images(page))
