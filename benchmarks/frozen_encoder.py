@@ -10,12 +10,12 @@ Each case is the bare `tunefork train` command in its own process, timed from la
       the same autocast, at its best batch size (found by a sweep), run once in a fresh process — as a user's script
       runs it, including the first pass's kernel set-up.
 Start-up is what that bare script pays before its loop: a fresh interpreter importing torch and transformers and
-loading the tokenizer and the model. The machine's timings drift by ±15% from one run to the next, so (e), the start-up,
-(c) and (d) run `--repeats` rounds, one of each per round; a target is the median over rounds of each round's own
-ratio (a slow minute moves a round's members alike), with the ratio of the columns' medians beside it. Test accuracy is the test
-split's at the evaluation that picked the best model (what `experiment` reports). The FLOP model beside the measured
-speed-ups counts forward passes in token units: a training step costs 3 forward passes (forward + backward),
-evaluation one, and the cache one forward over each distinct text, once.
+loading the tokenizer and the model. The machine's timings drift by ±15% from one run to the next, so (e), the
+start-up, (c) and (d) run `--repeats` rounds, one of each per round; a target is the median over rounds of each
+round's own ratio (a slow minute moves a round's members alike), with the ratio of the columns' medians beside it.
+Test accuracy is the test split's at the evaluation that picked the best model (what `experiment` reports). The FLOP
+model beside the measured speed-ups counts forward passes in token units: a training step costs 3 forward passes
+(forward + backward), evaluation one, and the cache one forward over each distinct text, once.
 """
 
 from __future__ import annotations

@@ -183,13 +183,13 @@ def test_preprocessing_cache_hits_then_misses_on_every_change(tiny_bert, frame, 
     assert len(list((tmp_path / "preprocessed").iterdir())) == 5
 
 
-def test_tokenizer_identity_is_remembered_until_the_tokenizer_changes(tiny_bert):
+def test_tokenizer_identity_holds_until_the_tokenizer_changes(tiny_bert):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
     first = pipeline.tokenizer_identity(tokenizer)
     assert pipeline.tokenizer_identity(tokenizer) == first == pipeline.tokenizer_identity(AutoTokenizer.from_pretrained(tiny_bert))
-    tokenizer.add_tokens(["zzzyzzy"])  # the same object, grown: a new identity, not the remembered one
+    tokenizer.add_tokens(["zzzyzzy"])  # the same object, grown: a new identity
     grown = pipeline.tokenizer_identity(tokenizer)
     assert grown != first
     tokenizer.padding_side = "left"
@@ -199,12 +199,12 @@ def test_tokenizer_identity_is_remembered_until_the_tokenizer_changes(tiny_bert)
 def test_tokenizer_identity_ignores_call_time_truncation_and_padding_and_leaves_them_as_they_were(tiny_bert):
     from transformers import AutoTokenizer
 
-    fresh = pipeline._tokenizer_identity(AutoTokenizer.from_pretrained(tiny_bert))
+    fresh = pipeline.tokenizer_identity(AutoTokenizer.from_pretrained(tiny_bert))
     used = AutoTokenizer.from_pretrained(tiny_bert)
     used(["a b c d e f", "g"], truncation=True, max_length=4, padding="max_length")
     state = (used.backend_tokenizer.truncation, used.backend_tokenizer.padding)
     assert state[0] is not None and state[1] is not None
-    assert pipeline._tokenizer_identity(used) == fresh
+    assert pipeline.tokenizer_identity(used) == fresh
     assert (used.backend_tokenizer.truncation, used.backend_tokenizer.padding) == state
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from html import escape
 
-from tunefork.visualize import PALETTE, curves, fit_summary
+from tunefork.visualize import PALETTE, curves, fit_summary, tick_names
 
 FONT = '-apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, "DejaVu Sans", sans-serif'
 INK, MUTED, GRID = "#111827", "#6b7280", "#e5e7eb"
@@ -185,7 +185,7 @@ def _blue(share: float) -> str:
 def confusion_matrix(matrix: list[list[int]], labels: list[str], title: str) -> bytes:
     """Counts, rows true and columns predicted, each cell shaded by its share of the true class."""
     n = len(matrix)
-    names = [str(label)[:18] for label in labels[:n]] + [str(i) for i in range(len(labels), n)]
+    names = tick_names(labels, n)
     totals = [max(1, sum(row)) for row in matrix]
     slanted = n > 3
     label_room = max(_width(name, 10.5) for name in names)

@@ -1,8 +1,8 @@
 """`report.html`: the page a person opens after a run — metrics, curves, confusion matrix or scatter, cost, config.
 
 One self-contained file: styles inline, pictures embedded as base64 SVG (`charts.py`), no script and no network
-request, so it reads the same offline, from an e-mail attachment or an artifact store. `Model.train` writes it into the run directory
-before the directory appears; `Model.experiment` rewrites it with the test split added.
+request, so it reads the same offline, from an e-mail attachment or an artifact store. `Model.train` writes it into
+the run directory before the directory appears; `Model.experiment` rewrites it with the test split added.
 """
 
 from __future__ import annotations

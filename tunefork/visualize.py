@@ -109,7 +109,7 @@ def confusion_matrix(matrix, labels: list[str], title: str):
     share = m / np.maximum(m.sum(1, keepdims=True), 1)
     image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
-    names = [str(label)[:18] for label in labels[:n]] + [str(i) for i in range(len(labels), n)]
+    names = tick_names(labels, n)
     ax.set_xticks(range(n), names, rotation=45 if n > 3 else 0, ha="right" if n > 3 else "center", fontsize=8)
     ax.set_yticks(range(n), names, fontsize=8)
     ax.set_xlabel("predicted")
@@ -215,6 +215,11 @@ def output_meta(run: Path) -> dict:
     """Output feature metadata (class names) from a run directory's model folder; {} if there is none."""
     path = run / "model" / "training_set_metadata.json"
     return json.loads(path.read_text())["outputs"] if path.is_file() else {}
+
+
+def tick_names(labels: list[str], n: int) -> list[str]:
+    """A confusion matrix's n axis labels: class names cut to 18 characters, indices where names run out."""
+    return [str(label)[:18] for label in labels[:n]] + [str(i) for i in range(len(labels), n)]
 
 
 def class_names(meta: dict, n: int) -> list[str]:

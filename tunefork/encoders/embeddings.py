@@ -81,9 +81,11 @@ def _batches(lengths: np.ndarray, order: np.ndarray, budget: int):
     i = 0
     while i < len(order):
         j, width = i + 1, lengths[order[i]]
-        while j < len(order) and j - i < MAX_ROWS and (j - i + 1) * max(width, lengths[order[j]]) <= budget:
-            width = max(width, lengths[order[j]])
-            j += 1
+        while j < len(order) and j - i < MAX_ROWS:
+            wider = max(width, lengths[order[j]])
+            if (j - i + 1) * wider > budget:
+                break
+            j, width = j + 1, wider
         yield order[i:j]
         i = j
 

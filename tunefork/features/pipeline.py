@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import weakref
 from pathlib import Path
 
 import pandas as pd
@@ -124,23 +123,8 @@ def _transform(config: Config, frame: pd.DataFrame, meta: dict, toks: dict, with
     return table
 
 
-_identities: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 def tokenizer_identity(tokenizer) -> str:
-    """A digest of everything in the tokenizer that changes token ids: its class, vocabulary, padding and pipeline.
-    Serialising a vocabulary takes a fraction of a second, so it is remembered per tokenizer object (and taken
-    again when the object has grown tokens or changed its padding side)."""
-    state = (len(tokenizer), tokenizer.padding_side, tokenizer.pad_token)
-    known = _identities.get(tokenizer)
-    if known is not None and known[0] == state:
-        return known[1]
-    identity = _tokenizer_identity(tokenizer)
-    _identities[tokenizer] = (state, identity)
-    return identity
-
-
-def _tokenizer_identity(tokenizer) -> str:
+    """A digest of everything in the tokenizer that changes token ids: its class, vocabulary, padding and pipeline."""
     digest = hashlib.blake2b(digest_size=16)
     digest.update(type(tokenizer).__name__.encode())
     digest.update(json.dumps([tokenizer.padding_side, tokenizer.pad_token, tokenizer.model_max_length]).encode())
