@@ -147,6 +147,35 @@ def test_cache_refused_for_a_trainable_encoder_says_why(trainable, tiny_bert, fr
         assert not (cache / "embeddings").exists()
 
 
+def test_cache_refused_for_an_encoder_with_an_adapter_says_why(tiny_bert, frame, cache, tmp_path, capsys):
+    cfg = config(tiny_bert)
+    cfg["input_features"][0]["encoder"]["adapter"] = {"type": "lora", "r": 4}
+    result = Model(cfg, quiet=False, progress=False).train(frame, output_directory=tmp_path / "runs")
+    decision = result.plan["cache_embeddings.review"]
+    assert decision["value"] is False and "adapter" in decision["reason"]
+    resolved = yaml.safe_load((result.output_directory / "resolved_config.yaml").read_text())
+    assert resolved["plan"]["cache_embeddings.review"] == decision
+    said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("cache_embeddings.review:")]
+    assert said == [f"cache_embeddings.review: False — {decision['reason']}"]  # one line, with the reason
+    assert not (cache / "embeddings").exists() and result.statistics["training"]["sentiment"]["loss"]
+
+
+@pytest.mark.parametrize("device, cuda_bf16, cpu_bf16, expected", [
+    ("cuda", True, False, "bf16"), ("cuda", False, False, "fp16"), ("cpu", False, True, "bf16"),
+    ("cpu", False, False, "fp32")])
+def test_mixed_precision_picks_what_the_hardware_runs_natively(device, cuda_bf16, cpu_bf16, expected, tiny_bert):
+    from tunefork import config as config_mod
+    from tunefork import plan
+
+    machine = hardware.Hardware(device=device, cpu_bf16=cpu_bf16, cuda_bf16=cuda_bf16, ram_bytes=0, cpus=2)
+    cfg = config_mod.load(config(tiny_bert, mixed=True))
+    decided = plan.resolve_inference(cfg, machine)
+    assert decided["precision"] == expected
+    if expected == "fp16":
+        assert "gradient scaler" in decided.decisions["precision"].reason
+    assert plan.resolve_inference(config_mod.load(config(tiny_bert)), machine)["precision"] == "fp32"  # not asked
+
+
 def test_frozen_encoder_never_changes_or_enters_the_optimizer(tiny_bert, frame, cache):
     model = Model(config(tiny_bert, cache=False), quiet=True)
     model.train(frame, skip_save_model=True)

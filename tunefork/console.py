@@ -41,8 +41,8 @@ class Console:
         self.out = RichConsole(file=sys.stderr, highlight=False, quiet=quiet)
 
     def note(self, text: str) -> None:
-        if not self.quiet:
-            self.out.print(text)
+        if not self.quiet:  # one line however long: the terminal wraps it, a log file keeps it whole
+            self.out.print(text, soft_wrap=True)
 
     def evaluation(self, epoch: int, step: int, scores: dict, history, improved: bool) -> None:
         mark = " [green](best so far)[/green]" if improved else ""
