@@ -24,7 +24,7 @@ import torch  # noqa: E402
 from tunefork.api import Model  # noqa: E402
 from tunefork.config import ConfigError  # noqa: E402
 from tunefork.errors import ModelFolderError, TuneforkError  # noqa: E402
-from tunefork.models import artifact  # noqa: E402
+from tunefork.models import folder  # noqa: E402
 from tunefork.training import batches, loop  # noqa: E402
 
 FRAME = tiny.sentiment_frame(120, seed=3)
@@ -167,7 +167,7 @@ def test_merge_gives_identical_logits_or_is_refused(trained, name, model):
 def test_merged_folder_is_self_contained_and_predicts_the_same(trained, tmp_path):
     trained_model, result, _, _ = trained("lora", "bert")
     merged = tmp_path / "merged"
-    assert artifact.merge_adapters(result.output_directory, merged) == ["review"]
+    assert folder.merge_adapters(result.output_directory, merged) == ["review"]
     assert not (merged / "encoders" / "review" / "adapter_config.json").exists()
     adapter_bytes = sum(p.stat().st_size for p in (result.output_directory / "model").rglob("*.safetensors"))
     assert adapter_bytes < 0.25 * (merged / "model.safetensors").stat().st_size

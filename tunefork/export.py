@@ -188,7 +188,8 @@ def _hf_llm(model, config, meta, tokenizer, folder: Path, merge_adapter: bool) -
     from transformers import AutoModelForCausalLM, GenerationConfig
 
     from tunefork.adapters import wrapper as adapters
-    from tunefork.models import llm, llm_artifact
+    from tunefork.models import folder as folders
+    from tunefork.models import llm
 
     if adapters.is_peft(model) and not merge_adapter:
         raise ExportError("this model is a base model plus an adapter: --merge-adapter writes full weights that "
@@ -200,7 +201,7 @@ def _hf_llm(model, config, meta, tokenizer, folder: Path, merge_adapter: bool) -
         kwargs = config.generation.kwargs()
         plain.generation_config = GenerationConfig(**{k: v for k, v in kwargs.items() if v is not None},
                                                    pad_token_id=meta["pad_token_id"], eos_token_id=tokenizer.eos_token_id)
-        llm_artifact.save_full(plain, folder)
+        folders.save_full(plain, folder)
         tokenizer.save_pretrained(folder)
         reloaded = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
         real = batch["attention_mask"].bool()  # padded positions attend to nothing: not part of the comparison

@@ -1,16 +1,21 @@
-"""`resolve(config, facts, hardware)`: every value the config leaves open, decided once, each with its reason.
+"""`resolve(config, facts, hardware, workers, measured)`: every value the config leaves open, decided once, each with
+its reason — for both model types.
 
-The plan is written to `resolved_config.yaml` beside the model, so a run can always be explained.
+`resolve` is pure: it takes every fact it needs (the data's, the hardware's, the Ray workers', and a batch size that
+`batch_size: auto` measured) and returns a frozen `Plan`. Nothing writes into a plan afterwards; a measured batch
+size makes a new plan by calling `resolve` again with the measurement. The plan is written to `resolved_config.yaml`
+beside the model, so a run can always be explained.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
 
-from tunefork.config.errors import ConfigError
-from tunefork.config.schema import Config
+from tunefork.config.errors import ConfigError, did_you_mean
 
 log = logging.getLogger("tunefork.plan")
 
@@ -19,7 +24,8 @@ METRICS = {
     "binary": ("loss", "accuracy", "macro_f1", "roc_auc"),
     "number": ("loss", "mean_absolute_error", "mean_squared_error", "root_mean_squared_error", "r2"),
 }
-LOWER_IS_BETTER = {"loss", "mean_absolute_error", "mean_squared_error", "root_mean_squared_error"}
+LLM_METRICS = ("loss", "perplexity")  # what every evaluation of a causal LM reports (generation metrics: evaluate)
+LOWER_IS_BETTER = {"loss", "perplexity", "mean_absolute_error", "mean_squared_error", "root_mean_squared_error"}
 
 
 @dataclass(frozen=True)
@@ -28,15 +34,17 @@ class Decision:
     reason: str
 
 
-@dataclass
+@dataclass(frozen=True)
 class Plan:
-    decisions: dict[str, Decision] = field(default_factory=dict)
+    """The decisions of one run, read-only: `plan["batch_size"]`, `plan.decisions["batch_size"].reason`."""
 
-    def decide(self, key: str, value, reason: str) -> None:
-        self.decisions[key] = Decision(value, reason)
+    decisions: Mapping[str, Decision]
 
     def __getitem__(self, key: str):
         return self.decisions[key].value
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.decisions
 
     def get(self, key: str, default=None):
         return self.decisions[key].value if key in self.decisions else default
@@ -45,61 +53,196 @@ class Plan:
         return {k: {"value": d.value, "reason": d.reason} for k, d in self.decisions.items()}
 
 
+class _Draft(dict):
+    """The decisions while `resolve` makes them; frozen into a `Plan` before anyone else sees them."""
+
+    def decide(self, key: str, value, reason: str) -> None:
+        self[key] = Decision(value, reason)
+
+    def __getitem__(self, key: str):
+        return dict.__getitem__(self, key).value
+
+    def frozen(self) -> Plan:
+        return Plan(MappingProxyType(dict(self.items())))
+
+
 @dataclass(frozen=True)
 class DataFacts:
     """What the plan needs to know about the preprocessed data."""
 
     training_rows: int
-    text_inputs: dict[str, dict]  # name → {"decoder_only": bool}
-    num_workers: int = 1
+    text_inputs: dict[str, dict]  # ECD: name → {"decoder_only": bool}
+    context_length: int | None = None  # model_type llm: the base model's own limit, None when it declares none
 
 
-def _check_validation_metric(config: Config) -> None:
-    field_, metric = config.trainer.validation_field, config.trainer.validation_metric
-    allowed = ("loss",) if field_ == "combined" else METRICS[config.output(field_).type]
-    if metric not in allowed:
-        from tunefork.config.errors import did_you_mean
+@dataclass(frozen=True)
+class Measured:
+    """What `batch_size: auto` measured on the built model: the fastest micro-batch within memory, and the estimate."""
 
-        raise ConfigError(
-            [f"trainer.validation_metric: '{metric}' is not reported for '{field_}' (one of: {', '.join(allowed)})"
-             f"{did_you_mean(metric, allowed)}"]
-        )
+    batch_size: int | None
+    rates: dict  # micro-batch → examples/s
+    memory_estimate: dict | None  # Estimate.to_dict() of the final batch size
+
+
+@dataclass(frozen=True)
+class LocalWorkers:
+    """The local backend's one worker; a Ray run passes `backends.cluster.Workers` (same fields)."""
+
+    count: int = 1
+    use_gpu: bool = False
+    resources: dict | None = None
+    reasons: dict | None = None
 
 
 def higher_is_better(metric: str) -> bool:
     return metric not in LOWER_IS_BETTER
 
 
-def resolve(config: Config, facts: DataFacts, hardware) -> Plan:
-    _check_validation_metric(config)
-    plan = Plan()
-    trainer = config.trainer
-    plan.decide("device", hardware.device, "CUDA is available" if hardware.device == "cuda" else "no CUDA device")
+def reported_metrics(config, field: str) -> tuple[str, ...]:
+    """The metrics an evaluation reports for `field` (an output feature's name, or 'combined')."""
+    if field == "combined":
+        return ("loss",)
+    if config.model_type == "llm":
+        return LLM_METRICS
+    return METRICS[config.output(field).type]
 
-    # an adapter backpropagates through the whole transformer: it costs memory like fine-tuning does
-    trainable_transformer = any(f.type == "text" and not f.encoder.frozen for f in config.input_features)
-    if trainer.batch_size == "auto":
-        size = 32 if trainable_transformer else 128
-        why = "auto: a transformer that trains (fully or through an adapter)" if trainable_transformer else "auto: frozen or no transformer"
-        plan.decide("batch_size", size, f"{why} (fixed rule: 32 when fine-tuning a transformer, else 128)")
+
+def _check_validation_metric(config) -> None:
+    field_, metric = config.trainer.validation_field, config.trainer.validation_metric
+    allowed = reported_metrics(config, field_)
+    if metric not in allowed:
+        raise ConfigError([f"trainer.validation_metric: '{metric}' is not reported for '{field_}' (one of: "
+                           f"{', '.join(allowed)}){did_you_mean(metric, allowed)}"])
+
+
+def resolve(config, facts: DataFacts, hardware, workers=LocalWorkers(), measured: Measured | None = None) -> Plan:
+    _check_validation_metric(config)
+    plan = _Draft()
+    trainer, llm = config.trainer, config.model_type == "llm"
+    plan.decide("device", hardware.device, "CUDA is available" if hardware.device == "cuda" else "no CUDA device")
+    _batches(plan, config, measured)
+    scale = {"constant": 1.0, "sqrt": math.sqrt(workers.count), "linear": float(workers.count)}[trainer.learning_rate_scaling]
+    plan.decide("learning_rate", trainer.learning_rate * scale,
+                f"trainer.learning_rate × {scale:g} ({trainer.learning_rate_scaling} scaling over {workers.count} worker(s))")
+    schedule(plan, config, facts, workers.count)
+    higher = "higher" if higher_is_better(trainer.validation_metric) else "lower"
+    plan.decide("best_model", f"{trainer.validation_field} {trainer.validation_metric}",
+                f"trainer.validation_field and validation_metric: {higher} is better, NaN never counts")
+    plan.decide("precision", *_precision(trainer.use_mixed_precision, hardware))
+    plan.decide("gradient_checkpointing", trainer.enable_gradient_checkpointing,
+                "trainer.enable_gradient_checkpointing: each layer's activations recomputed in backward"
+                if trainer.enable_gradient_checkpointing else "trainer.enable_gradient_checkpointing is false")
+    if config.backend.type == "ray":
+        _backend(plan, config, workers)
+    if llm:
+        _llm(plan, config, facts, hardware)
     else:
-        plan.decide("batch_size", trainer.batch_size, "trainer.batch_size")
-    eval_size = trainer.eval_batch_size
+        _text_inputs(plan, config, facts)
+    if measured is not None and measured.memory_estimate is not None:
+        plan.decide("memory_estimate_mb", measured.memory_estimate,
+                    "what the process holds + gradients + optimizer state + activations")
+    return plan.frozen()
+
+
+def _batches(plan: _Draft, config, measured: Measured | None) -> None:
+    trainer, llm = config.trainer, config.model_type == "llm"
+    if trainer.batch_size != "auto":
+        target, why = trainer.batch_size, "trainer.batch_size"
+    elif llm:
+        # prompt + output rows run to hundreds of tokens and every layer's activations are kept for backward: a small
+        # batch fits anywhere, and gradient_accumulation_steps makes the effective batch larger
+        target, why = 4, "auto: 4 rows a step for causal-LM fine-tuning (fixed rule)"
+    elif any(f.type == "text" and not f.encoder.frozen for f in config.input_features):
+        # an adapter backpropagates through the whole transformer: it costs memory like fine-tuning does
+        target, why = 32, "auto: a transformer that trains, fully or through an adapter (fixed rule: 32, else 128)"
+    else:
+        target, why = 128, "auto: frozen or no transformer (fixed rule: 32 when a transformer trains, else 128)"
+    accumulation = 1 if trainer.gradient_accumulation_steps == "auto" else trainer.gradient_accumulation_steps
+    acc_why = "auto: 1" if trainer.gradient_accumulation_steps == "auto" else "trainer.gradient_accumulation_steps"
+    if measured is not None and measured.batch_size and measured.batch_size != target:
+        rates = ", ".join(f"{b}: {r:.0f}" for b, r in measured.rates.items())
+        plan.decide("batch_size", measured.batch_size,
+                    f"auto: fastest measured micro-batch (examples/s {rates}) within memory")
+        acc_why = f"keeps the effective batch at {target * accumulation}"
+        accumulation = accumulation * target // measured.batch_size
+    else:
+        plan.decide("batch_size", target, why)
+    plan.decide("gradient_accumulation_steps", accumulation, acc_why)
+    eval_size, floor = trainer.eval_batch_size, (8 if llm else 64)
     if eval_size in (None, "auto"):
-        plan.decide("eval_batch_size", max(plan["batch_size"], 64), "no gradients at evaluation: at least 64 rows a batch")
+        plan.decide("eval_batch_size", max(plan["batch_size"], floor),
+                    f"no gradients at evaluation: at least {floor} rows a batch")
     else:
         plan.decide("eval_batch_size", eval_size, "trainer.eval_batch_size")
-    accumulation = 1 if trainer.gradient_accumulation_steps == "auto" else trainer.gradient_accumulation_steps
-    plan.decide("gradient_accumulation_steps", accumulation, "trainer.gradient_accumulation_steps" if accumulation != 1 or trainer.gradient_accumulation_steps != "auto" else "auto: 1")
 
-    workers = facts.num_workers
-    scale = {"constant": 1.0, "sqrt": math.sqrt(workers), "linear": float(workers)}[trainer.learning_rate_scaling]
-    plan.decide("learning_rate", trainer.learning_rate * scale,
-                f"trainer.learning_rate × {scale:g} ({trainer.learning_rate_scaling} scaling over {workers} worker(s))")
-    schedule(plan, config, facts)
 
-    plan.decide("precision", *_precision(trainer.use_mixed_precision, hardware))
+def schedule(plan: _Draft, config, facts: DataFacts, workers: int = 1) -> None:
+    """Effective batch, steps and evaluation cadence from the batch size and accumulation."""
+    trainer = config.trainer
+    accumulation = plan["gradient_accumulation_steps"]
+    plan.decide("effective_batch_size", plan["batch_size"] * accumulation * workers, "batch_size × gradient_accumulation_steps × workers")
+    steps_per_epoch = max(1, math.ceil(facts.training_rows / (plan["batch_size"] * workers) / accumulation))
+    total = trainer.train_steps or steps_per_epoch * trainer.epochs
+    plan.decide("steps_per_epoch", steps_per_epoch, "ceil(training rows / effective batch)")
+    plan.decide("total_steps", total, "trainer.train_steps" if trainer.train_steps else "steps_per_epoch × epochs")
+    if getattr(trainer, "type", None) == "none":
+        plan.decide("total_steps", 0, "trainer.type none: nothing trains")
+    if trainer.steps_per_checkpoint:
+        plan.decide("evaluate_every_steps", trainer.steps_per_checkpoint, "trainer.steps_per_checkpoint")
+    elif trainer.checkpoints_per_epoch:
+        plan.decide("evaluate_every_steps", max(1, steps_per_epoch // trainer.checkpoints_per_epoch), "trainer.checkpoints_per_epoch")
+    else:
+        plan.decide("evaluate_every_steps", None, "once per epoch, after its last step")
 
+
+def _backend(plan: _Draft, config, workers) -> None:
+    """The Ray decisions, with their reasons (the workers were read off the cluster by `backends.cluster`)."""
+    ray = config.backend
+    strategy = ray.trainer.strategy
+    plan.decide("backend", "ray", f"backend.type: ray ({ray.ray.address or 'RAY_ADDRESS, else a local cluster'})")
+    shown = strategy.type + (f" (reshard_after_forward: {strategy.reshard_after_forward})" if strategy.type == "fsdp" else "")
+    plan.decide("strategy", shown, "backend.trainer.strategy")
+    plan.decide("num_workers", workers.count, workers.reasons["num_workers"])
+    plan.decide("use_gpu", workers.use_gpu, workers.reasons["use_gpu"])
+    plan.decide("resources_per_worker", workers.resources, workers.reasons["resources_per_worker"])
+    plan.decide("max_failures", ray.trainer.max_failures, "backend.trainer.max_failures: restarts from the last checkpoint")
+    plan.decide("checkpoint_storage", ray.ray.storage_path or "the run directory", "backend.ray.storage_path")
+    if strategy.type != "fsdp":
+        return
+    trainer = config.trainer
+    if trainer.regularization_type and trainer.regularization_lambda:
+        raise ConfigError(["trainer.regularization_type with backend.trainer.strategy fsdp: the penalty would be taken "
+                           "over weight shards; use strategy ddp"])
+    for name, adapter in _adapters(config):
+        if adapter.type == "adalora":
+            raise ConfigError([f"{name}: AdaLoRA reallocates ranks from whole gradients, which FSDP shards; use "
+                               f"backend.trainer.strategy ddp"])
+
+
+def _adapters(config) -> list[tuple[str, object]]:
+    """(YAML path, adapter section) of every adapter the config trains."""
+    if config.model_type == "llm":
+        return [("adapter", config.adapter)] if config.adapter is not None else []
+    return [(f"input_features[{i}].encoder.adapter", f.encoder.adapter) for i, f in enumerate(config.input_features)
+            if f.type == "text" and f.encoder.adapter is not None]
+
+
+def _adalora(plan: _Draft, config) -> None:
+    """The steps AdaLoRA's rank budget schedule spans, checked here so a schedule peft would refuse fails early."""
+    from tunefork.adapters.adalora import schedule_problem
+
+    for where, adapter in _adapters(config):
+        if adapter.type != "adalora":
+            continue
+        steps = adapter.schedule_steps(plan["total_steps"])
+        problem = schedule_problem(adapter.tinit, adapter.tfinal, steps)
+        if problem:
+            raise ConfigError([f"{where}: {problem}"])
+        plan.decide(f"adalora_total_step.{where}", steps,
+                    "adapter.total_step" if adapter.total_step else "adapter.total_step unset: the planned optimizer steps")
+
+
+def _text_inputs(plan: _Draft, config, facts: DataFacts) -> None:
     for f in config.input_features:
         if f.type != "text":
             continue
@@ -112,21 +255,7 @@ def resolve(config: Config, facts: DataFacts, hardware) -> Plan:
             why = "encoder.reduce_output"
         plan.decide(f"pooling.{f.name}", pooling, why)
         plan.decide(f"cache_embeddings.{f.name}", *_cache_embeddings(f))
-        if getattr(f.encoder.adapter, "type", None) == "adalora":
-            plan.decide(f"adalora_total_step.{f.name}", *_adalora_steps(f, config.input_features.index(f), plan["total_steps"]))
-    return plan
-
-
-def _adalora_steps(feature, index: int, planned: int) -> tuple[int, str]:
-    """The steps AdaLoRA's rank budget schedule spans, checked here so a schedule peft would refuse fails early."""
-    from tunefork.adapters.adalora import schedule_problem
-
-    adapter = feature.encoder.adapter
-    steps = adapter.schedule_steps(planned)
-    problem = schedule_problem(adapter.tinit, adapter.tfinal, steps)
-    if problem:
-        raise ConfigError([f"input_features[{index}].encoder.adapter: {problem}"])
-    return steps, "adapter.total_step" if adapter.total_step else "adapter.total_step unset: the planned optimizer steps"
+    _adalora(plan, config)
 
 
 def _cache_embeddings(feature) -> tuple[bool, str]:
@@ -139,21 +268,30 @@ def _cache_embeddings(feature) -> tuple[bool, str]:
     return True, "frozen encoder: pooled embeddings computed once, before training"
 
 
-def schedule(plan: Plan, config: Config, facts: DataFacts) -> None:
-    """Effective batch, steps and evaluation cadence from the batch size and accumulation (re-run when they change)."""
-    trainer, workers = config.trainer, facts.num_workers
-    accumulation = plan["gradient_accumulation_steps"]
-    plan.decide("effective_batch_size", plan["batch_size"] * accumulation * workers, "batch_size × gradient_accumulation_steps × workers")
-    steps_per_epoch = max(1, math.ceil(facts.training_rows / (plan["batch_size"] * workers) / accumulation))
-    total = trainer.train_steps or steps_per_epoch * trainer.epochs
-    plan.decide("steps_per_epoch", steps_per_epoch, "ceil(training rows / effective batch)")
-    plan.decide("total_steps", total, "trainer.train_steps" if trainer.train_steps else "steps_per_epoch × epochs")
-    if trainer.steps_per_checkpoint:
-        plan.decide("evaluate_every_steps", trainer.steps_per_checkpoint, "trainer.steps_per_checkpoint")
-    elif trainer.checkpoints_per_epoch:
-        plan.decide("evaluate_every_steps", max(1, steps_per_epoch // trainer.checkpoints_per_epoch), "trainer.checkpoints_per_epoch")
-    else:
-        plan.decide("evaluate_every_steps", None, "once per epoch, after its last step")
+def _llm(plan: _Draft, config, facts: DataFacts, hardware) -> None:
+    _check_quantization(config, hardware)
+    plan.decide("max_sequence_length", *sequence_limit(config, facts.context_length))
+    if config.trainer.type == "finetune":
+        _adalora(plan, config)
+
+
+def _check_quantization(config, hardware) -> None:
+    if config.quantization is not None and hardware.device != "cuda":
+        raise ConfigError([f"quantization: {config.quantization.bits}-bit loading uses bitsandbytes, which needs a "
+                           f"CUDA GPU, and this machine has none; remove the quantization section to load the model "
+                           f"in full precision"])
+
+
+def sequence_limit(config, context_length: int | None) -> tuple[int, str]:
+    """Most tokens of prompt + output in a causal-LM row: the config's limit within the model's context."""
+    asked = config.preprocessing.global_max_sequence_length
+    if asked is not None and context_length is not None and asked > context_length:
+        return context_length, f"preprocessing.global_max_sequence_length {asked} is beyond the model's context ({context_length})"
+    if asked is not None:
+        return asked, "preprocessing.global_max_sequence_length"
+    if context_length is not None:
+        return context_length, "the model's context length"
+    return 2048, "neither global_max_sequence_length nor a context length in the model config: 2048"
 
 
 def _precision(asked: bool, hardware) -> tuple[str, str]:
@@ -168,81 +306,17 @@ def _precision(asked: bool, hardware) -> tuple[str, str]:
     return "fp32", "mixed precision asked, but this CPU has no native bf16 (emulated bf16 is 5–11× slower): kept fp32"
 
 
-def resolve_inference(config: Config, hardware, batch_size: int | None = None) -> Plan:
-    """The part of a plan that prediction needs: device, batch size and precision."""
-    plan = Plan()
+def resolve_inference(config, hardware, *, context_length: int | None = None, batch_size: int | None = None) -> Plan:
+    """The part of a plan that prediction needs: device, batch size, precision (and a causal LM's sequence limit)."""
+    plan = _Draft()
+    llm = config.model_type == "llm"
+    if llm:
+        _check_quantization(config, hardware)
     plan.decide("device", hardware.device, "CUDA is available" if hardware.device == "cuda" else "no CUDA device")
-    size = batch_size or (config.trainer.eval_batch_size if isinstance(config.trainer.eval_batch_size, int) else 64)
-    plan.decide("eval_batch_size", size, "--batch_size" if batch_size else "trainer.eval_batch_size or 64")
+    default = 8 if llm else 64
+    size = batch_size or (config.trainer.eval_batch_size if isinstance(config.trainer.eval_batch_size, int) else default)
+    plan.decide("eval_batch_size", size, "--batch_size" if batch_size else f"trainer.eval_batch_size or {default}")
     plan.decide("precision", *_precision(config.trainer.use_mixed_precision, hardware))
-    return plan
-
-
-# ---------------------------------------------------------------------------------------------- model_type: llm
-LLM_METRICS = ("loss", "perplexity")
-
-
-def resolve_llm(config, training_rows: int, context_length: int | None, hardware) -> Plan:
-    """The plan of a causal-LM run: the ECD decisions that apply, plus the sequence limit and the quantization check.
-
-    `context_length`: the model's own limit (max_position_embeddings or n_positions), None when it declares none.
-    """
-    if config.quantization is not None and hardware.device != "cuda":
-        raise ConfigError([f"quantization: {config.quantization.bits}-bit loading uses bitsandbytes, which needs a "
-                           f"CUDA GPU, and this machine has none; remove the quantization section to load the model "
-                           f"in full precision"])
-    plan = Plan()
-    trainer = config.trainer
-    plan.decide("device", hardware.device, "CUDA is available" if hardware.device == "cuda" else "no CUDA device")
-    if trainer.batch_size == "auto":
-        # prompt + output rows run to hundreds of tokens and the activations of every layer are kept for backward:
-        # a small batch fits anywhere, and gradient_accumulation_steps makes the effective batch larger
-        plan.decide("batch_size", 4, "auto: 4 rows a step for causal-LM fine-tuning (fixed rule)")
-    else:
-        plan.decide("batch_size", trainer.batch_size, "trainer.batch_size")
-    if trainer.eval_batch_size in (None, "auto"):
-        plan.decide("eval_batch_size", max(plan["batch_size"], 8), "no gradients at evaluation: at least 8 rows a batch")
-    else:
-        plan.decide("eval_batch_size", trainer.eval_batch_size, "trainer.eval_batch_size")
-    accumulation = 1 if trainer.gradient_accumulation_steps == "auto" else trainer.gradient_accumulation_steps
-    plan.decide("gradient_accumulation_steps", accumulation, "auto: 1" if trainer.gradient_accumulation_steps == "auto"
-                else "trainer.gradient_accumulation_steps")
-    plan.decide("learning_rate", trainer.learning_rate, "trainer.learning_rate (one worker: no scaling)")
-    schedule(plan, config, DataFacts(training_rows=training_rows, text_inputs={}))  # the ECD rules: same keys
-    if trainer.type == "none":
-        plan.decide("total_steps", 0, "trainer.type none: nothing trains")
-    plan.decide("precision", *_precision(trainer.use_mixed_precision, hardware))
-    plan.decide("max_sequence_length", *_sequence_limit(config, context_length))
-    if getattr(config.adapter, "type", None) == "adalora" and trainer.type == "finetune":
-        from tunefork.adapters.adalora import schedule_problem
-
-        steps = config.adapter.schedule_steps(plan["total_steps"])
-        problem = schedule_problem(config.adapter.tinit, config.adapter.tfinal, steps)
-        if problem:
-            raise ConfigError([f"adapter: {problem}"])
-        plan.decide("adalora_total_step", steps, "adapter.total_step" if config.adapter.total_step else "the planned optimizer steps")
-    return plan
-
-
-def _sequence_limit(config, context_length: int | None) -> tuple[int, str]:
-    asked = config.preprocessing.global_max_sequence_length
-    if asked is not None and context_length is not None and asked > context_length:
-        return context_length, f"preprocessing.global_max_sequence_length {asked} is beyond the model's context ({context_length})"
-    if asked is not None:
-        return asked, "preprocessing.global_max_sequence_length"
-    if context_length is not None:
-        return context_length, "the model's context length"
-    return 2048, "neither global_max_sequence_length nor a context length in the model config: 2048"
-
-
-def resolve_llm_inference(config, context_length: int | None, hardware, batch_size: int | None = None) -> Plan:
-    """What generation needs: device, batch size, precision and the sequence limit."""
-    if config.quantization is not None and hardware.device != "cuda":
-        resolve_llm(config, 1, context_length, hardware)  # raises the one quantization error
-    plan = Plan()
-    plan.decide("device", hardware.device, "CUDA is available" if hardware.device == "cuda" else "no CUDA device")
-    size = batch_size or (config.trainer.eval_batch_size if isinstance(config.trainer.eval_batch_size, int) else 8)
-    plan.decide("eval_batch_size", size, "--batch_size" if batch_size else "trainer.eval_batch_size or 8")
-    plan.decide("precision", *_precision(config.trainer.use_mixed_precision, hardware))
-    plan.decide("max_sequence_length", *_sequence_limit(config, context_length))
-    return plan
+    if llm:
+        plan.decide("max_sequence_length", *sequence_limit(config, context_length))
+    return plan.frozen()

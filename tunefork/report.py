@@ -18,7 +18,12 @@ from tunefork import charts, visualize
 from tunefork.console import SHOWN
 
 SCATTER_ROWS = 2000  # a validation pass for the scatter is capped: the report must not cost a second evaluation
-MAIN_METRIC = {"category": "accuracy", "binary": "accuracy", "number": "r2"}
+MAIN_METRIC = {"category": "accuracy", "binary": "accuracy", "number": "r2", "text": "perplexity"}
+
+
+def _main_metric(config: dict, feature: dict) -> str:
+    """What a run's first card and curves show: a causal LM's evaluations report loss and perplexity only."""
+    return "perplexity" if config.get("model_type") == "llm" else MAIN_METRIC[feature["type"]]
 
 
 class Recorder:
@@ -75,23 +80,21 @@ class RunReport:
         return path
 
 
-def collect(name: str, model, tables: dict, config, meta: dict, plan, recorder: Recorder, statistics: dict,
-            efficiency: dict, config_dict: dict) -> RunReport:
-    """Everything the report shows, taken while the trained model and the preprocessed splits are in memory."""
+def collect(name: str, config_dict: dict, plan, recorder: Recorder, statistics: dict, efficiency: dict, meta: dict,
+            points: dict) -> RunReport:
+    """Everything the report shows: the records of the run, the confusion matrices the recorder kept at the best
+    evaluation, and `points` (split → number output → (true, predicted)) from the recipe's model."""
     best = (statistics.get("best") or {}).get("evaluation")
-    report = RunReport(name, config_dict, plan.to_dict(), statistics, efficiency, meta["outputs"], recorder.at(best))
-    numbers = [f for f in config.output_features if f.type == "number"]
-    split = "validation" if tables.get("validation") is not None and len(tables["validation"]) else "training"
-    if numbers:
-        report.points[split] = _regression_points(model, tables[split], config, meta, plan, numbers)
-    return report
+    return RunReport(name, config_dict, plan.to_dict(), statistics, efficiency, meta.get("outputs", {}),
+                     recorder.at(best), dict(points))
 
 
-def _regression_points(model, table, config, meta, plan, numbers) -> dict:
+def regression_points(model, table, config, meta, plan, numbers) -> dict:
+    """output → (true values, predictions) of the number outputs over (at most SCATTER_ROWS of) `table`."""
     import numpy as np
 
     from tunefork.features import number
-    from tunefork.training.loop import run_inference
+    from tunefork.training.ecd import run_inference
 
     if len(table) > SCATTER_ROWS:
         table = table.take(np.random.default_rng(0).choice(len(table), SCATTER_ROWS, replace=False))
@@ -153,7 +156,7 @@ def _metrics(report: RunReport) -> tuple[str, dict]:
 def _cards(report: RunReport, splits: dict) -> str:
     cards = []
     first = report.config["output_features"][0]
-    metric = MAIN_METRIC[first["type"]]
+    metric = _main_metric(report.config, first)
     for split in ("validation", "test"):
         value = splits.get(split, {}).get(first["name"], {}).get(metric)
         if value is not None:
@@ -173,7 +176,7 @@ def _curves(report: RunReport) -> str:
     stats = {report.name: report.statistics}
     figures = []
     for feature in report.config["output_features"]:
-        for metric in ("loss", MAIN_METRIC[feature["type"]]):
+        for metric in ("loss", _main_metric(report.config, feature)):
             if report.statistics.get("training", {}).get(feature["name"], {}).get(metric) or \
                     report.statistics.get("validation", {}).get(feature["name"], {}).get(metric):
                 figures.append(_image(charts.learning_curves(stats, feature["name"], metric), f"{feature['name']} {metric}"))

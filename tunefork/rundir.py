@@ -1,20 +1,36 @@
-"""The run directory: `results/<experiment>_<model>[_N]/` and the JSON/YAML records written into it."""
+"""The run directory, for every model type: `results/<experiment>_<model>[_N]/` from its creation to its final state.
+
+    resolved_config.yaml   the config with every default, and the plan (each decision with its reason)
+    description.json       versions, config, data fingerprints, rows per split, seed, what may run remote code
+    checkpoints/           while training: the last and the best checkpoint (`training.checkpoint`)
+    model/                 the final state: present only once the run finished (written whole, then renamed)
+    training_statistics.json, efficiency.json, report.html
+
+A run directory is created before training — so checkpoints live inside it from the first evaluation — and is
+finished in one place: `RunDirectory.finish`. A directory without `model/` is a run that stopped; `resume` reopens
+it, after checking the data and the config are the run's own.
+"""
 
 from __future__ import annotations
 
 import json
 import math
 import platform
+import shutil
 from pathlib import Path
 
 import yaml
+
+from tunefork.errors import DataError, TuneforkError
+
+DESCRIPTION, RESOLVED = "description.json", "resolved_config.yaml"
 
 
 def new(output_directory: str | Path, experiment_name: str, model_name: str) -> Path:
     """The first free `<experiment>_<model>`, `<experiment>_<model>_1`, ... (Ludwig's naming); not created yet."""
     base = Path(output_directory) / f"{experiment_name}_{model_name}"
     candidate, n = base, 0
-    while candidate.exists() or candidate.with_name(candidate.name + ".partial").exists():
+    while candidate.exists():
         n += 1
         candidate = base.with_name(f"{base.name}_{n}")
     return candidate
@@ -53,3 +69,76 @@ def versions() -> dict:
         except md.PackageNotFoundError:
             out[package] = None
     return out
+
+
+def remote_code(config) -> dict[str, bool]:
+    """Where the config lets model code from a folder or the hub run: {config path: bool}, one shape for every model
+    type."""
+    if config.model_type == "llm":
+        return {"base_model": config.trust_remote_code}
+    return {f"input_features.{f.name}.encoder": f.encoder.trust_remote_code
+            for f in config.input_features if f.type == "text"}
+
+
+class RunDirectory:
+    """One run's folder: created (or reopened to resume), filled with checkpoints while training, then finished."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @classmethod
+    def create(cls, output_directory, experiment_name: str, model_name: str, config_dict: dict, plan,
+               fingerprints: dict, rows: dict, seed: int, remote: dict) -> RunDirectory:
+        path = new(output_directory, experiment_name, model_name)
+        path.mkdir(parents=True)
+        write_yaml(path / RESOLVED, {"config": config_dict, "plan": plan.to_dict()})
+        write_json(path / DESCRIPTION, {"versions": versions(), "config": config_dict, "dataset_fingerprints": fingerprints,
+                                        "rows": rows, "random_seed": seed, "trust_remote_code": remote})
+        return cls(path)
+
+    # ------------------------------------------------------------------------------------------------ resuming
+    @classmethod
+    def stopped(cls, path) -> RunDirectory:
+        """A run directory that stopped before it finished; refused when it is not one."""
+        run = cls(Path(path))
+        if not (run.path / DESCRIPTION).is_file():
+            raise TuneforkError(f"{run.path}: not a tunefork run directory (no {DESCRIPTION}) to resume")
+        if (run.path / "model").is_dir():
+            raise TuneforkError(f"{run.path}: this run already finished (model/ is there); nothing to resume")
+        return run
+
+    def description(self) -> dict:
+        return json.loads((self.path / DESCRIPTION).read_text())
+
+    def check_same_data(self, fingerprints: dict) -> None:
+        recorded = self.description()["dataset_fingerprints"]
+        if recorded != fingerprints:
+            changed = sorted(k for k in set(recorded) | set(fingerprints) if recorded.get(k) != fingerprints.get(k))
+            raise DataError(f"{self.path}: the {', '.join(changed)} data differ from the run being resumed; pass the same data")
+
+    # ------------------------------------------------------------------------------------------------ the end
+    def finish(self, fitted, statistics: dict, efficiency: dict, report=None) -> None:
+        """The final state: model/ (written whole, then renamed into place), the records, the report; the
+        checkpoints go, as model/ now holds the run's result."""
+        fitted.save(self.path / "model")
+        write_json(self.path / "training_statistics.json", statistics)
+        write_json(self.path / "efficiency.json", efficiency)
+        if report is not None:
+            report.write(self.path / "report.html")
+        shutil.rmtree(self.checkpoints, ignore_errors=True)
+
+
+def config_of_run(run) -> dict:
+    """The config a run directory was trained with (for resuming without -c)."""
+    description = Path(run) / DESCRIPTION
+    if not description.is_file():
+        raise TuneforkError(f"{run}: not a tunefork run directory (no {DESCRIPTION})")
+    return json.loads(description.read_text())["config"]

@@ -102,10 +102,9 @@ class Service:
 
     def __init__(self, model_path):
         from tunefork.api import Model
-        from tunefork.models import artifact, llm_artifact
+        from tunefork.models import folder
 
-        kind = llm_artifact if llm_artifact.is_llm_folder(Path(model_path)) else artifact
-        self.folder = kind.check(Path(model_path))
+        self.folder = folder.check(Path(model_path))
         self.model = Model.load(self.folder)
         self.config, self.meta = self.model.config, self.model.meta
         self.Row = row_model(self.config)

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 
 class AdapterSteps:
-    def __init__(self, model):
-        # (section, peft model) for each text encoder trained through an adapter
-        self.adapted = [(e.adapter, e.transformer) for e in _encoders(model) if e.adapter is not None and e.adapted]
+    def __init__(self, adapted: list):
+        # (adapter section, peft model) for each model trained through an adapter (the task says which)
+        self.adapted = adapted
 
     def penalty(self):
         """Extra training-objective terms (a tensor), or None."""
@@ -42,8 +42,3 @@ class AdapterSteps:
             mine = {name.split("/", 1)[1]: value for name, value in tensors.items() if name.startswith(f"{i}/")}
             section.restore_checkpoint_state(peft, mine, state)
 
-
-def _encoders(model):
-    text_encoders = getattr(model, "text_encoders", None)
-    unique = {id(e): e for e in text_encoders().values()} if text_encoders else {}  # tied inputs share one encoder
-    return list(unique.values())

@@ -49,19 +49,11 @@ def file_set(config, dataset) -> list[str] | None:
     return files
 
 
-def preprocess_files(config, files: list[str], seed: int, tokenizers: dict):
-    """(meta, {split: Table}, fingerprints) for a folder or glob of files, preprocessed by Ray Data."""
-    from tunefork.backends import ray_data
-
-    meta, tables = ray_data.preprocess(config, files, seed, tokenizers, config.backend.processor.parallelism)
-    return meta, tables, {"files": ray_data.fingerprint(files)}
-
-
 def workers(config):
-    from tunefork.backends.cluster import Workers
-
     if not _is_ray(config):
-        return Workers(1, False, {}, {})
+        from tunefork.plan import LocalWorkers
+
+        return LocalWorkers()
     from tunefork.backends import cluster
 
     return cluster.workers(config.backend)
@@ -77,34 +69,6 @@ def hardware(config, workers):
     return cluster.worker_hardware(workers.use_gpu)
 
 
-def decide(plan, config, workers) -> None:
-    """The backend's decisions, with their reasons, in the plan (and so in resolved_config.yaml)."""
-    if not _is_ray(config):
-        return
-    from tunefork.backends import cluster
-
-    trainer = config.backend.trainer
-    plan.decide("backend", "ray", f"backend.type: ray ({cluster.STARTUP['cluster']})")
-    plan.decide("strategy", trainer.strategy.type, "backend.trainer.strategy")
-    for key in ("num_workers", "use_gpu", "resources_per_worker"):
-        value = {"num_workers": workers.count, "use_gpu": workers.use_gpu, "resources_per_worker": workers.resources}[key]
-        plan.decide(key, value, workers.reasons[key])
-    _refuse_unsupported(config, plan)
-
-
-def _refuse_unsupported(config, plan) -> None:
-    strategy = config.backend.trainer.strategy.type
-    if strategy != "fsdp":
-        return
-    if config.trainer.regularization_type and config.trainer.regularization_lambda:
-        raise TuneforkError("trainer.regularization_type with backend.trainer.strategy fsdp: the penalty would be "
-                            "taken over weight shards; use strategy ddp")
-    for feature in config.input_features:
-        if feature.type == "text" and getattr(feature.encoder.adapter, "type", None) == "adalora":
-            raise TuneforkError(f"{feature.name}: AdaLoRA reallocates ranks from whole gradients, which FSDP shards; "
-                                f"use backend.trainer.strategy ddp")
-
-
 def resume_point(config, run_dir) -> dict | None:
     """A Ray run's last checkpoint, when a local-format one is not there (Ray Train restores it on relaunch)."""
     if not _is_ray(config):
@@ -114,8 +78,8 @@ def resume_point(config, run_dir) -> dict | None:
     return ray_train.resume_point(config.backend, run_dir)
 
 
-def fit(model, tables: dict, config, meta: dict, plan, seed: int, *, report, run_dir, workers):
+def fit(model, prepared, config, plan, seed: int, *, report, run_dir, workers):
     """Ray: (History, distributed facts for efficiency.json)."""
     from tunefork.backends import ray_train
 
-    return ray_train.fit(model, tables, config, meta, plan, seed, report=report, run_dir=run_dir, workers=workers)
+    return ray_train.fit(model, prepared, config, plan, seed, report=report, run_dir=run_dir, workers=workers)

@@ -24,17 +24,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from tunefork.data.tensors import Table
-from tunefork.training import batches
-from tunefork.training.loop import Collector, _trainable_state, autocast, loss_terms, to_device
+from tunefork.training.loop import trainable_state
 
 
-def transformer_blocks(model) -> list[torch.nn.Module]:
+def transformer_blocks(hf_models: list) -> list[torch.nn.Module]:
     """The modules Hugging Face itself declares indivisible (`_no_split_modules`: BertLayer, LlamaDecoderLayer, ...)
-    in every text encoder: FSDP's units, so one block's weights are whole only while it computes."""
+    in every Hugging Face model the task names: FSDP's units, so one block's weights are whole only while it computes."""
     found = []
-    for encoder in model.text_encoders().values():
-        transformer = encoder.transformer
+    for transformer in hf_models:
         base = transformer.get_base_model() if hasattr(transformer, "get_base_model") else transformer
         names = set(getattr(base, "_no_split_modules", None) or ())
         found += [m for m in base.modules() if type(m).__name__ in names]
@@ -51,13 +48,13 @@ class Distributed:
         self.model = self.inner = None
 
     # ------------------------------------------------------------------------------------------------ the model
-    def wrap(self, model):
+    def wrap(self, model, hf_models: list):
         self.inner = model  # names, the evaluation forward under DDP, and the module the caller keeps
         # `fit` has just seeded every rank alike; dropout must draw other masks for other rows, as one process does
         # for the rows of one batch (rank 0 keeps the seed, so a one-worker run is the local run)
         torch.manual_seed(torch.initial_seed() + self.rank)
         if self.fsdp:
-            self.model = self._fully_shard(model)  # also with one worker: the mixed-precision path on one GPU
+            self.model = self._fully_shard(model, transformer_blocks(hf_models))  # also with one worker: the mixed-precision path on one GPU
         elif self.world == 1:
             self.model = model  # nothing to average: a one-worker run steps as fast as a local one
         else:
@@ -69,7 +66,7 @@ class Distributed:
                                                  find_unused_parameters=True, forward_sync_buffers=False)
         return self.model
 
-    def _fully_shard(self, model):
+    def _fully_shard(self, model, blocks: list):
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
@@ -79,7 +76,7 @@ class Distributed:
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32 if dtype else None)
         reshard = self.strategy.reshard_after_forward
-        for block in transformer_blocks(model):
+        for block in blocks:
             fully_shard(block, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard)
         # the root holds what is left (embeddings of unlisted models, combiner, heads); it is needed again at once by
         # backward, so it is not resharded after forward
@@ -102,20 +99,14 @@ class Distributed:
             model.require_backward_grad_sync = sync  # what DDP's `no_sync()` context sets, without re-nesting fit
 
     # ------------------------------------------------------------------------------------------------ the data
-    def shard(self, index: np.ndarray) -> tuple[np.ndarray, float]:
-        """This rank's rows of a global batch, and the weight that makes the ranks' averaged gradient the mean over
-        the whole batch: rows_r × world / rows. A rank left without rows (a batch smaller than the world) still has to
-        join the collectives: it computes one row with weight 0."""
+    def shard(self, index: np.ndarray) -> tuple[np.ndarray, bool]:
+        """This rank's rows of a global batch (the loop weights them by their share of the batch's units). A rank left
+        without rows (a batch smaller than the world) still has to join the collectives: it computes one row that
+        does not count."""
         mine = np.array_split(index, self.world)[self.rank]
         if len(mine) == 0:
-            return index[:1], 0.0
-        return mine, len(mine) * self.world / len(index)
-
-    def mean(self, loss: torch.Tensor, weight: float) -> float:
-        """The global batch's mean loss (what one process would print): Σ_r loss_r × rows_r / rows."""
-        value = loss.detach().float().reshape(1) * (weight / self.world)
-        dist.all_reduce(value)
-        return value.item()
+            return index[:1], False
+        return mine, True
 
     def sum(self, value: float) -> float:
         tensor = torch.tensor([float(value)], dtype=torch.float64, device=self._collective_device())
@@ -127,48 +118,30 @@ class Distributed:
         dist.all_gather_object(out, value)
         return out
 
-    def gather(self, collector: Collector) -> Collector:
-        """Every rank's predictions merged (in rank order, so every rank computes identical metrics and takes the
-        same early-stopping decision)."""
-        merged = Collector(collector.config, collector.meta)
-        for parts, index, loss_sum, rows in self.gather_objects(
-                (collector.parts, collector.index, collector.loss_sum, collector.rows)):
-            for name, values in parts.items():
-                merged.parts[name].extend(values)
-            merged.index.extend(index)
-            for name, value in loss_sum.items():
-                merged.loss_sum[name] += value
-            merged.rows += rows
-        return merged
+    def merged(self, task, accumulator):
+        """Every rank's accumulator merged (in rank order, so every rank computes identical metrics and takes the same
+        early-stopping decision)."""
+        return accumulator.merge(self.gather_objects(accumulator.state()))
 
-    @torch.no_grad()
-    def evaluate(self, model, table: Table, config, meta: dict, plan) -> dict:
-        """Metrics over `table`, each rank scoring every world-th batch of the local evaluation order."""
-        order = batches.evaluation_order(len(table), plan["eval_batch_size"], batches.lengths(table, config))
+    def evaluation_model(self, model):
+        """FSDP evaluates through the sharded model (its forward gathers the weights); DDP the plain module."""
+        return self.model if self.fsdp else self.inner
+
+    def batches(self, order: list[np.ndarray]):
+        """Each rank scores every world-th batch of the evaluation order. FSDP's forward all-gathers weights, so every
+        rank must run as many forwards: a rank short of a batch runs a stand-in whose outputs do not count. DDP
+        evaluates the plain module and needs no partner."""
         mine = order[self.rank :: self.world]
-        # FSDP's forward all-gathers weights: every rank must run as many forwards, so a rank short of a batch runs a
-        # stand-in whose outputs are dropped. DDP evaluates the plain module and needs no partner.
         rounds = math.ceil(len(order) / self.world) if self.fsdp else len(mine)
-        net = self.model if self.fsdp else self.inner
-        net.eval()
-        collector = Collector(config, meta)
         for k in range(rounds):
-            index = mine[k] if k < len(mine) else order[0]
-            inputs, targets = batches.collate(table, index, config, meta)
-            inputs, targets = to_device(inputs, plan["device"]), to_device(targets, plan["device"])
-            with autocast(plan):
-                logits = net(inputs)
-                total, terms = loss_terms(config, meta, logits, targets)
-            if k < len(mine):
-                collector.add(index, logits, terms, total)
-        return self.gather(collector).metrics(table)
+            yield (mine[k], True) if k < len(mine) else (order[0], False)
 
     # ------------------------------------------------------------------------------------------------ state
     def state(self, model) -> dict[str, torch.Tensor]:
         """Trainable parameters and buffers as full tensors under the unwrapped names (a collective under FSDP).
         On a GPU only rank 0 receives them (gathered straight to CPU memory); the other ranks get {}."""
         if not self.fsdp:
-            return _trainable_state(self.inner)  # DDP replicas are identical: no communication
+            return trainable_state(self.inner)  # DDP replicas are identical: no communication
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         # cpu_offload only on a GPU: on CPU the FSDP1 variant of this gather segfaults (stack facts §5) and there is

@@ -3,7 +3,7 @@
 Ray Train owns the workers, the process group (gloo on CPU, NCCL on GPU), checkpoint persistence and restarts
 (`FailureConfig`); tunefork owns what each worker computes. The final weights come back as safetensors through Ray's
 storage (the only path that also works when rank 0 runs on another node) and are loaded into the driver's own model,
-so the run directory's `model/` is written by the same `artifact.save` as a local run's.
+so the run directory's `model/` is written by the same `models.folder` code as a local run's.
 """
 
 from __future__ import annotations
@@ -25,9 +25,12 @@ FAULT = "TUNEFORK_RAY_FAULT"  # test-only fault injection, see ray_worker
 STORAGE_NAME = "ray_train"
 
 
-def fit(model, tables: dict, config, meta: dict, plan, seed: int, *, report, run_dir: Path | None, workers):
-    """Train on the cluster; `model` (the driver's, built with the same seed) receives the final weights.
-    Returns (History, efficiency facts of the distributed run)."""
+def fit(model, prepared, config, plan, seed: int, *, report, run_dir: Path | None, workers):
+    """Train on the cluster; `model` (the driver's, built with the same seed) receives the final weights. `prepared`
+    is the recipe's preprocessed data (its tables go to the object store once). Returns (History, efficiency facts
+    of the distributed run)."""
+    import dataclasses
+
     import ray
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -38,8 +41,10 @@ def fit(model, tables: dict, config, meta: dict, plan, seed: int, *, report, run
 
     backend = config.backend
     spec = {
-        "config": config_mod.to_dict(config), "plan": plan, "meta": meta, "seed": seed,
-        "tables": ray.put(tables),  # once, in the object store: every worker on a node maps the same copy
+        "config": config_mod.to_dict(config), "plan": plan, "seed": seed,
+        "tables": ray.put(prepared.tables),  # once, in the object store: every worker on a node maps the same copy
+        # the rest of what preprocessing made (metadata, facts); tokenizers stay here: workers get token ids
+        "prepared": dataclasses.replace(prepared, tables={}, tokenizers=None),
         "initial_checksum": ray_worker.initial_checksum(model), "fault": os.environ.get(FAULT),
         "launched": time.time(),
     }

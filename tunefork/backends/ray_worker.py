@@ -1,7 +1,7 @@
 """What each Ray Train worker runs: the same `training.loop.fit` a local run calls, as one rank of a process group.
 
-The driver preprocessed once and put the tables in the object store; every worker rebuilds the model from the config
-with the driver's seed (checked against the driver's initial weights), wraps it (DDP / FSDP), trains its shard of
+The driver preprocessed once and put the tables in the object store; every worker rebuilds the model with its recipe
+(`tunefork.recipes`: a classifier or a causal LM) with the driver's seed (checked against the driver's initial weights), wraps it (DDP / FSDP), trains its shard of
 every global batch and reports each evaluation to Ray Train with a checkpoint in tunefork's own safetensors format.
 A worker lost mid-run (`FailureConfig.max_failures`) makes Ray restart the group; `ray.train.get_checkpoint()` then
 hands back the last checkpoint and `fit` continues from it exactly as `--model_resume_path` does locally.
@@ -28,28 +28,30 @@ RNG = "rng.safetensors"  # every rank's torch RNG: each draws its own dropout ma
 
 
 def train_function(spec: dict) -> None:
+    import dataclasses
+
     import ray
     import ray.train
     import ray.train.torch
     import torch
 
     from tunefork import config as config_mod
+    from tunefork import recipes
     from tunefork.backends.distributed import Distributed
-    from tunefork.models.ecd import ECD
     from tunefork.training.loop import fit
 
     entered = time.time()
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    config, plan, meta, seed = config_mod.load(spec["config"]), spec["plan"], spec["meta"], spec["seed"]
+    config, plan, seed = config_mod.load(spec["config"]), spec["plan"], spec["seed"]
     tables = spec["tables"]
-    tables = ray.get(tables) if isinstance(tables, ray.ObjectRef) else tables
+    prepared = dataclasses.replace(spec["prepared"], tables=ray.get(tables) if isinstance(tables, ray.ObjectRef) else tables)
     device = ray.train.torch.get_device()
     if device.type == "cuda":
         torch.cuda.set_device(device)  # `plan["device"]` says "cuda": this worker's own GPU
 
-    torch.manual_seed(seed)  # the same draws as the driver's model: the heads start from identical weights
-    model = ECD(config, meta, meta["pooling"], total_steps=plan["total_steps"])
+    recipe = recipes.for_config(config)
+    model = recipe.build(prepared, plan, seed)  # the driver's seed: the same initial weights as the driver's model
     checksum = initial_checksum(model)
     if abs(checksum - spec["initial_checksum"]) > 1e-6 * max(1.0, abs(checksum)):
         raise RuntimeError(f"worker {rank} built other initial weights than the driver ({checksum} vs "
@@ -61,7 +63,8 @@ def train_function(spec: dict) -> None:
     if run.finished:  # lost after its final report: hand the same result back
         run.report_final_again()
         return
-    history = fit(model, tables, config, meta, plan, seed, report=run, checkpoints=run, resume=resume, distributed=dist)
+    history = fit(recipe.task(prepared, plan), model, prepared.tables, config, plan, seed, report=run, checkpoints=run,
+                  resume=resume, distributed=dist)
     run.finish(model, history)
 
 

@@ -21,8 +21,9 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from tunefork.config.backend import Backend, LocalBackend
 from tunefork.config.base import Section, tagged
-from tunefork.config.schema import LocalBackend, Preprocessing
+from tunefork.config.schema import Preprocessing
 from tunefork.config.trainer import Trainer
 
 # After config.base: the adapter sections subclass Section (see tunefork/adapters/__init__.py on import order).
@@ -214,7 +215,7 @@ class LLMConfig(Section):
     generation: Generation = Generation()
     trainer: LLMTrainer = LLMTrainer()
     preprocessing: LLMPreprocessing = LLMPreprocessing()
-    backend: LocalBackend = LocalBackend()
+    backend: Backend = LocalBackend()  # or a Ray cluster: DDP and FSDP2 workers, as for ECD
 
     @field_validator("input_features", "output_features")
     @classmethod

@@ -86,6 +86,16 @@ class Encoded:
     def target_lengths(self) -> np.ndarray:
         return self.ids.lengths - self.prompt_lengths
 
+    def to_table(self):
+        """As a `Table` (ids + prompt lengths), for the preprocessing cache."""
+        from tunefork.data.tensors import Table
+
+        return Table({"ids": self.ids, "prompt_lengths": self.prompt_lengths})
+
+    @classmethod
+    def from_table(cls, table) -> Encoded:
+        return cls(table["ids"], table["prompt_lengths"])
+
 
 def encode(tokenizer, prompts: list[str], outputs: list[str], limits: Limits) -> Encoded:
     prompt_ids = encode_prompts(tokenizer, prompts, limits, reserve=1)

@@ -148,3 +148,36 @@ def embed(columns: dict[str, TokenIds], encoder_module, key_parts: dict, cache_d
         np.savez(tmp, vectors=vectors, **{f"index::{s}": i for s, i in index.items()})
         tmp.replace(path)
     return {s: Embeddings(vectors[i], columns[s].lengths) for s, i in index.items()}, False
+
+
+def embed_frozen(config, plan, model, tables: dict, meta: dict, tokenizer_ids: dict, amp) -> tuple[dict, list[str]]:
+    """Each cache-eligible text column replaced by its frozen encoder's pooled vectors (computed once, or loaded);
+    returns the tables and the features whose vectors came from the cache. The key covers everything that changes
+    the vectors: the model and its weights, the tokenizer (`tokenizer_ids`: its identity digest per feature), the
+    sequence length, pooling and precision (and the token ids themselves, added by `embed`). `amp`: the autocast
+    context of the plan's precision."""
+    from tunefork.data import cache
+
+    hits, folder = [], cache.root(config)
+    encoders = model.text_encoders()
+    for feature in config.input_features:
+        if feature.type != "text" or not plan[f"cache_embeddings.{feature.name}"]:
+            continue
+        encoder, fitted = encoders[feature.name].to(plan["device"]), meta["inputs"][feature.name]
+        source = feature.encoder.pretrained_model_name_or_path
+        key_parts = {
+            "model": source,
+            "weights": weights_fingerprint(encoder.transformer, source, folder),
+            "tokenizer": tokenizer_ids[feature.name],
+            "max_sequence_length": fitted["max_sequence_length"],
+            "pooling": plan[f"pooling.{feature.name}"],
+            "precision": plan["precision"],
+        }
+        columns = {split: table[feature.name] for split, table in tables.items()}
+        vectors, hit = embed(columns, encoder, key_parts, folder, fitted["pad_token_id"],
+                             fitted["padding_side"] == "left", plan["device"], amp)
+        tables = {split: table.replace(feature.name, vectors[split]) for split, table in tables.items()}
+        if hit:
+            hits.append(feature.name)
+    return tables, hits
+

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from tunefork.config.schema import Config
-from tunefork.data import read
+from tunefork.data import cache, read
 from tunefork.data.tensors import Table
 from tunefork.errors import DataError
 from tunefork.features import INPUTS, OUTPUTS, missing, text
@@ -149,7 +149,7 @@ def tokenizer_identity(tokenizer) -> str:
 
 
 def cache_key(config: Config, fingerprints: dict[str, str], toks: dict, seed: int) -> str:
-    relevant = {
+    return cache.key({
         "version": CACHE_VERSION,
         "data": fingerprints,
         "seed": seed,
@@ -160,8 +160,7 @@ def cache_key(config: Config, fingerprints: dict[str, str], toks: dict, seed: in
             for f in (*config.input_features, *config.output_features)
         ],
         "tokenizers": {name: tokenizer_identity(tok) for name, tok in toks.items()},
-    }
-    return hashlib.blake2b(json.dumps(relevant, sort_keys=True).encode(), digest_size=16).hexdigest()
+    })
 
 
 def preprocess(config: Config, splits: dict[str, pd.DataFrame], seed: int, cache_dir: Path | None, toks: dict):
@@ -169,18 +168,11 @@ def preprocess(config: Config, splits: dict[str, pd.DataFrame], seed: int, cache
     check_columns(config, splits, with_outputs=True)
     key = cache_key(config, {k: read.fingerprint(v) for k, v in splits.items()}, toks, seed)
     folder = cache_dir / "preprocessed" / key if cache_dir else None
-    if folder is not None and (folder / "metadata.json").is_file():
-        meta = json.loads((folder / "metadata.json").read_text())
-        tables = {name: Table.load(folder / f"{name}.npz") for name in splits}
+    found = cache.load(folder, splits)
+    if found is not None:
         log.info("preprocessed data loaded from the cache (%s)", folder)
-        return meta, tables, True
+        return *found, True
     meta = fit(config, splits["training"], toks)
     tables = {name: transform(config, frame, meta, toks) for name, frame in splits.items()}
-    if folder is not None:
-        folder.mkdir(parents=True, exist_ok=True)
-        for name, table in tables.items():
-            table.save(folder / f"{name}.npz")
-        tmp = folder / "metadata.json.tmp"
-        tmp.write_text(json.dumps(meta))
-        tmp.replace(folder / "metadata.json")  # written last: its presence means the entry is complete
+    cache.store(folder, meta, tables)
     return meta, tables, False

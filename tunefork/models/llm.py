@@ -3,7 +3,7 @@
 `build` is the one place a base model becomes the trained model: `AutoModelForCausalLM.from_pretrained(base_model,
 **pretrained_kwargs)` — a hub id, a local folder, or a GGUF file in one through `pretrained_kwargs.gguf_file` — then
 the adapter from `tunefork.adapters` (task type CAUSAL_LM), the same layer the auto_transformer encoder uses. What
-is saved and loaded lives in `models/llm_artifact.py`.
+is saved and loaded lives in `models/folder.py`.
 """
 
 from __future__ import annotations
@@ -138,9 +138,9 @@ def place(model, device: str):
     return model
 
 
-def merge(model):
+def merge(model, progressbar: bool = False):
     """The adapter folded into the base weights (a plain transformers model), or a refusal for prompt methods."""
-    return adapters.merge(model) if adapters.is_peft(model) else model
+    return adapters.merge(model, progressbar=progressbar) if adapters.is_peft(model) else model
 
 
 def logits(model, batch: dict) -> torch.Tensor:

@@ -1,6 +1,20 @@
-"""The ECD recipe: the step loop written out, evaluation, early stopping and the best weights.
+"""The one training loop, for every model type: the step written out, in the spirit of torchtune's recipes.
 
-    autocast → loss / accumulation steps → backward → clip → optimizer step → zero_grad → scheduler step
+    autocast → loss × (micro-batch units / effective-batch units) → backward → clip → optimizer step → adapter step →
+    zero_grad → scheduler step → (every N steps) evaluate → best weights, early stop, reduce on plateau → checkpoint
+
+What differs between a classifier and a causal LM is a small `task` each recipe supplies (`training.ecd.ECDTask`,
+`training.llm.LLMTask`), plain methods, no hooks:
+
+    lengths(table)                 tokens per row (length-grouped batches, length-sorted evaluation), or None
+    units(table, index)            what the loss is a mean over, for rows `index`: rows (ECD) or scored tokens (LLM)
+    forward(model, table, index, device) → Out(loss, units, tokens, record): the loss is the mean over its units
+    accumulator() / merged(parts)  collects `Out`s into the scores of a split: {output: {metric: v}, combined: {loss}}
+    adapted(model)                 (adapter section, peft model) pairs that need step hooks (AdaLoRA)
+
+Each micro-batch is weighted by its share of the effective batch's units, so the accumulated gradient is the mean
+over the whole effective batch — also for a short last group, and across the ranks of a distributed run (where
+`distributed` shards each global batch; see `backends/distributed.py`).
 """
 
 from __future__ import annotations
@@ -16,13 +30,21 @@ import torch
 from tqdm.auto import tqdm
 
 from tunefork.adapters.steps import AdapterSteps
-from tunefork.data.tensors import Table
-from tunefork.features import OUTPUTS
 from tunefork.plan import Plan, higher_is_better
 from tunefork.training import batches, optim
 
 log = logging.getLogger("tunefork.train")
 SPLITS = ("training", "validation", "test")
+
+
+@dataclass
+class Out:
+    """One micro-batch through a task: its loss (a mean over `units`), real tokens read, and what scoring needs."""
+
+    loss: torch.Tensor
+    units: int
+    tokens: int
+    record: object = None
 
 
 def autocast(plan: Plan):
@@ -39,73 +61,6 @@ def to_device(tree, device: str):
     if isinstance(tree, dict):
         return {k: to_device(v, device) for k, v in tree.items()}
     return tree.to(device, non_blocking=True) if isinstance(tree, torch.Tensor) else tree
-
-
-def loss_terms(config, meta: dict, logits: dict, targets: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    terms = {}
-    for feature in config.output_features:
-        terms[feature.name] = OUTPUTS[feature.type].loss(feature, meta["outputs"][feature.name], logits[feature.name], targets[feature.name])
-    total = sum(f.loss.weight * terms[f.name] for f in config.output_features)
-    return total, terms
-
-
-class Collector:
-    """Accumulates per-output predictions (and loss) over batches, in row order, then scores them."""
-
-    def __init__(self, config, meta: dict, n: int | None = None):
-        self.config, self.meta = config, meta
-        self.parts: dict[str, list] = {f.name: [] for f in config.output_features}
-        self.index: list[np.ndarray] = []
-        self.loss_sum = {f.name: 0.0 for f in config.output_features}
-        self.loss_sum["combined"] = 0.0
-        self.rows = 0
-
-    def add(self, index: np.ndarray, logits: dict, terms: dict | None = None, total=None) -> None:
-        for feature in self.config.output_features:
-            self.parts[feature.name].append(OUTPUTS[feature.type].predict(feature, self.meta["outputs"][feature.name], logits[feature.name].detach()))
-        self.index.append(index)
-        if terms is not None:
-            for name, value in terms.items():
-                self.loss_sum[name] += value.item() * len(index)
-            self.loss_sum["combined"] += total.item() * len(index)
-        self.rows += len(index)
-
-    def outputs(self) -> dict[str, dict[str, np.ndarray]]:
-        order = np.argsort(np.concatenate(self.index), kind="stable")
-        return {name: {key: np.concatenate([p[key] for p in parts])[order] for key in parts[0]} for name, parts in self.parts.items()}
-
-    def metrics(self, table: Table | None, with_loss: bool = True) -> dict:
-        out = self.outputs()
-        index = np.sort(np.concatenate(self.index))
-        result: dict = {}
-        for feature in self.config.output_features:
-            target = table[feature.name][index] if table is not None else None
-            scores = OUTPUTS[feature.type].metrics(feature, self.meta["outputs"][feature.name], target, out[feature.name])
-            if with_loss:
-                scores = {"loss": self.loss_sum[feature.name] / max(1, self.rows), **scores}
-            result[feature.name] = scores
-        if with_loss:
-            result["combined"] = {"loss": self.loss_sum["combined"] / max(1, self.rows)}
-        return result
-
-
-@torch.no_grad()
-def run_inference(model, table: Table, config, meta: dict, plan: Plan, with_targets: bool = True) -> Collector:
-    model.eval()
-    collector = Collector(config, meta)
-    for index in batches.evaluation_order(len(table), plan["eval_batch_size"], batches.lengths(table, config)):
-        inputs, targets = batches.collate(table, index, config, meta, with_targets)
-        inputs, targets = to_device(inputs, plan["device"]), to_device(targets, plan["device"])
-        with autocast(plan):
-            logits = model(inputs)
-            if with_targets:
-                total, terms = loss_terms(config, meta, logits, targets)
-        collector.add(index, logits, *((terms, total) if with_targets else ()))
-    return collector
-
-
-def evaluate(model, table: Table, config, meta: dict, plan: Plan) -> dict:
-    return run_inference(model, table, config, meta, plan).metrics(table)
 
 
 @dataclass
@@ -138,7 +93,14 @@ class History:
         return {"training_metrics": source, "evaluations": self.evaluations, **self.metrics, "best": self.best}
 
 
-def _trainable_state(model) -> dict[str, torch.Tensor]:
+def placed(model, device: str):
+    """`model` on `device`; bitsandbytes-quantized weights were put on their GPU at load and refuse `.to`."""
+    if not (getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)):
+        model.to(device)
+    return model
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
     """Copies of what training can change: trainable parameters and buffers (a frozen encoder is not copied)."""
     state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     state.update({n: b.detach().clone() for n, b in model.named_buffers()})
@@ -146,12 +108,15 @@ def _trainable_state(model) -> dict[str, torch.Tensor]:
 
 
 class Single:
-    """The hooks `fit` calls around what a distributed run does differently, for one process: identities. The
-    distributed implementation (`tunefork.backends.distributed.Distributed`) explains each one."""
+    """What a distributed run does differently, for one process: identities. The distributed implementation
+    (`tunefork.backends.distributed.Distributed`) explains each one."""
 
     world = 1
 
-    def wrap(self, model):
+    def wrap(self, model, blocks):
+        return model
+
+    def evaluation_model(self, model):
         return model
 
     def scaler(self, precision: str):
@@ -160,26 +125,57 @@ class Single:
     def sync_gradients(self, model, sync: bool) -> None:
         pass
 
-    def shard(self, index: np.ndarray) -> tuple[np.ndarray, float]:
-        return index, 1.0  # all rows of the batch, at full weight
+    def shard(self, index: np.ndarray) -> tuple[np.ndarray, bool]:
+        return index, True  # all rows of the batch, and they count
 
-    def mean(self, loss: torch.Tensor, weight: float) -> float:
-        return loss.item()  # a sync point, once a step
+    def batches(self, order: list[np.ndarray]):
+        return ((index, True) for index in order)
 
-    def gather(self, collector: Collector) -> Collector:
-        return collector
+    def sum(self, value: float) -> float:
+        return value
 
-    def evaluate(self, model, table: Table, config, meta: dict, plan: Plan) -> dict:
-        return evaluate(model, table, config, meta, plan)
+    def merged(self, task, accumulator):
+        return accumulator
 
     def state(self, model) -> dict[str, torch.Tensor]:
-        return _trainable_state(model)
+        return trainable_state(model)
 
     def load(self, model, state: dict) -> None:
         model.load_state_dict(state, strict=False)
 
     def load_optimizer(self, optimizer, state: dict) -> None:
         optimizer.load_state_dict(state)
+
+
+SINGLE = Single()
+
+
+@torch.no_grad()
+def evaluate(task, model, table, plan: Plan, dist=SINGLE) -> dict:
+    """Scores of `table` in length-sorted batches; with several workers each scores its share and they merge."""
+    net = dist.evaluation_model(model)
+    net.eval()
+    accumulator = task.accumulator()
+    for index, counts in dist.batches(batches.evaluation_order(len(table), plan["eval_batch_size"], task.lengths(table))):
+        with autocast(plan):
+            out = task.forward(net, table, index, plan["device"])
+        if counts:
+            accumulator.add(index, out)
+    return dist.merged(task, accumulator).scores(table)
+
+
+def scores_only(task, model, tables: dict, config, plan: Plan) -> History:
+    """A run with nothing to train (`trainer.type: none`): every split scored once, so it still has its numbers."""
+    history = History(evaluate_training_set=True)
+    for split, table in tables.items():
+        if len(table):
+            history.record(split, evaluate(task, placed(model, plan["device"]), table, plan))
+    history.evaluations.append({"epoch": 0, "step": 0, "learning_rate": None})
+    watch = "validation" if history.metrics["validation"] else "training"
+    field_, metric = config.trainer.validation_field, config.trainer.validation_metric
+    history.best = {"evaluation": 0, "epoch": 0, "step": 0, "split": watch, "field": field_, "metric": metric,
+                    "value": history.metrics[watch][field_][metric][0]}
+    return history
 
 
 @dataclass
@@ -195,169 +191,216 @@ class Progress:
     reductions: int = 0  # learning-rate reductions on plateau so far
 
 
-def fit(model, tables: dict[str, Table], config, meta: dict, plan: Plan, seed: int, report=None,
-        checkpoints=None, resume: dict | None = None, distributed=None) -> History:
-    """Train `model` in place; the best weights (by the validation field and metric) are restored at the end.
+@dataclass
+class _Run:
+    """What `fit` and its helpers share: the model, the optimizer and the rest of one run's moving parts."""
 
-    With `checkpoints` (a `checkpoint.Checkpoints`), a checkpoint follows every evaluation; `resume` (a loaded
-    checkpoint) continues a run from it with the same batches, RNG draws and optimizer state as if never stopped.
-    `distributed` (default: this one process) wraps the model, shards each batch and gathers evaluations when this
-    is one of several workers (`tunefork.backends.distributed`); `plan["batch_size"]` is then per worker.
-    """
+    task: object
+    model: torch.nn.Module
+    tables: dict
+    config: object
+    plan: Plan
+    dist: object
+    report: object
+    checkpoints: object
+    params: list
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: object
+    adapters: AdapterSteps
+    rng: np.random.Generator
+    history: History
+    progress: Progress
+    best_state: dict | None = None
+    best_adapter_state: object = None
+
+
+def fit(task, model, tables: dict, config, plan: Plan, seed: int, report=None, checkpoints=None,
+        resume: dict | None = None, distributed=None) -> History:
+    """Train `model` in place; the best weights (by `trainer.validation_field` / `validation_metric`) are restored
+    at the end. With `checkpoints` a checkpoint follows every evaluation; `resume` (a loaded checkpoint) continues a
+    run with the same batches, RNG draws and optimizer state as if it had never stopped. `distributed` (default: this
+    one process) wraps the model and shards each global batch of N × `plan["batch_size"]` rows."""
     trainer = config.trainer
-    dist = distributed or Single()
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    device = plan["device"]
-    model.to(device)
-    adapter_steps = AdapterSteps(model)  # AdaLoRA's penalty and rank budget; nothing for other models
-    model = dist.wrap(model)  # before the optimizer: FSDP replaces the parameters by their shards
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = optim.optimizer(trainer.optimizer, params, plan["learning_rate"])
-    factor = optim.schedule(trainer.learning_rate_scheduler, plan["total_steps"], plan["evaluate_every_steps"] or plan["steps_per_epoch"])
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-    scaler = dist.scaler(plan["precision"])
-    accumulation, total_steps = plan["gradient_accumulation_steps"], plan["total_steps"]
-
-    train = tables["training"]
-    by_length = batches.lengths(train, config) if trainer.group_by_length else None
-    validation = tables.get("validation") if tables.get("validation") is not None and len(tables["validation"]) else None
-    test = tables.get("test") if tables.get("test") is not None and len(tables["test"]) else None
-    watch_split = "validation" if validation is not None else "training"
-    watch_field, watch_metric = trainer.validation_field, trainer.validation_metric
-    higher = higher_is_better(watch_metric)
-
-    history, progress, best_state, best_adapter_state = History(trainer.evaluate_training_set), Progress(), None, None
-    if resume is not None:
-        progress, history, best_state = _restore(resume, model, optimizer, scheduler, scaler, dist)
-        tensors, adapter_state = resume.get("adapter", ({}, {}))
-        if adapter_state:  # AdaLoRA: its importance statistics and rank patterns (current, and the best's)
-            adapter_steps.restore_checkpoint(tensors, adapter_state["current"])
-            best_adapter_state = adapter_state["best"]
-    stop = progress.step >= total_steps
-    running = Collector(config, meta)
+    run = _start(task, model, tables, config, plan, seed, report, checkpoints, resume, distributed or SINGLE)
+    train, accumulation, world = tables["training"], plan["gradient_accumulation_steps"], run.dist.world
+    by_length = task.lengths(train) if trainer.group_by_length else None
+    running = task.accumulator()
+    stop = run.progress.step >= plan["total_steps"]
     while not stop:
+        progress = run.progress
         if progress.batch == 0:  # a new epoch: remember how its order was drawn
             progress.epoch += 1
-            progress.epoch_rng = rng.bit_generator.state
-        rng.bit_generator.state = progress.epoch_rng
+            progress.epoch_rng = run.rng.bit_generator.state
+        run.rng.bit_generator.state = progress.epoch_rng
         # the global batches: with N workers each holds N × batch_size rows, of which a worker computes its shard
-        order = batches.training_order(len(train), plan["batch_size"] * dist.world, rng, trainer.should_shuffle, by_length)
-        model.train()
-        done_rows = sum(len(index) for index in order[: progress.batch])
-        bar = tqdm(total=len(train), initial=done_rows, unit="ex", desc=f"epoch {progress.epoch}", leave=False,
-                   disable=report is None or not report.progress)
+        order = batches.training_order(len(train), plan["batch_size"] * world, run.rng, trainer.should_shuffle, by_length)
+        run.model.train()
+        bar = tqdm(total=len(train), initial=sum(len(i) for i in order[: progress.batch]), unit="ex",
+                   desc=f"epoch {progress.epoch}", leave=False, disable=report is None or not report.progress)
         started = time.perf_counter()
         for i in range(progress.batch, len(order)):
-            index = order[i]
-            last_of_epoch = i == len(order) - 1
-            dist.sync_gradients(model, (i + 1) % accumulation == 0 or last_of_epoch)
-            mine, weight = dist.shard(index)
-            inputs, targets = batches.collate(train, mine, config, meta)
-            if weight:
-                history.train_tokens += batches.token_count(inputs)
-            inputs, targets = to_device(inputs, device), to_device(targets, device)
-            with autocast(plan):
-                logits = model(inputs)
-                loss, terms = loss_terms(config, meta, logits, targets)
-                if trainer.regularization_lambda and trainer.regularization_type:
-                    loss = loss + trainer.regularization_lambda * _penalty(params, trainer.regularization_type)
-                extra = adapter_steps.penalty()  # trained on, not reported: the logged loss stays the task's
-                objective = loss if extra is None else loss + extra
-            # divide so the accumulated gradient is the mean over the effective batch, not the sum (`weight` is 1
-            # in one process, and this worker's share of the global batch in a distributed run)
-            scaled = objective * weight / accumulation
-            (scaler.scale(scaled) if scaler else scaled).backward()
-            if not trainer.evaluate_training_set and weight:
-                running.add(mine, logits, terms, loss)
-            history.train_examples += len(index)
-            bar.update(len(index))
-            if (i + 1) % accumulation and not last_of_epoch:
+            start = i - i % accumulation
+            group = order[start : start + accumulation]
+            last = i == len(order) - 1 or i % accumulation == accumulation - 1
+            if i == start or i == progress.batch:
+                group_units, group_loss = sum(task.units(train, g) for g in group), 0.0
+            run.dist.sync_gradients(run.model, last)
+            out, counts = _backward(run, train, order[i], group_units, running)
+            group_loss += out.loss.item() * out.units if counts else 0.0  # .item(): a sync point, once a micro-batch
+            bar.update(len(order[i]))
+            if not last:
                 continue
-            optim.step(optimizer, scaler, trainer.gradient_clipping, params)
-            adapter_steps.after_optimizer_step(progress.step + 1)  # AdaLoRA ranks by this step's gradients: before zero_grad
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            progress.step, progress.batch = progress.step + 1, i + 1
-            shown = dist.mean(loss, weight)  # .item(): a sync point, once a step
-            bar.set_postfix(loss=f"{shown:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", refresh=False)
+            _step(run)
+            progress.batch = i + 1
+            shown = run.dist.sum(group_loss) / max(1, group_units)
+            lr = run.scheduler.get_last_lr()[0]
+            bar.set_postfix(loss=f"{shown:.4f}", lr=f"{lr:.2e}", refresh=False)
             if report is not None and hasattr(report, "step"):  # per-step loss and lr for experiment trackers
-                report.step(progress.step, shown, scheduler.get_last_lr()[0])
-            done = progress.step >= total_steps
+                report.step(progress.step, shown, lr)
+            done = progress.step >= plan["total_steps"]
             every = plan["evaluate_every_steps"]
-            if not (done or (last_of_epoch if every is None else progress.step % every == 0)):
+            if not (done or (i == len(order) - 1 if every is None else progress.step % every == 0)):
                 continue
-            history.train_seconds += time.perf_counter() - started
-            eval_started = time.perf_counter()
-            scores = {}
-            if trainer.evaluate_training_set:
-                scores["training"] = dist.evaluate(model, train, config, meta, plan)
-            else:
-                scores["training"] = dist.gather(running).metrics(train)
-                running = Collector(config, meta)
-            if not trainer.skip_all_evaluation:
-                if validation is not None:
-                    scores["validation"] = dist.evaluate(model, validation, config, meta, plan)
-                if test is not None:
-                    scores["test"] = dist.evaluate(model, test, config, meta, plan)
-            for split, values in scores.items():
-                history.record(split, values)
-            history.evaluations.append({"epoch": progress.epoch, "step": progress.step, "learning_rate": scheduler.get_last_lr()[0]})
-            value = scores.get(watch_split, scores["training"])[watch_field][watch_metric]
-            best = progress.best_value
-            improved = not math.isnan(value) and (best is None or (value > best if higher else value < best))
-            if improved:
-                progress.best_value, progress.stale = value, 0
-                best_state, best_adapter_state = dist.state(model), adapter_steps.state()
-                history.best = {"evaluation": len(history.evaluations) - 1, "epoch": progress.epoch, "step": progress.step,
-                                "split": watch_split, "field": watch_field, "metric": watch_metric, "value": value}
-            else:
-                progress.stale += 1
-                lr_section = trainer.learning_rate_scheduler
-                if (lr_section.reduce_on_plateau and progress.reductions < lr_section.reduce_on_plateau
-                        and progress.stale % lr_section.reduce_on_plateau_patience == 0):
-                    progress.reductions += 1
-                    scheduler.base_lrs = [lr * lr_section.reduce_on_plateau_rate for lr in scheduler.base_lrs]
-            if checkpoints is not None:
-                tensors, current = adapter_steps.checkpoint_state()
-                checkpoints.save(dist.state(model), optimizer, scheduler, scaler, asdict(progress), history.to_state(),
-                                 rng.bit_generator.state, improved,
-                                 adapter=(tensors, {"current": current, "best": best_adapter_state} if current else {}))
-            history.evaluate_seconds += time.perf_counter() - eval_started
-            if report is not None:
-                report.evaluation(progress.epoch, progress.step, scores, history, improved)
-            model.train()
+            run.history.train_seconds += time.perf_counter() - started
+            _evaluate_and_keep(run, running)
+            running = task.accumulator()
             started = time.perf_counter()
             if trainer.early_stop > 0 and progress.stale >= trainer.early_stop:
-                log.info("early stop: %s %s has not improved for %d evaluations", watch_field, watch_metric, progress.stale)
-                stop = True
-            if done or stop:
+                log.info("early stop: %s has not improved for %d evaluations", plan["best_model"], progress.stale)
+                done = True
+            if done:
                 stop = True
                 break
         bar.close()
         if not stop:  # time since the last evaluation (none when the epoch ended on one)
-            history.train_seconds += time.perf_counter() - started
-        progress.batch = 0
-        if progress.epoch >= trainer.epochs and not trainer.train_steps:
+            run.history.train_seconds += time.perf_counter() - started
+        run.progress.batch = 0
+        if run.progress.epoch >= trainer.epochs and not trainer.train_steps:
             stop = True
-    if best_state is not None:
-        dist.load(model, best_state)
-        if best_adapter_state is not None:
-            adapter_steps.restore(best_adapter_state)
-    return history
+    if run.best_state is not None:
+        run.dist.load(run.model, run.best_state)
+        if run.best_adapter_state is not None:
+            run.adapters.restore(run.best_adapter_state)
+    return run.history
 
 
-def _restore(resume: dict, model, optimizer, scheduler, scaler, dist):
+def _start(task, model, tables, config, plan, seed, report, checkpoints, resume, dist) -> _Run:
+    """The optimizer, schedule, scaler and adapter hooks for `model`; a resumed run's state put back."""
+    trainer = config.trainer
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    placed(model, plan["device"])
+    adapters = AdapterSteps(task.adapted(model))  # AdaLoRA's penalty and rank budget; nothing for other models
+    model = dist.wrap(model, task.blocks(model))  # before the optimizer: FSDP replaces the parameters by their shards
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = optim.optimizer(trainer.optimizer, params, plan["learning_rate"])
+    factor = optim.schedule(trainer.learning_rate_scheduler, plan["total_steps"],
+                            plan["evaluate_every_steps"] or plan["steps_per_epoch"])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    run = _Run(task, model, tables, config, plan, dist, report, checkpoints, params, optimizer, scheduler,
+               dist.scaler(plan["precision"]), adapters, rng, History(trainer.evaluate_training_set), Progress())
+    if resume is not None:
+        _restore(run, resume)
+    return run
+
+
+def _backward(run: _Run, train, index: np.ndarray, group_units: int, running):
+    """Forward and backward of this worker's share of one global micro-batch."""
+    trainer = run.config.trainer
+    mine, counts = run.dist.shard(index)
+    with autocast(run.plan):
+        out = run.task.forward(run.model, train, mine, run.plan["device"])
+        objective = out.loss
+        if trainer.regularization_lambda and trainer.regularization_type:
+            objective = objective + trainer.regularization_lambda * _penalty(run.params, trainer.regularization_type)
+        extra = run.adapters.penalty()  # trained on, not reported: the logged loss stays the task's
+        if extra is not None:
+            objective = objective + extra
+    # the micro-batch's share of the effective batch's units (× world: the strategy averages over the workers), so
+    # the accumulated gradient is the mean over the whole effective batch — not a sum over micro-batches
+    share = run.dist.world * out.units / max(1, group_units) if counts else 0.0
+    scaled = objective * share
+    (run.scaler.scale(scaled) if run.scaler else scaled).backward()
+    if counts:
+        run.history.train_tokens += out.tokens
+        if not trainer.evaluate_training_set:
+            running.add(mine, out)
+    run.history.train_examples += len(index)
+    return out, counts
+
+
+def _step(run: _Run) -> None:
+    optim.step(run.optimizer, run.scaler, run.config.trainer.gradient_clipping, run.params)
+    run.adapters.after_optimizer_step(run.progress.step + 1)  # AdaLoRA ranks by this step's gradients: before zero_grad
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scheduler.step()
+    run.progress.step += 1
+
+
+def _evaluate_and_keep(run: _Run, running) -> None:
+    """Score the splits, keep the best weights, count a plateau, checkpoint, and tell the report."""
+    trainer, progress, history, plan, task = run.config.trainer, run.progress, run.history, run.plan, run.task
+    started = time.perf_counter()
+    tables = run.tables
+    scores = {"training": evaluate(task, run.model, tables["training"], plan, run.dist) if trainer.evaluate_training_set
+              else run.dist.merged(task, running).scores(tables["training"])}
+    if not trainer.skip_all_evaluation:
+        for split in ("validation", "test"):
+            if tables.get(split) is not None and len(tables[split]):
+                scores[split] = evaluate(task, run.model, tables[split], plan, run.dist)
+    for split, values in scores.items():
+        history.record(split, values)
+    history.evaluations.append({"epoch": progress.epoch, "step": progress.step, "learning_rate": run.scheduler.get_last_lr()[0]})
+    watch = "validation" if "validation" in scores else "training"
+    field_, metric = trainer.validation_field, trainer.validation_metric
+    value = scores[watch][field_][metric]
+    best = progress.best_value
+    improved = math.isfinite(value) and (best is None or (value > best if higher_is_better(metric) else value < best))
+    if improved:
+        progress.best_value, progress.stale = value, 0
+        run.best_state, run.best_adapter_state = run.dist.state(run.model), run.adapters.state()
+        history.best = {"evaluation": len(history.evaluations) - 1, "epoch": progress.epoch, "step": progress.step,
+                        "split": watch, "field": field_, "metric": metric, "value": value}
+    else:
+        progress.stale += 1
+        _reduce_on_plateau(run)
+    if run.checkpoints is not None:
+        tensors, current = run.adapters.checkpoint_state()
+        run.checkpoints.save(run.dist.state(run.model), run.optimizer, run.scheduler, run.scaler, asdict(progress),
+                             history.to_state(), run.rng.bit_generator.state, improved,
+                             adapter=(tensors, {"current": current, "best": run.best_adapter_state} if current else {}))
+    history.evaluate_seconds += time.perf_counter() - started
+    if run.report is not None:
+        run.report.evaluation(progress.epoch, progress.step, scores, history, improved)
+    run.model.train()
+
+
+def _reduce_on_plateau(run: _Run) -> None:
+    """Ludwig's rule: after `patience` evaluations without improvement, multiply the learning rate by `rate`, at
+    most `reduce_on_plateau` times."""
+    section, progress = run.config.trainer.learning_rate_scheduler, run.progress
+    if (section.reduce_on_plateau and progress.reductions < section.reduce_on_plateau
+            and progress.stale % section.reduce_on_plateau_patience == 0):
+        progress.reductions += 1
+        run.scheduler.base_lrs = [lr * section.reduce_on_plateau_rate for lr in run.scheduler.base_lrs]
+
+
+def _restore(run: _Run, resume: dict) -> None:
     """Put a loaded checkpoint back: weights, optimizer, scheduler, RNGs, progress, history, best weights."""
-    dist.load(model, resume["model"])
-    dist.load_optimizer(optimizer, resume["optimizer"])
-    scheduler.load_state_dict(resume["scheduler"])
-    if scaler is not None and resume["scaler"] is not None:
-        scaler.load_state_dict(resume["scaler"])
+    run.dist.load(run.model, resume["model"])
+    run.dist.load_optimizer(run.optimizer, resume["optimizer"])
+    run.scheduler.load_state_dict(resume["scheduler"])
+    if run.scaler is not None and resume["scaler"] is not None:
+        run.scaler.load_state_dict(resume["scaler"])
     torch.set_rng_state(resume["torch_rng"])
-    progress = Progress(**resume["progress"])
-    history = History.from_state(resume["history"])
-    return progress, history, resume.get("best_model")
+    run.progress = Progress(**resume["progress"])
+    run.history = History.from_state(resume["history"])
+    run.best_state = resume.get("best_model")
+    tensors, adapter_state = resume.get("adapter", ({}, {}))
+    if adapter_state:  # AdaLoRA: its importance statistics and rank patterns (current, and the best's)
+        run.adapters.restore_checkpoint(tensors, adapter_state["current"])
+        run.best_adapter_state = adapter_state["best"]
 
 
 def _penalty(params, kind: str) -> torch.Tensor:

@@ -149,7 +149,8 @@ def tune_batch_size(model, config, meta, plan, train_table, est: Estimate, devic
     step is taken and the RNG is restored, so the run that follows is the one it would have been.
     """
     from tunefork.training import batches
-    from tunefork.training.loop import autocast, loss_terms, to_device
+    from tunefork.training.ecd import loss_terms
+    from tunefork.training.loop import autocast, to_device
 
     target = plan["batch_size"]
     free = available(device)

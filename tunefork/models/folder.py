@@ -1,0 +1,217 @@
+"""Model folders — the self-contained `model/` of a run — of both kinds: written, read, and told apart.
+
+Everything `Model.load`, `predict`, `serve` and `export` need, and nothing that executes code when read: weights are
+safetensors only, and a folder holding pickle weights is refused. Both kinds share:
+
+    model_hyperparameters.json   the config
+    training_set_metadata.json   feature metadata (an LLM's has `"model_type": "llm"`: that is how the kinds differ)
+
+An ECD folder (a classifier / regressor) adds `model.safetensors` (every weight but an adapted encoder's base),
+`encoders/<feature>/` (the HF config, and peft's adapter files when the encoder trained through an adapter) and
+`tokenizers/<feature>/`. A causal-LM folder adds `tokenizer/`, and `adapter/` (peft's files + the base's config.json)
+or `weights/` (full weights in the layout `AutoModelForCausalLM.from_pretrained` reads), or neither for a zero-shot
+model, which is its base model. With an adapter only the adapter is saved: loading rebuilds the base from
+`pretrained_model_name_or_path` / `base_model` and applies it. Writing is atomic: a sibling temp folder is renamed
+into place.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from tunefork.adapters import wrapper as adapters
+from tunefork.errors import ModelFolderError, TuneforkError
+
+WEIGHTS = "model.safetensors"
+CONFIG = "model_hyperparameters.json"
+METADATA = "training_set_metadata.json"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+LLM_ADAPTER, LLM_WEIGHTS, LLM_TOKENIZER = "adapter", "weights", "tokenizer"
+
+
+def locate(folder) -> Path:
+    """The model folder itself, also when a run directory is given."""
+    folder = Path(folder)
+    if not (folder / METADATA).is_file() and (folder / "model" / METADATA).is_file():
+        return folder / "model"
+    return folder
+
+
+def kind(folder) -> str:
+    """'llm' for a causal LM's folder (or run directory), else 'ecd'."""
+    path = locate(folder) / METADATA
+    try:
+        return "llm" if json.loads(path.read_text()).get("model_type") == "llm" else "ecd"
+    except (OSError, ValueError):
+        return "ecd"  # check() says what is wrong with it
+
+
+def check(folder) -> Path:
+    """The model folder, or a one-sentence refusal saying what is missing or unsafe in it."""
+    folder = locate(folder)
+    if not folder.is_dir():
+        raise ModelFolderError(f"{folder}: model folder not found")
+    llm = kind(folder) == "llm"
+    if not llm and not (folder / WEIGHTS).is_file():
+        pickled = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        if pickled:
+            raise ModelFolderError(f"{folder}: holds pickle weights ({pickled[0]}), which can run code when loaded; only {WEIGHTS} is read")
+        raise ModelFolderError(f"{folder}: no {WEIGHTS} (is this a tunefork model folder?)")
+    for name in (CONFIG, METADATA):
+        if not (folder / name).is_file():
+            raise ModelFolderError(f"{folder}: {name} is missing")
+    if llm:
+        if not (folder / LLM_TOKENIZER).is_dir():
+            raise ModelFolderError(f"{folder}: {LLM_TOKENIZER}/ is missing")
+        for sub in (LLM_ADAPTER, LLM_WEIGHTS):
+            if (folder / sub).is_dir() and not any((folder / sub).glob("*.safetensors")):
+                raise ModelFolderError(f"{folder / sub}: no safetensors weights (pickle weights are never read)")
+    return folder
+
+
+def _staged(folder: Path, write) -> None:
+    """Run `write(tmp)` into a sibling temp folder, then put it in place of `folder` whole."""
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    if folder.exists():
+        shutil.rmtree(folder)
+    tmp.rename(folder)
+
+
+def _records(tmp: Path, config_dict: dict, meta: dict) -> None:
+    (tmp / CONFIG).write_text(json.dumps(config_dict, indent=2))
+    (tmp / METADATA).write_text(json.dumps(meta, indent=2))
+
+
+# ------------------------------------------------------------------------------------------------ ECD
+def save_ecd(folder: Path, model, config_dict: dict, meta: dict, tokenizers: dict) -> None:
+    from safetensors.torch import save_file, save_model
+
+    def write(tmp: Path) -> None:
+        skip = _adapted_prefixes(model)
+        if skip:  # the base weights of adapted encoders are rebuilt from their pretrained source at load time
+            state = {k: v.contiguous() for k, v in model.state_dict().items() if not k.startswith(skip)}
+            save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt"})
+        else:
+            save_model(model, str(tmp / WEIGHTS))
+        _records(tmp, config_dict, meta)
+        for name, encoder in model.text_encoders().items():
+            encoder.transformer.config.save_pretrained(tmp / "encoders" / name)
+            if encoder.adapted:
+                adapters.save(encoder.transformer, tmp / "encoders" / name)
+            tokenizers[name].save_pretrained(tmp / "tokenizers" / name)
+
+    _staged(folder, write)
+
+
+def _load_ecd(folder: Path, config, meta: dict):
+    from safetensors.torch import load_file, load_model
+    from transformers import AutoTokenizer
+
+    from tunefork.models.ecd import ECD
+
+    model = ECD(config, meta, meta["pooling"], saved_dir=folder)
+    skip = _adapted_prefixes(model)
+    if skip:
+        missing, unexpected = model.load_state_dict(load_file(str(folder / WEIGHTS)), strict=False)
+        missing = [k for k in missing if not k.startswith(skip)]
+        if missing or unexpected:
+            raise ModelFolderError(f"{folder}: {WEIGHTS} does not fit its config "
+                                   f"({(missing or unexpected)[0]} is {'missing' if missing else 'unexpected'})")
+    else:
+        load_model(model, str(folder / WEIGHTS))
+    tokenizers = {
+        f.name: AutoTokenizer.from_pretrained(folder / "tokenizers" / f.name, trust_remote_code=f.encoder.trust_remote_code)
+        for f in config.input_features if f.type == "text"
+    }
+    return model.eval(), tokenizers
+
+
+def _adapted_prefixes(model) -> tuple[str, ...]:
+    """State-dict prefixes of the transformers that are wrapped by an adapter (their weights live elsewhere)."""
+    from tunefork.models.ecd import module_key
+
+    return tuple(f"encoders.{module_key(name)}.transformer." for name, e in model.text_encoders().items() if e.adapted)
+
+
+def merge_adapters(source: Path, destination: Path) -> list[str]:
+    """Write a copy of the ECD model folder `source` with every adapter folded into its base weights (self-contained,
+    full size, no peft needed to load it); returns the merged feature names. What `export --merge-adapter` calls."""
+    source = check(source)
+    config_dict = json.loads((source / CONFIG).read_text())
+    config, meta, model, tokenizers = load(source)
+    merged = model.merge_adapters(only_if_configured=False)
+    if not merged:
+        raise TuneforkError(f"{source}: no adapter to merge (its encoders hold full weights already)")
+    save_ecd(Path(destination), model, config_dict, meta, tokenizers)
+    return merged
+
+
+# ------------------------------------------------------------------------------------------------ causal LM
+def save_llm(folder: Path, model, config_dict: dict, meta: dict, tokenizer) -> None:
+    def write(tmp: Path) -> None:
+        _records(tmp, config_dict, meta)
+        tokenizer.save_pretrained(tmp / LLM_TOKENIZER)
+        if adapters.is_peft(model):
+            adapters.save(model, tmp / LLM_ADAPTER)
+            model.get_base_model().config.save_pretrained(tmp / LLM_ADAPTER)  # to tell a wrong base apart at load time
+        elif meta.get("trained"):
+            save_full(model, tmp / LLM_WEIGHTS)
+
+    _staged(folder, write)
+
+
+def save_full(model, folder: Path) -> None:
+    """A causal LM's full weights as safetensors, in the folder layout `AutoModelForCausalLM.from_pretrained` reads."""
+    # A base read from a GGUF file keeps its "quantized with gguf" marker although its tensors are dequantized fp32
+    # by then; transformers refuses to serialize a model with that marker. The trained tensors are plain, so the
+    # marker goes (see tunefork/convert.py for the same step on the base).
+    marker = getattr(model.config, "quantization_config", None)
+    method = marker.get("quant_method") if isinstance(marker, dict) else getattr(marker, "quant_method", None)
+    if str(getattr(method, "value", method)) == "gguf":
+        model.hf_quantizer = None
+        del model.config.quantization_config
+    try:
+        model.save_pretrained(folder, safe_serialization=True)
+    except ValueError as exc:
+        raise TuneforkError(f"cannot save the trained weights ({str(exc).splitlines()[0]})") from None
+
+
+def _load_llm(folder: Path, config, meta: dict):
+    from tunefork.models import llm
+
+    tokenizer = llm.load_tokenizer(config, folder / LLM_TOKENIZER)
+    if (folder / LLM_WEIGHTS).is_dir():
+        return llm.load_base(config, folder / LLM_WEIGHTS).eval(), tokenizer
+    try:
+        base = llm.load_base(config)
+    except TuneforkError as exc:
+        what = "adapter weights only" if (folder / LLM_ADAPTER).is_dir() else "no weights (trainer.type none)"
+        raise ModelFolderError(f"{folder}: this model holds {what} and its base model cannot be loaded here — {exc}") from None
+    if (folder / LLM_ADAPTER).is_dir():
+        mismatch = adapters.base_config_mismatch(folder / LLM_ADAPTER, base)
+        if mismatch:
+            raise ModelFolderError(f"{folder}: the base model at '{config.base_model}' is not the one its adapter was "
+                                   f"trained on ({mismatch})")
+        base = adapters.load(base, folder / LLM_ADAPTER, trainable=False, where="adapter")
+    base.requires_grad_(False)
+    return base.eval(), tokenizer
+
+
+# ------------------------------------------------------------------------------------------------ either kind
+def load(folder):
+    """(config, metadata, model, tokenizers) from a model folder of either kind, built offline from what it holds
+    (an LLM's tokenizers is its one tokenizer)."""
+    from tunefork import config as config_mod
+
+    folder = check(folder)
+    config = config_mod.load(json.loads((folder / CONFIG).read_text()))
+    meta = json.loads((folder / METADATA).read_text())
+    loader = _load_llm if config.model_type == "llm" else _load_ecd
+    model, tokenizers = loader(folder, config, meta)
+    return config, meta, model, tokenizers

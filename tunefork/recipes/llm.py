@@ -1,0 +1,226 @@
+"""The causal-LM recipe (`model_type: llm`): what instruction fine-tuning brings to the one run lifecycle.
+
+    prepare   rows without an output dropped → prompts rendered → prompt + output tokenized, the prompt masked
+              (cached on disk like ECD's preprocessing)
+    build     the base model (+ a fresh or `pretrained_adapter_weights` adapter), seeded
+    task      `training.llm.LLMTask` for the loop
+    Fitted    generate on raw rows, evaluate (loss, perplexity, then the generations scored), save as a model folder
+
+With `trainer.type: none` nothing trains: the splits are scored once, and `predict` works without `train` — the base
+model is loaded on first use (zero-shot).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import pandas as pd
+
+from tunefork import plan as plan_mod
+from tunefork.data import prompts
+from tunefork.errors import DataError, TuneforkError
+from tunefork.features import llm_output
+
+CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Prepared:
+    tables: dict  # split → prompts.Encoded
+    meta: dict
+    tokenizers: object  # the one tokenizer
+    fingerprints: dict
+    facts: plan_mod.DataFacts
+    cache_hit: bool = False
+
+
+def labelled(frame: pd.DataFrame, config) -> pd.DataFrame:
+    """Rows with an output value (a row without one can be neither learned nor scored)."""
+    column = config.output.source
+    if column not in frame.columns:
+        prompts.check_columns(config, frame, with_output=True)  # the one clear error about the missing column
+    keep = frame[column].notna() & (frame[column].astype(str).str.strip() != "")
+    out = frame[keep]
+    out.attrs = frame.attrs
+    return out
+
+
+def limits(config, meta_or_total) -> prompts.Limits:
+    total = meta_or_total if isinstance(meta_or_total, int) else meta_or_total["limits"]["total"]
+    return prompts.Limits(config.input.preprocessing.max_sequence_length,
+                          config.output.preprocessing.max_sequence_length, total)
+
+
+def encode(config, frame: pd.DataFrame, tokenizer, limits_: prompts.Limits) -> prompts.Encoded:
+    return prompts.encode(tokenizer, prompts.render(config, frame), prompts.targets(config, frame), limits_)
+
+
+def _meta(config, tokenizer, limits_: prompts.Limits, context: int | None, training, trained: bool) -> dict:
+    return {"model_type": "llm", "trained": trained, "pad_token_id": int(tokenizer.pad_token_id),
+            "limits": asdict(limits_), "context_length": context, **llm_output.fit(config, training)}
+
+
+class LLMRecipe:
+    def __init__(self, config):
+        self.config = config
+
+    # ------------------------------------------------------------------------------------------------ data
+    def prepare(self, frames: dict[str, pd.DataFrame], seed: int, cache_dir) -> Prepared:
+        from tunefork.data import cache, read
+        from tunefork.models import llm
+
+        config = self.config
+        frames = {name: labelled(frame, config) for name, frame in frames.items()}
+        if len(frames["training"]) == 0:
+            raise DataError(f"the training split has no rows with a '{config.output.source}' value")
+        for frame in frames.values():
+            prompts.check_columns(config, frame, with_output=True)
+        context = llm.context_length(llm.hf_config(config))
+        total, _ = plan_mod.sequence_limit(config, context)
+        tokenizer = llm.load_tokenizer(config)
+        fingerprints = {k: read.fingerprint(v) for k, v in frames.items()}
+        folder = cache_dir / "preprocessed" / self._cache_key(fingerprints, tokenizer, total) if cache_dir else None
+        found = cache.load(folder, frames)
+        if found is not None:
+            meta, stored = found
+            tables = {name: prompts.Encoded.from_table(table) for name, table in stored.items()}
+        else:
+            limits_ = limits(config, total)
+            tables = {name: encode(config, frame, tokenizer, limits_) for name, frame in frames.items()}
+            meta = _meta(config, tokenizer, limits_, context, frames["training"], config.trainer.type == "finetune")
+            cache.store(folder, meta, {name: encoded.to_table() for name, encoded in tables.items()})
+        facts = plan_mod.DataFacts(training_rows=len(frames["training"]), text_inputs={}, context_length=context)
+        return Prepared(tables, meta, tokenizer, fingerprints, facts, found is not None)
+
+    def _cache_key(self, fingerprints: dict, tokenizer, total: int) -> str:
+        from tunefork.data import cache
+        from tunefork.features.pipeline import tokenizer_identity
+
+        config = self.config
+        return cache.key({"version": CACHE_VERSION, "model_type": "llm", "data": fingerprints,
+                          "prompt": config.prompt.model_dump(mode="json"), "columns": config.columns(),
+                          "input": config.input.model_dump(mode="json"), "output": config.output.model_dump(mode="json"),
+                          "total": total, "trainer": config.trainer.type, "tokenizer": tokenizer_identity(tokenizer)})
+
+    def prepare_files(self, files: list[str], seed: int, cache_dir) -> Prepared:
+        raise TuneforkError(f"{files[0]}: model_type llm reads one table (a file or a DataFrame), not a folder or "
+                            f"glob of files; concatenate them into one Parquet or JSONL file")
+
+    # ------------------------------------------------------------------------------------------------ the model
+    def build(self, prepared: Prepared | None, plan, seed: int):
+        import torch
+
+        from tunefork.models import llm
+
+        torch.manual_seed(seed)  # a fresh adapter's initial weights
+        steps = plan.get("adalora_total_step.adapter", plan.get("total_steps"))
+        return llm.build(self.config, total_steps=steps)
+
+    def ready(self, model, prepared: Prepared, plan, resolve, console, phases, measure: bool):
+        return prepared, plan
+
+    def task(self, prepared: Prepared, plan):
+        from tunefork.training.llm import LLMTask
+
+        return LLMTask(self.config, prepared.meta["pad_token_id"])
+
+    def finish(self, model, console):
+        from tunefork.models import llm
+
+        adapter = self.config.adapter
+        if adapter is not None and adapter.postprocessor.merge_adapter_into_base_model:
+            model = llm.merge(model, progressbar=adapter.postprocessor.progressbar)
+            console.note("adapter merged into the base weights (model/ holds full weights)")
+        return model.eval()
+
+    def fitted(self, model, prepared: Prepared, plan) -> Fitted:
+        return Fitted(self.config, model, prepared.meta, prepared.tokenizers)
+
+    def efficiency(self, prepared: Prepared, plan) -> dict:
+        return {"preprocessing_cache_hit": prepared.cache_hit}
+
+    def loaded(self, model, meta: dict, tokenizers) -> Fitted:
+        """A model read from a model folder (`models.folder.load`)."""
+        return Fitted(self.config, model, meta, tokenizers)
+
+    def untrained(self) -> Fitted:
+        """A zero-shot model (`trainer.type: none`): the base model, loaded now."""
+        from tunefork import hardware
+        from tunefork.models import llm
+
+        config = self.config
+        if config.trainer.type != "none":
+            raise TuneforkError("this model is not trained: call train() or Model.load(path) first (a config with "
+                                "trainer.type: none predicts zero-shot without training)")
+        context = llm.context_length(llm.hf_config(config))
+        plan = plan_mod.resolve_inference(config, hardware.detect(), context_length=context)
+        tokenizer = llm.load_tokenizer(config)
+        meta = _meta(config, tokenizer, limits(config, plan["max_sequence_length"]), context, None, trained=False)
+        return Fitted(config, llm.build(config).eval(), meta, tokenizer)
+
+
+class Fitted:
+    """A trained, loaded or zero-shot causal LM with its tokenizer and metadata."""
+
+    def __init__(self, config, model, meta: dict, tokenizer):
+        self.config, self.model, self.meta, self.tokenizers = config, model, meta, tokenizer
+        self.last_generation: dict | None = None  # what the last generation cost: benchmarks read it
+        self._plan = None
+
+    @property
+    def plan(self):
+        if self._plan is None:
+            from tunefork import hardware
+
+            self._plan = plan_mod.resolve_inference(self.config, hardware.detect(),
+                                                    context_length=self.meta["context_length"])
+        return self._plan
+
+    def generate(self, frame: pd.DataFrame) -> list[str]:
+        from tunefork.models import llm
+        from tunefork.training.loop import autocast
+
+        plan, config = self.plan, self.config
+        llm.place(self.model, plan["device"])
+        ids = prompts.encode_prompts(self.tokenizers, prompts.render(config, frame), prompts.Limits(**self.meta["limits"]),
+                                     reserve=config.generation.max_new_tokens)
+        out = llm.generate(self.model, self.tokenizers, ids, config.generation, plan["eval_batch_size"], plan["device"],
+                           autocast(plan))
+        self.last_generation = {"rows": len(ids), "prompt_tokens": sum(map(len, ids)),
+                                "generated_tokens": out["generated_tokens"], "generate_seconds": out["seconds"]}
+        return out["responses"]
+
+    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """`<output>_response`: the generated text, prompt stripped (and `<output>_predictions`, the label, for a
+        category output)."""
+        prompts.check_columns(self.config, frame, with_output=False)
+        return pd.DataFrame(llm_output.columns(self.config, self.meta, self.generate(frame)), index=frame.index)
+
+    def evaluate(self, frame: pd.DataFrame) -> tuple[dict, pd.DataFrame]:
+        """Loss and perplexity of the reference outputs (teacher forcing), then the generated responses scored against
+        them: exact match, ROUGE-L and BLEU (text) or accuracy and macro-F1 (category)."""
+        from tunefork.models import llm
+        from tunefork.training.llm import score
+
+        config = self.config
+        prompts.check_columns(config, frame, with_output=True)
+        frame = labelled(frame, config)
+        if len(frame) == 0:
+            raise DataError(f"{frame.attrs.get('source', 'dataset')}: no row has a '{config.output.source}' value to score")
+        llm.place(self.model, self.plan["device"])
+        encoded = encode(config, frame, self.tokenizers, prompts.Limits(**self.meta["limits"]))
+        scores = score(self.model, encoded, config, self.meta["pad_token_id"], self.plan)[config.output.name]
+        responses = self.generate(frame)
+        scores.update(llm_output.metrics(config, self.meta, responses, prompts.targets(config, frame)))
+        predictions = pd.DataFrame(llm_output.columns(config, self.meta, responses), index=frame.index)
+        return {config.output.name: scores, "combined": {"loss": scores["loss"]}}, predictions
+
+    def save(self, folder) -> None:
+        from tunefork import config as config_mod
+        from tunefork.models import folder as folders
+
+        folders.save_llm(folder, self.model, config_mod.to_dict(self.config), self.meta, self.tokenizers)
+
+    def report_points(self, tables: dict) -> dict:
+        return {}
+

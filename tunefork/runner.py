@@ -1,0 +1,207 @@
+"""`train`: the data flow of DESIGN.md written out once, for every model type.
+
+    read → split → recipe.prepare → plan.resolve → recipe.build → recipe.ready (embeddings, memory: a measured plan)
+    → run directory → fit (this process, or Ray Train's workers) → recipe.finish → run directory finished
+
+The recipe (`tunefork.recipes`) supplies what differs between a classifier and a causal LM; everything here —
+resuming, backends, the plan, checkpoints, trackers, the efficiency record and the report — is the same for both.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from tunefork import config as config_mod
+from tunefork import plan as plan_mod
+from tunefork.data import read, split
+from tunefork.errors import TuneforkError
+from tunefork.rundir import RunDirectory, remote_code
+from tunefork.training.efficiency import Phases
+
+log = logging.getLogger("tunefork")
+
+
+@dataclass
+class TrainResult:
+    output_directory: Path | None
+    statistics: dict
+    efficiency: dict
+    plan: dict
+
+
+@dataclass(frozen=True)
+class Data:
+    dataset: object = None
+    training_set: object = None
+    validation_set: object = None
+    test_set: object = None
+
+
+@dataclass(frozen=True)
+class Options:
+    output_directory: str | Path = "results"
+    experiment_name: str = "experiment"
+    model_name: str = "run"
+    random_seed: int = 42
+    skip_save_model: bool = False
+    logger: str | list[str] | None = None
+    model_resume_path: str | Path | None = None
+
+
+def splits(config, data: Data, seed: int) -> dict[str, pd.DataFrame]:
+    """The training / validation / test tables: one dataset split by `preprocessing.split`, or the sets given."""
+    if data.dataset is not None and data.training_set is not None:
+        raise TuneforkError("give either dataset (split by preprocessing.split) or training_set, not both")
+    if data.dataset is None and data.training_set is None:
+        raise TuneforkError("no data: give dataset, or training_set (with optional validation_set and test_set)")
+    sampling = config.preprocessing
+    if data.dataset is not None:
+        frame = _sample(read.read(data.dataset), sampling, seed)
+        parts = split.split(frame, sampling.split, seed)
+        # a split given probability 0 (or too small to get a row) is absent, not an empty table
+        return {name: part for name, part in parts.items() if name == "training" or len(part)}
+    frames = {"training": _sample(read.read(data.training_set, "training set"), sampling, seed)}
+    for name, source in (("validation", data.validation_set), ("test", data.test_set)):
+        if source is not None:
+            frames[name] = read.read(source, f"{name} set")
+    return frames
+
+
+def _sample(frame: pd.DataFrame, sampling, seed: int) -> pd.DataFrame:
+    n = len(frame)
+    if sampling.sample_size is not None:
+        n = min(n, sampling.sample_size)
+    elif sampling.sample_ratio < 1.0:
+        n = max(1, int(round(n * sampling.sample_ratio)))
+    if n == len(frame):
+        return frame
+    out = frame.sample(n=n, random_state=seed)  # row labels kept: errors name rows of the user's table
+    out.attrs = frame.attrs
+    return out
+
+
+def _resume_point(run: RunDirectory, seed: int, config) -> tuple[dict, int]:
+    """The last checkpoint of a stopped run, and the seed it was started with."""
+    from tunefork import backends
+    from tunefork.training import checkpoint
+
+    resume = checkpoint.load(run.checkpoints) or backends.resume_point(config, run.path)
+    if resume is None:
+        raise TuneforkError(f"{run.path}: no checkpoint was written before the run stopped; start it again instead")
+    original = run.description()["random_seed"]
+    if original != seed:
+        log.info("resuming with the run's random_seed %s", original)
+    return resume, original
+
+
+def train(recipe, console, data: Data, options: Options):
+    """Train and write the run directory. Returns (TrainResult, the Fitted model, the test split's rows or None)."""
+    from tunefork import backends
+
+    with backends.session(recipe.config):  # backend ray: this run's cluster (joined, or started and stopped)
+        return _train(recipe, console, data, options)
+
+
+def _train(recipe, console, data: Data, options: Options):
+    from tunefork import backends, tracking
+    from tunefork import report as report_mod
+    from tunefork.data import cache
+
+    config, phases, seed = recipe.config, Phases(), options.random_seed
+    resumed = RunDirectory.stopped(options.model_resume_path) if options.model_resume_path else None
+    with phases("resume"):
+        resume, seed = _resume_point(resumed, seed, config) if resumed else (None, seed)
+    files = backends.file_set(config, data.dataset)  # a folder or glob: Ray Data reads it, never one pandas frame
+    frames = {}
+    if files is None:
+        with phases("read"):
+            frames = splits(config, data, seed)
+    with phases("preprocess"):
+        prepared = (recipe.prepare(frames, seed, cache.root(config)) if files is None
+                    else recipe.prepare_files(files, seed, cache.root(config)))
+    if prepared.cache_hit:
+        console.note("preprocessed data: loaded from the cache")
+    workers = backends.workers(config)  # local: this process; ray: from the cluster's resources
+    hardware = backends.hardware(config, workers)
+
+    def resolve(measured=None):
+        return plan_mod.resolve(config, prepared.facts, hardware, workers, measured)
+
+    plan = resolve()
+    with phases("load"):
+        model = recipe.build(prepared, plan, seed)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    console.note(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / max(1, total):.2f}%)")
+    # the estimate is of this process; a Ray worker holds a shard (FSDP) on its own machine
+    prepared, plan = recipe.ready(model, prepared, plan, resolve, console, phases, config.backend.type == "local")
+    for key, decision in plan.decisions.items():
+        if key in ("precision", "batch_size", "learning_rate", "max_sequence_length") or key.startswith("cache_embeddings."):
+            console.note(f"{key}: {decision.value} — {decision.reason}")
+
+    run = resumed
+    if run is not None:
+        run.check_same_data(prepared.fingerprints)
+    elif not options.skip_save_model:  # everything is validated: from here on the run directory exists
+        run = RunDirectory.create(options.output_directory, options.experiment_name, options.model_name,
+                                  config_mod.to_dict(config), plan, prepared.fingerprints,
+                                  {k: len(v) for k, v in prepared.tables.items()}, seed, remote_code(config))
+    recorder = report_mod.Recorder()  # the Console, the report's recorder and any trackers all hear the loop
+    board = tracking.Fanout(console, recorder, *tracking.start(options.logger, options.output_directory,
+                                                               f"{options.experiment_name}_{options.model_name}",
+                                                               config_mod.to_dict(config), console))
+    with phases("fit"):
+        try:
+            history, distributed, seconds = _fit(recipe, model, prepared, plan, seed, board, run, resume, workers)
+        finally:
+            board.close()
+    model = recipe.finish(model, console)
+    phases.seconds.update(train=history.train_seconds, evaluate=history.evaluate_seconds)
+    if seconds is not None:
+        phases.seconds["checkpoint"] = seconds  # inside evaluate: each follows an evaluation
+    fitted = recipe.fitted(model, prepared, plan)
+    statistics = history.to_json()
+    efficiency = _efficiency(recipe, prepared, plan, phases, history, distributed)
+    if run is not None:
+        report = report_mod.collect(run.name, config_mod.to_dict(config), plan, recorder, statistics, efficiency,
+                                    prepared.meta, fitted.report_points(prepared.tables))
+        run.finish(fitted, statistics, efficiency, report)
+        console.note(f"saved: {run.path}")
+    result = TrainResult(run.path if run else None, statistics, efficiency, plan.to_dict())
+    return result, fitted, frames.get("test"), (report if run is not None else None)
+
+
+def _fit(recipe, model, prepared, plan, seed, board, run, resume, workers):
+    """(History, distributed facts or None, checkpoint seconds or None): in this process, or on Ray Train's workers."""
+    from tunefork import backends
+    from tunefork.training import checkpoint
+    from tunefork.training.loop import fit, scores_only
+
+    task = recipe.task(prepared, plan)
+    if plan["total_steps"] == 0:  # trainer.type none: nothing trains; the splits are scored once
+        return scores_only(task, model, prepared.tables, recipe.config, plan), None, None
+    if recipe.config.backend.type == "ray":  # every worker runs `fit`; Ray Train persists the checkpoints
+        history, distributed = backends.fit(model, prepared, recipe.config, plan, seed, report=board,
+                                            run_dir=run.path if run else None, workers=workers)
+        return history, distributed, None
+    checkpoints = checkpoint.Checkpoints(run.checkpoints) if run is not None else None
+    history = fit(task, model, prepared.tables, recipe.config, plan, seed, report=board, checkpoints=checkpoints,
+                  resume=resume)
+    return history, None, checkpoints.seconds if checkpoints is not None else None
+
+
+def _efficiency(recipe, prepared, plan, phases, history, distributed) -> dict:
+    from tunefork.training import memory
+    from tunefork.training.efficiency import record
+
+    estimate = plan.get("memory_estimate_mb")
+    peak = memory.peak_since_reset() if estimate is not None else None
+    return record(plan, phases, history, **recipe.efficiency(prepared, plan),
+                  estimated_peak_mb=estimate["peak_mb"] if estimate is not None else None,
+                  peak_rss_training_mb=round(peak / 2**20, 1) if peak else None,
+                  **({"distributed": distributed} if distributed else {}))
+
