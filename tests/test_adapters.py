@@ -64,9 +64,9 @@ def train(config: dict, output: Path):
     before: dict[str, torch.Tensor] = {}
     original = loop.fit
 
-    def recording_fit(ecd, *args, **kwargs):
+    def recording_fit(task, ecd, *args, **kwargs):
         before.update({k: v.detach().clone() for k, v in ecd.state_dict().items()})
-        return original(ecd, *args, **kwargs)
+        return original(task, ecd, *args, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(loop, "fit", recording_fit)
@@ -75,7 +75,7 @@ def train(config: dict, output: Path):
 
 
 def logits(model: Model, frame=VALIDATION) -> torch.Tensor:
-    table = model._table(frame, with_outputs=False)
+    table = model.fitted._table(frame, with_outputs=False)
     inputs, _ = batches.collate(table, np.arange(len(table)), model.config, model.meta, with_targets=False)
     model.model.eval()
     with torch.no_grad():

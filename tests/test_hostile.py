@@ -270,4 +270,4 @@ def test_trust_remote_code_is_off_and_recorded(tmp_path, tiny_bert):
     cfg = config.read_yaml(_config_file(tmp_path, tiny_bert))
     result = Model(cfg, quiet=True).train(_frame(), output_directory=tmp_path / "runs")
     description = json.loads((result.output_directory / "description.json").read_text())
-    assert description["trust_remote_code"] == {"review": False}
+    assert description["trust_remote_code"] == {"input_features.review.encoder": False}

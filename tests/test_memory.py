@@ -95,9 +95,9 @@ def test_tune_batch_size_leaves_weights_and_rng_untouched(tiny_bert):
 
     from tunefork import hardware
     from tunefork import plan as plan_mod
-    from tunefork.api import _text_facts
     from tunefork.features import pipeline
     from tunefork.models.ecd import ECD
+    from tunefork.recipes.ecd import _text_facts
 
     model_api = Model(config(tiny_bert, batch_size="auto"), quiet=True)
     cfg = model_api.config

@@ -207,3 +207,52 @@ def test_user_mistakes_are_refused_before_any_worker_starts(ray_cluster, tiny_be
         Model(_config(tiny_bert, 8), quiet=True).train(str(tmp_path / "*.csv"))
     assert not (tmp_path / "runs").exists()  # nothing half-written
     assert os.environ.get("TUNEFORK_RAY_FAULT") is None
+
+
+# ------------------------------------------------------------------------------------------------ model_type: llm
+def _llm_config(model, adapter: bool, backend: dict | None = None) -> dict:
+    return {
+        "model_type": "llm", "base_model": str(model), "input_features": [{"name": "review", "type": "text"}],
+        "output_features": [{"name": "sentiment", "type": "text"}], "prompt": {"template": "Review: {review}\nSentiment:"},
+        # dropout off, as above: a worker draws masks for its own rows
+        **({"adapter": {"type": "lora", "r": 4, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}} if adapter else {}),
+        "preprocessing": {"split": {"type": "fixed", "column": "split"}},
+        "trainer": {"type": "finetune", "epochs": 1, "batch_size": 8 if backend else 16, "learning_rate": 0.01,
+                    "learning_rate_scaling": "constant", "steps_per_checkpoint": 3, "early_stop": -1},
+        "backend": backend or {"type": "local"},
+    }
+
+
+@pytest.fixture(scope="module")
+def llm_local(tiny_llama, tmp_path_factory):
+    """The references: one process, batch 16, LoRA and full fine-tune."""
+    folder = tmp_path_factory.mktemp("llm-local")
+    return {adapter: _train(_llm_config(tiny_llama, adapter), _frame(), folder, f"local-{adapter}") for adapter in (True, False)}
+
+
+@pytest.mark.parametrize("adapter, strategy", [(True, "ddp"), (True, "fsdp"), (False, "ddp"), (False, "fsdp")],
+                         ids=["lora-ddp", "lora-fsdp", "full-ddp", "full-fsdp"])
+def test_llm_on_two_workers_retraces_the_local_loss_curve(ray_cluster, tiny_llama, llm_local, adapter, strategy, tmp_path):
+    """LoRA and full fine-tuning of a causal LM, 2 workers × batch 8 against one process × 16: the same losses and
+    the same model folder (adapter only, or full weights)."""
+    local = llm_local[adapter]
+    backend = {"type": "ray", "trainer": {"strategy": strategy, "num_workers": 2}}
+    distributed = _train(_llm_config(tiny_llama, adapter, backend), _frame(), tmp_path, strategy)
+    a, b = local.statistics, distributed.statistics
+    assert [e["step"] for e in a["evaluations"]] == [e["step"] for e in b["evaluations"]] and len(a["evaluations"]) >= 2
+    for split in SPLITS:
+        for metric in ("loss", "perplexity"):
+            np.testing.assert_allclose(b[split]["sentiment"][metric], a[split]["sentiment"][metric], rtol=1e-5,
+                                       atol=TOLERANCE, err_msg=f"{split} {metric}")
+    assert distributed.efficiency["distributed"]["num_workers"] == 2
+    files = sorted(p.relative_to(local.output_directory / "model").as_posix()
+                   for p in (local.output_directory / "model").rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(distributed.output_directory / "model").as_posix()
+                           for p in (distributed.output_directory / "model").rglob("*") if p.is_file())
+    weights = [f for f in files if f.endswith(".safetensors")]
+    assert weights == (["adapter/adapter_model.safetensors"] if adapter else ["weights/model.safetensors"])
+    wa = load_file(str(local.output_directory / "model" / weights[0]))
+    wb = load_file(str(distributed.output_directory / "model" / weights[0]))
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        np.testing.assert_allclose(wb[key].numpy(), wa[key].numpy(), rtol=0, atol=TOLERANCE, err_msg=key)

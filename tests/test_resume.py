@@ -33,22 +33,36 @@ def _tunefork(*args, env) -> list[str]:
 ADALORA = {"type": "adalora", "init_r": 6, "target_r": 2, "tinit": 4, "tfinal": 8, "delta_t": 2}
 
 
+# model_type llm: LoRA instruction fine-tuning of the tiny Llama, the same schedule (44 steps, a checkpoint every 4)
+LLM = {
+    "model_type": "llm", "input_features": [{"name": "review", "type": "text"}],
+    "output_features": [{"name": "sentiment", "type": "text"}], "prompt": {"template": "Review: {review}\nSentiment:"},
+    "adapter": {"type": "lora", "r": 4, "target_modules": ["q_proj", "v_proj"]},
+    "trainer": {"type": "finetune", **CONFIG["trainer"], "learning_rate": 0.01},
+}
+WEIGHTS = {"full": "model.safetensors", "adalora": "model.safetensors", "llm-lora": "adapter/adapter_model.safetensors"}
+
+
 @pytest.fixture()
-def setup(request, tmp_path, tiny_bert):
-    config = json.loads(json.dumps(CONFIG))
-    config["input_features"][0]["encoder"]["pretrained_model_name_or_path"] = str(tiny_bert)
-    if getattr(request, "param", "full") == "adalora":
+def setup(request, tmp_path, tiny_bert, tiny_llama):
+    kind = getattr(request, "param", "full")
+    config = json.loads(json.dumps(LLM if kind == "llm-lora" else CONFIG))
+    if kind == "llm-lora":
+        config["base_model"] = str(tiny_llama)
+    else:
+        config["input_features"][0]["encoder"]["pretrained_model_name_or_path"] = str(tiny_bert)
+    if kind == "adalora":
         config["input_features"][0]["encoder"]["adapter"] = ADALORA
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     tiny.sentiment_frame(240, seed=7).to_csv(tmp_path / "data.csv", index=False)
     env = dict(os.environ, TUNEFORK_CACHE_DIR=str(tmp_path / "cache"))
     base = ["train", "--dataset", str(tmp_path / "data.csv"), "--output_directory", str(tmp_path / "runs")]
-    return tmp_path, env, base
+    return tmp_path, env, base, WEIGHTS[kind]
 
 
-@pytest.mark.parametrize("setup", ["full", "adalora"], indirect=True)
+@pytest.mark.parametrize("setup", ["full", "adalora", "llm-lora"], indirect=True)
 def test_sigkill_at_a_random_step_then_resume_equals_uninterrupted(setup):
-    tmp, env, base = setup
+    tmp, env, base, weights = setup
     subprocess.run(_tunefork(*base, "-c", str(tmp / "config.yaml"), "--model_name", "whole", env=env), env=env, check=True)
 
     # kill after a random number of checkpoints (each follows 4 optimizer steps; 44 steps in all)
@@ -70,8 +84,8 @@ def test_sigkill_at_a_random_step_then_resume_equals_uninterrupted(setup):
 
     subprocess.run(_tunefork(*base, "--model_resume_path", str(run), env=env), env=env, check=True)
     whole, resumed = tmp / "runs" / "experiment_whole", run
-    a = load_file(str(whole / "model" / "model.safetensors"))
-    b = load_file(str(resumed / "model" / "model.safetensors"))
+    a = load_file(str(whole / "model" / weights))
+    b = load_file(str(resumed / "model" / weights))
     assert a.keys() == b.keys()
     for key in a:
         assert (a[key] == b[key]).all(), key
@@ -87,7 +101,7 @@ def test_checkpoints_keep_last_and_best_without_pickle(setup, tiny_bert):
     from tunefork import Model
     from tunefork.training import checkpoint
 
-    tmp, env, _ = setup
+    tmp, env, _, _ = setup
     config = yaml.safe_load((tmp / "config.yaml").read_text())
     model = Model(config, quiet=True)
     writer_dirs = []
@@ -113,7 +127,7 @@ def test_checkpoints_keep_last_and_best_without_pickle(setup, tiny_bert):
 
 
 def test_resume_refuses_other_data_and_finished_runs(setup):
-    tmp, env, base = setup
+    tmp, env, base, _ = setup
     from tunefork import Model
     from tunefork.errors import TuneforkError
 

@@ -55,7 +55,7 @@ class Model:
         test = self._last_test
         if test is None or len(test) == 0:
             return result, None
-        statistics, predictions = self._ready().evaluate(test)
+        statistics, predictions = self._ready().evaluate(read.read(test))
         if result.output_directory is not None:
             rundir.write_json(result.output_directory / "test_statistics.json", statistics)
             predictions.to_csv(result.output_directory / "test_predictions.csv", index=False)
