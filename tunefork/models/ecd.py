@@ -49,7 +49,8 @@ class ECD(nn.Module):
         self.heads = nn.ModuleDict()
         for feature in config.output_features:
             decoder = feature.decoder
-            fc, out_width = fc_stack(width, [decoder.fc_output_size] * decoder.num_fc_layers, decoder.fc_activation, decoder.fc_dropout)
+            fc, out_width = fc_stack(
+                width, [(decoder.fc_output_size, decoder.fc_activation, decoder.fc_dropout)] * decoder.num_fc_layers)
             n = OUTPUTS[feature.type].num_outputs(meta["outputs"][feature.name])
             self.heads[module_key(feature.name)] = nn.Sequential(fc, nn.Linear(out_width, n))
 
