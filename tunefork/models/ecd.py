@@ -36,8 +36,9 @@ class ECD(nn.Module):
                 continue  # shares its target's module, below
             if feature.type == "text":
                 saved = saved_dir / "encoders" / feature.name if saved_dir is not None else None
-                built[feature.name] = TransformerEncoder(feature.encoder, pooling[feature.name], saved,
-                                                         where=f"input_features[{i}].encoder", total_steps=total_steps)
+                built[feature.name] = TransformerEncoder(
+                    feature.encoder, pooling[feature.name], saved, where=f"input_features[{i}].encoder",
+                    total_steps=total_steps, gradient_checkpointing=config.trainer.enable_gradient_checkpointing)
             else:
                 built[feature.name] = tabular.build(feature, meta["inputs"][feature.name])
         for feature in config.input_features:  # in config order, tied features on their target's module
