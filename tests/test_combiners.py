@@ -7,10 +7,11 @@ import pandas as pd
 import pytest
 import tiny
 import torch
+from torch import nn
 
 from tunefork import Model, config
 from tunefork.config import ConfigError
-from tunefork.models.combiners import Comparator
+from tunefork.models.combiners import Comparator, build
 
 
 def pair_config(model_dir, **combiner):
@@ -77,3 +78,61 @@ def test_bad_pairings_are_config_errors(change, message, tiny_bert):
     change(cfg)
     with pytest.raises(ConfigError, match=message):
         config.load(cfg)
+
+
+def _combiner(**section):
+    inputs = [{"name": "a", "type": "number"}, {"name": "b", "type": "number"}]
+    cfg = config.load({"input_features": inputs, "output_features": [{"name": "y", "type": "number"}], "combiner": section})
+    return build(cfg.combiner, {"a": 3, "b": 3})
+
+
+def _kinds(module) -> list[tuple]:
+    """Each layer's class with what configures it: Linear sizes, Dropout p."""
+    return [(type(m).__name__, *((m.in_features, m.out_features) if isinstance(m, nn.Linear) else
+                                 (m.p,) if isinstance(m, nn.Dropout) else ())) for m in module]
+
+
+@pytest.mark.parametrize("kind", ["concat", "comparator"])
+def test_fc_layers_use_their_own_dropout_and_activation_else_the_combiners(kind):
+    layers = [{"output_size": 5, "dropout": 0.3, "activation": "gelu"}, {"output_size": 4}, {"output_size": 2, "dropout": 0.0}]
+    section = {"type": kind, "fc_layers": layers, "dropout": 0.1, "activation": "tanh"}
+    if kind == "comparator":
+        section.update(entity_1=["a"], entity_2=["b"])
+    combiner = _combiner(**section)
+    stack = combiner.fc if kind == "concat" else combiner.project_1
+    width = 6 if kind == "concat" else 3
+    assert _kinds(stack) == [("Linear", width, 5), ("GELU",), ("Dropout", 0.3),  # the layer's own values
+                             ("Linear", 5, 4), ("Tanh",), ("Dropout", 0.1),  # the combiner's
+                             ("Linear", 4, 2), ("Tanh",)]  # its own dropout 0: none, not the combiner's 0.1
+
+
+@pytest.mark.parametrize("kind", ["concat", "comparator"])
+def test_fc_layers_without_their_own_values_build_what_num_fc_layers_builds(kind):
+    """The stack as it was before per-layer values were read: same modules in the same order, so the same seed
+    gives the same weights (a seeded run trains as before)."""
+    section = {"type": kind, "dropout": 0.2, "activation": "silu", "norm": "layer", "output_size": 4}
+    if kind == "comparator":
+        section.update(entity_1=["a"], entity_2=["b"])
+    torch.manual_seed(0)
+    by_count = _combiner(**section, num_fc_layers=2)
+    torch.manual_seed(0)
+    by_list = _combiner(**section, fc_layers=[{"output_size": 4}, {"output_size": 4}])
+    stack = by_count.fc if kind == "concat" else by_count.project_1
+    width = 6 if kind == "concat" else 3
+    assert _kinds(stack) == [("Linear", width, 4), ("LayerNorm",), ("SiLU",), ("Dropout", 0.2),
+                             ("Linear", 4, 4), ("LayerNorm",), ("SiLU",), ("Dropout", 0.2)]
+    assert repr(by_list) == repr(by_count)
+    expected = by_count.state_dict()
+    assert all(torch.equal(expected[k], v) for k, v in by_list.state_dict().items()) and by_list.state_dict().keys() == expected.keys()
+
+
+def test_default_combiner_and_decoder_build_the_modules_they_always_did():
+    """No fc layers in the combiner; a decoder's num_fc_layers gives Linear → activation (no Dropout at 0)."""
+    from tunefork.models.ecd import ECD
+
+    cfg = config.load({"input_features": [{"name": "a", "type": "number"}],
+                       "output_features": [{"name": "y", "type": "number", "decoder": {"num_fc_layers": 1, "fc_output_size": 7}}]})
+    model = ECD(cfg, {"inputs": {"a": {}}, "outputs": {"y": {}}}, {})
+    assert list(model.combiner.fc) == []
+    fc, linear = model.heads["y"]
+    assert _kinds(fc) == [("Linear", model.combiner.output_size, 7), ("ReLU",)] and linear.in_features == 7

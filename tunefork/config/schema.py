@@ -104,11 +104,24 @@ class Config(Section):
             if unknown or len(set(named)) != len(named) or set(named) != set(inputs):
                 raise ValueError(f"combiner.entity_1 and entity_2 must split the input features ({', '.join(inputs)}) between them, "
                                  f"each once; got {self.combiner.entity_1} and {self.combiner.entity_2}")
+        if self.trainer.enable_gradient_checkpointing:
+            self._a_transformer_trains()
         outputs = [f.name for f in self.output_features]
         field = self.trainer.validation_field
         if field != "combined" and field not in outputs:
             raise ValueError(f"trainer.validation_field '{field}' is neither 'combined' nor an output feature ({', '.join(outputs)})")
         return self
+
+    def _a_transformer_trains(self) -> None:
+        """Checkpointing recomputes a trained transformer's activations in backward; a frozen encoder runs in
+        inference mode and keeps none (a tied input runs its target's encoder, so its own is not looked at)."""
+        texts = [f for f in self.input_features if f.type == "text" and f.tied is None]
+        if any(not f.encoder.frozen for f in texts):
+            return
+        why = (f"text input{'s' if len(texts) > 1 else ''} {', '.join(f.name for f in texts)} "
+               f"{'are' if len(texts) > 1 else 'is'} frozen: trainable false and no adapter") if texts else "no text input"
+        raise ValueError(f"trainer.enable_gradient_checkpointing: no transformer trains in this config ({why}), "
+                         f"so there is nothing to recompute; remove it")
 
     def input(self, name: str):
         return next(f for f in self.input_features if f.name == name)

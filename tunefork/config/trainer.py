@@ -90,4 +90,6 @@ class Trainer(Section):
         True, description="Shuffle, then batch rows of similar token length together (less padding, same data)."
     )
     use_mixed_precision: bool = False
-    enable_gradient_checkpointing: bool = False
+    enable_gradient_checkpointing: bool = Field(
+        False, description="Keep each transformer layer's input only and recompute the layer in backward: less "
+        "activation memory for about one more forward pass. Needs a transformer that trains.")

@@ -132,8 +132,9 @@ def pretrained_adapter_source(value: str, where: str) -> str:
 
 class TransformerEncoder(nn.Module):
     def __init__(self, encoder, pooling: str, saved_config_dir: Path | None = None, *, where: str = "encoder",
-                 total_steps: int | None = None):
-        """`where`: the encoder's YAML path, for errors; `total_steps`: planned optimizer steps (AdaLoRA's budget)."""
+                 total_steps: int | None = None, gradient_checkpointing: bool = False):
+        """`where`: the encoder's YAML path, for errors; `total_steps`: planned optimizer steps (AdaLoRA's budget);
+        `gradient_checkpointing`: `trainer.enable_gradient_checkpointing`, which a frozen encoder has no use for."""
         super().__init__()
         has_saved_adapter = saved_config_dir is not None and (saved_config_dir / adapters.ADAPTER_CONFIG).is_file()
         if encoder.adapter is not None and (saved_config_dir is None or has_saved_adapter):
@@ -154,6 +155,26 @@ class TransformerEncoder(nn.Module):
         if self.frozen:
             self.transformer.requires_grad_(False)
             self.transformer.eval()
+        # Only a transformer that backpropagates keeps activations to recompute; the flag stays off otherwise.
+        self.checkpointed = gradient_checkpointing and not self.frozen
+        if self.checkpointed:
+            self._checkpoint_layers()
+
+    def _checkpoint_layers(self) -> None:
+        """Keep each layer's input only and recompute the layer's activations in backward: less memory, one more
+        forward pass of compute. It is the Hugging Face model's own checkpointing (under peft, the base model's, as
+        for the causal LM in models/llm.py). Non-reentrant checkpointing needs no input that requires grad, so it
+        works when the embeddings are frozen under an adapter; it acts in train mode only, so eval runs as before."""
+        model = self.transformer.get_base_model() if self.adapted else self.transformer
+        if not getattr(model, "supports_gradient_checkpointing", False):
+            raise TuneforkError(f"trainer.enable_gradient_checkpointing: {type(model).__name__} does not support "
+                                f"gradient checkpointing; remove it")
+        # transformers 5 renamed the method (the old name is a deprecated alias that warns on every call)
+        enable = getattr(model, "activation_checkpointing_enable", None)
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     @property
     def adapted(self) -> bool:

@@ -36,8 +36,9 @@ class ECD(nn.Module):
                 continue  # shares its target's module, below
             if feature.type == "text":
                 saved = saved_dir / "encoders" / feature.name if saved_dir is not None else None
-                built[feature.name] = TransformerEncoder(feature.encoder, pooling[feature.name], saved,
-                                                         where=f"input_features[{i}].encoder", total_steps=total_steps)
+                built[feature.name] = TransformerEncoder(
+                    feature.encoder, pooling[feature.name], saved, where=f"input_features[{i}].encoder",
+                    total_steps=total_steps, gradient_checkpointing=config.trainer.enable_gradient_checkpointing)
             else:
                 built[feature.name] = tabular.build(feature, meta["inputs"][feature.name])
         for feature in config.input_features:  # in config order, tied features on their target's module
@@ -49,7 +50,8 @@ class ECD(nn.Module):
         self.heads = nn.ModuleDict()
         for feature in config.output_features:
             decoder = feature.decoder
-            fc, out_width = fc_stack(width, [decoder.fc_output_size] * decoder.num_fc_layers, decoder.fc_activation, decoder.fc_dropout)
+            fc, out_width = fc_stack(
+                width, [(decoder.fc_output_size, decoder.fc_activation, decoder.fc_dropout)] * decoder.num_fc_layers)
             n = OUTPUTS[feature.type].num_outputs(meta["outputs"][feature.name])
             self.heads[module_key(feature.name)] = nn.Sequential(fc, nn.Linear(out_width, n))
 

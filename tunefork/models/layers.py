@@ -7,17 +7,21 @@ from torch import nn
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
 
 
-def fc_stack(width: int, sizes: list[int], activation: str, dropout: float, norm: str | None = None):
-    """Linear → norm → activation → dropout, per size. Returns (module, output width)."""
-    layers: list[nn.Module] = []
-    for size in sizes:
-        layers.append(nn.Linear(width, size))
+def fc_stack(width: int, layers: list[tuple[int, str, float]], norm: str | None = None):
+    """Linear → norm → activation → dropout, one block per `(output size, activation, dropout)`.
+
+    Returns (module, output width). A dropout of 0 adds no module, so a stack without dropout holds (and seeds) the
+    same layers whatever way its zeros were given.
+    """
+    modules: list[nn.Module] = []
+    for size, activation, dropout in layers:
+        modules.append(nn.Linear(width, size))
         if norm == "batch":
-            layers.append(nn.BatchNorm1d(size))
+            modules.append(nn.BatchNorm1d(size))
         elif norm == "layer":
-            layers.append(nn.LayerNorm(size))
-        layers.append(ACTIVATIONS[activation]())
+            modules.append(nn.LayerNorm(size))
+        modules.append(ACTIVATIONS[activation]())
         if dropout:
-            layers.append(nn.Dropout(dropout))
+            modules.append(nn.Dropout(dropout))
         width = size
-    return nn.Sequential(*layers), width
+    return nn.Sequential(*modules), width
