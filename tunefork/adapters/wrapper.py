@@ -15,8 +15,7 @@ import warnings
 from pathlib import Path
 
 from tunefork.adapters.registry import BY_PEFT_TYPE
-from tunefork.config.errors import ConfigError
-from tunefork.errors import TuneforkError
+from tunefork.errors import ConfigError, TuneforkError
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"

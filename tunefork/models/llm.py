@@ -14,9 +14,8 @@ import numpy as np
 import torch
 
 from tunefork.adapters import wrapper as adapters
-from tunefork.config.errors import ConfigError
 from tunefork.data.prompts import left_padded
-from tunefork.errors import TuneforkError
+from tunefork.errors import ConfigError, TuneforkError
 
 # from_pretrained arguments that also concern the tokenizer; the others (dtype, attn_implementation, ...) are the
 # model's only, and a tokenizer would store them in its tokenizer_config.json
