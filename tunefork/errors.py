@@ -37,3 +37,9 @@ def did_you_mean(word, choices) -> str:
     """` (did you mean 'x'?)` for the closest of `choices` to `word`, or "" when none is close."""
     close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of a library's exception, to quote inside our one sentence (its class name when it is empty)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
