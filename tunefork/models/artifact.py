@@ -15,6 +15,7 @@ import json
 import shutil
 from pathlib import Path
 
+from tunefork import hf
 from tunefork.errors import ModelFolderError
 
 WEIGHTS = "model.safetensors"
@@ -71,7 +72,6 @@ def check(folder: Path) -> Path:
 def load(folder: Path):
     """(config, metadata, model, tokenizers) from a model folder, built offline from what the folder holds."""
     from safetensors.torch import load_file, load_model
-    from transformers import AutoTokenizer
 
     from tunefork import config as config_mod
     from tunefork.models.ecd import ECD
@@ -91,7 +91,7 @@ def load(folder: Path):
         load_model(model, str(folder / WEIGHTS))
     model.eval()
     tokenizers = {
-        f.name: AutoTokenizer.from_pretrained(folder / "tokenizers" / f.name, trust_remote_code=f.encoder.trust_remote_code)
+        f.name: hf.load_tokenizer(folder / "tokenizers" / f.name, None, f.encoder.trust_remote_code, where="model folder")
         for f in config.input_features
         if f.type == "text"
     }

@@ -17,6 +17,7 @@ import json
 import shutil
 from pathlib import Path
 
+from tunefork import hf
 from tunefork.adapters import wrapper as adapters
 from tunefork.errors import ModelFolderError, TuneforkError
 from tunefork.models.artifact import CONFIG, METADATA
@@ -95,7 +96,7 @@ def load(folder: Path):
     folder = check(folder)
     config = config_mod.load(json.loads((folder / CONFIG).read_text()))
     meta = json.loads((folder / METADATA).read_text())
-    tokenizer = llm.load_tokenizer(config, folder / TOKENIZER)
+    tokenizer = hf.load_tokenizer(folder / TOKENIZER, None, config.trust_remote_code, where="model folder")
     if (folder / WEIGHTS).is_dir():
         return config, meta, llm.load_base(config, folder / WEIGHTS).eval(), tokenizer
     try:
