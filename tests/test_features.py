@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tunefork import config
+from tunefork import config, hf
 from tunefork.config.features import (
     BinaryInput,
     BinaryOutput,
@@ -248,8 +248,6 @@ def test_text_is_truncated_at_max_sequence_length(bert_feature_and_tokenizer, ma
 
 
 def test_real_wordpiece_tokenizer_truncates_and_keeps_special_tokens(minilm_dir):
-    from tunefork.encoders.transformer import hf_config, is_decoder_only
-
     cfg = config.load({"input_features": [{"name": "s", "type": "text", "encoder": {"type": "auto_transformer",
                        "pretrained_model_name_or_path": str(minilm_dir)}, "preprocessing": {"max_sequence_length": 8}}],
                        "output_features": [{"name": "y", "type": "category"}]})
@@ -260,7 +258,7 @@ def test_real_wordpiece_tokenizer_truncates_and_keeps_special_tokens(minilm_dir)
     assert ids.lengths.tolist() == [8, 3]
     assert ids.row(1).tolist() == [tokenizer.cls_token_id, tokenizer.convert_tokens_to_ids("fine"), tokenizer.sep_token_id]
     assert ids.row(0)[-1] == tokenizer.sep_token_id  # truncation keeps the closing [SEP]
-    assert not is_decoder_only(hf_config(feature.encoder))
+    assert not hf.is_decoder_only(hf.load_config(minilm_dir, where="encoder"))
 
 
 def test_token_ids_pad_to_the_batch_longest_row():

@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from tunefork import Model, config
+from tunefork import Model, config, hf
 from tunefork.config import ConfigError
 from tunefork.data import prompts
 from tunefork.errors import DataError, TuneforkError
@@ -58,10 +58,8 @@ def lora_run(tiny_llama, alpaca, tmp_path_factory):
 
 
 def test_loss_is_on_output_tokens_only(tiny_llama):
-    from tunefork.models.llm import load_tokenizer
-
     cfg = config.load(llm_config(tiny_llama))
-    tokenizer = load_tokenizer(cfg)
+    tokenizer = hf.load_tokenizer(cfg.base_model, cfg.pretrained_kwargs, cfg.trust_remote_code, where="base_model")
     frame = pd.DataFrame({"instruction": ["what is the movie", "a plot"], "input": ["", "x"],
                           "output": ["a great film", "dull and boring story"]})
     encoded = prompts.encode(tokenizer, prompts.render(cfg, frame), prompts.targets(cfg, frame), prompts.Limits(None, None, 96))
@@ -81,10 +79,10 @@ def test_loss_is_on_output_tokens_only(tiny_llama):
 def test_summed_token_loss_is_the_models_own_loss(tiny_llama):
     from transformers import AutoModelForCausalLM
 
-    from tunefork.models.llm import load_tokenizer, token_loss_sum
+    from tunefork.models.llm import token_loss_sum
 
     cfg = config.load(llm_config(tiny_llama))
-    tokenizer = load_tokenizer(cfg)
+    tokenizer = hf.load_tokenizer(cfg.base_model, cfg.pretrained_kwargs, cfg.trust_remote_code, where="base_model")
     frame = pd.DataFrame({"instruction": ["a plot", "the cast was really quite very charming"], "input": ["", ""],
                           "output": ["great", "a fresh and funny story"]})
     encoded = prompts.encode(tokenizer, prompts.render(cfg, frame), prompts.targets(cfg, frame), prompts.Limits(None, None, 96))
@@ -97,9 +95,7 @@ def test_summed_token_loss_is_the_models_own_loss(tiny_llama):
 
 
 def test_length_limits_keep_the_prompt_end_and_the_output_start(tiny_llama):
-    from tunefork.models.llm import load_tokenizer
-
-    tokenizer = load_tokenizer(config.load(llm_config(tiny_llama)))
+    tokenizer = hf.load_tokenizer(tiny_llama, where="base_model")
     prompt, output = "this movie was really quite dull ###", "a great film with a charming cast"
     p_ids, o_ids = tokenizer(prompt)["input_ids"], tokenizer(output, add_special_tokens=False)["input_ids"]
     encoded = prompts.encode(tokenizer, [prompt], [output], prompts.Limits(prompt=4, output=3, total=6))

@@ -10,7 +10,7 @@ import torch
 import yaml
 from tiny import sentiment_frame
 
-from tunefork import Model
+from tunefork import Model, hf
 
 # The last config of the user's source, verbatim; only the model id is pointed at a local model.
 LUDWIG_LLAMA_CLASSIFIER = """
@@ -73,11 +73,11 @@ def _tiny_decoder(kind: str, folder):
 @pytest.mark.parametrize("kind", ["llama", "mistral", "qwen2", "bloom", "gpt2", "gpt_neox"])
 def test_every_decoder_family_pools_the_same_vector_padded_left_or_right_or_alone(kind, tmp_path):
     from tunefork.config.features import TransformerEncoder as Section
-    from tunefork.encoders.transformer import TransformerEncoder, hf_config, is_decoder_only
+    from tunefork.encoders.transformer import TransformerEncoder
 
     folder = _tiny_decoder(kind, tmp_path / kind)
     section = Section(pretrained_model_name_or_path=str(folder), trainable=True, adapter="lora")
-    assert is_decoder_only(hf_config(section))
+    assert hf.is_decoder_only(hf.load_config(folder, where="encoder"))
     encoder = TransformerEncoder(section, "last").eval()
     assert encoder.adapted  # peft's default target modules exist for every family here
     rows = [[5, 6, 7, 8, 9, 10, 11], [12, 13, 14], [20, 21, 22, 23, 24]]

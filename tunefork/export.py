@@ -214,8 +214,8 @@ def _hf(model, config, meta, tokenizers, folder: Path, merge_adapter: bool) -> N
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from tunefork.encoders.transformer import is_decoder_only
     from tunefork.features import number
+    from tunefork.hf import is_decoder_only
     from tunefork.models.ecd import module_key
 
     if len(config.input_features) != 1 or config.input_features[0].type != "text":

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from tunefork.config.errors import ConfigError, did_you_mean
+from tunefork.errors import ConfigError, did_you_mean
 
 log = logging.getLogger("tunefork.plan")
 

@@ -5,12 +5,10 @@ defaults whose `to_peft()` returns the `peft` config. We wrap peft; no tuner is 
     wrapper.py   a Hugging Face model + a section → a peft model; save, load, merge, count
     steps.py     what the training loop calls around each optimizer step (AdaLoRA's budget and penalty)
 
+The sections build on `tunefork.sections` and never import `tunefork.config` (which embeds their union).
 Importing this package imports pydantic only; torch and peft load inside the functions that use them.
 """
 
-# The sections subclass tunefork.config's Section while the config schema embeds their union, so the config package
-# must finish importing first whichever side is imported first (otherwise: a circular partial import).
-import tunefork.config  # noqa: F401  isort: skip
 from tunefork.adapters.registry import BY_TYPE, SECTIONS, Adapter
 
 __all__ = ["Adapter", "BY_TYPE", "SECTIONS"]

@@ -15,7 +15,7 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from tunefork.adapters.base import AdapterSection
-from tunefork.config.errors import ConfigError
+from tunefork.errors import ConfigError
 
 
 def supported_model_types() -> list[str]:

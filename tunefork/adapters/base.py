@@ -10,8 +10,8 @@ from typing import Any, ClassVar
 
 from pydantic import Field, model_validator
 
-from tunefork.config.base import Section
-from tunefork.config.errors import ConfigError, did_you_mean
+from tunefork.errors import ConfigError, did_you_mean
+from tunefork.sections import Section
 
 
 class Postprocessor(Section):

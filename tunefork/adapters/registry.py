@@ -10,7 +10,7 @@ from tunefork.adapters.lokr import LoKr
 from tunefork.adapters.lora import Lora
 from tunefork.adapters.prompt_tuning import PromptTuning
 from tunefork.adapters.vera import Vera
-from tunefork.config.base import tagged
+from tunefork.sections import tagged
 
 SECTIONS = (Lora, AdaLora, AdaptionPrompt, IA3, LoHa, LoKr, Vera, PromptTuning)
 Adapter = tagged(*SECTIONS, nullable=True)  # `adapter: null` (what a saved config holds) means no adapter

@@ -15,8 +15,7 @@ import warnings
 from pathlib import Path
 
 from tunefork.adapters.registry import BY_PEFT_TYPE
-from tunefork.config.errors import ConfigError
-from tunefork.errors import TuneforkError
+from tunefork.errors import ConfigError, TuneforkError, first_line
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -32,7 +31,7 @@ def attach(model, adapter, task_type: str | None = None, *, total_steps: int | N
         return get_peft_model(model, peft_config)
     except (ValueError, TypeError) as exc:  # peft's refusals of a config that passed our checks, in its words
         raise ConfigError([f"{where}: {adapter.type} cannot be applied to this {model.config.model_type} model "
-                           f"({_first_line(exc)})"]) from None
+                           f"({first_line(exc)})"]) from None
 
 
 def load(model, source: str | Path, *, trainable: bool, where: str = "adapter", expect=None,
@@ -43,7 +42,7 @@ def load(model, source: str | Path, *, trainable: bool, where: str = "adapter", 
     try:
         peft_config = PeftConfig.from_pretrained(str(source))
     except (OSError, ValueError) as exc:
-        raise TuneforkError(f"{where}: no peft adapter at '{source}' ({_first_line(exc)})") from None
+        raise TuneforkError(f"{where}: no peft adapter at '{source}' ({first_line(exc)})") from None
     kind = _peft_type(peft_config)
     if expect is not None and kind != expect.peft_type:
         raise ConfigError([f"{where}.pretrained_adapter_weights: '{source}' holds a {_name(kind)} adapter, "
@@ -60,7 +59,7 @@ def load(model, source: str | Path, *, trainable: bool, where: str = "adapter", 
         with _no_false_adalora_warnings():
             peft_model = PeftModel.from_pretrained(model, str(source), is_trainable=trainable, config=peft_config)
     except (ValueError, TypeError, KeyError, RuntimeError) as exc:
-        raise TuneforkError(f"{where}: the adapter at '{source}' does not fit this model ({_first_line(exc)})") from None
+        raise TuneforkError(f"{where}: the adapter at '{source}' does not fit this model ({first_line(exc)})") from None
     _check_all_loaded(peft_model, Path(source), where)
     return peft_model
 
@@ -150,8 +149,3 @@ def _peft_type(peft_config) -> str:
 def _name(peft_type: str) -> str:
     section = BY_PEFT_TYPE.get(peft_type)
     return section.model_fields["type"].annotation.__args__[0] if section else peft_type.lower()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

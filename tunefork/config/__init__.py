@@ -12,10 +12,10 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from tunefork.config.errors import ConfigError
 from tunefork.config.llm import LLMConfig
 from tunefork.config.ludwig import translate
 from tunefork.config.schema import Config
+from tunefork.errors import ConfigError, did_you_mean
 
 __all__ = ["Config", "ConfigError", "LLMConfig", "load", "render"]
 MODEL_TYPES = {"ecd": Config, "llm": LLMConfig}
@@ -58,8 +58,6 @@ def _schema(raw: dict):
     """The config class for `model_type` (ECD when absent, as in Ludwig)."""
     kind = raw.get("model_type", "ecd")
     if kind not in MODEL_TYPES:
-        from tunefork.config.errors import did_you_mean
-
         raise ConfigError([f"model_type: {kind!r} is not one of {', '.join(map(repr, MODEL_TYPES))}"
                            f"{did_you_mean(kind, MODEL_TYPES)}"])
     if kind == "ecd" and "base_model" in raw:

@@ -23,7 +23,7 @@ from typing import Literal
 
 from pydantic import Field, PositiveInt, field_validator, model_validator
 
-from tunefork.config.base import Section, tagged
+from tunefork.sections import Section, tagged
 
 
 class LocalBackend(Section):

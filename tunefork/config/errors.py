@@ -1,4 +1,4 @@
-"""`ConfigError`: a pydantic validation failure rewritten as YAML paths people can act on.
+"""A pydantic validation failure rewritten as a `ConfigError` whose messages are YAML paths people can act on.
 
 `input_features[0].encoder.trainabel: unknown key (did you mean 'trainable'?)` — the path is rebuilt by walking
 the user's own input alongside pydantic's error location, which drops the discriminator segments pydantic inserts
@@ -7,24 +7,9 @@ for tagged unions (`input_features.0.text.encoder...`).
 
 from __future__ import annotations
 
-import difflib
 from typing import Any
 
-from tunefork.errors import TuneforkError
-
-
-class ConfigError(TuneforkError):
-    """An invalid config. `errors` holds every problem; `str()` shows the first one and how many follow."""
-
-    def __init__(self, errors: list[str]):
-        self.errors = errors
-        more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
-        super().__init__(errors[0] + more)
-
-
-def did_you_mean(word: str, choices) -> str:
-    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+from tunefork.errors import ConfigError, did_you_mean
 
 
 def yaml_path(loc: tuple, data: Any) -> str:

@@ -9,10 +9,8 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from tunefork.config.base import Section, tagged
-
-# After config.base: the adapter sections subclass Section (see tunefork/adapters/__init__.py on import order).
-from tunefork.adapters.registry import Adapter  # noqa: E402  isort: skip
+from tunefork.adapters.registry import Adapter
+from tunefork.sections import Section, tagged
 
 MissingStrategy = Literal["fill_with_const", "fill_with_mode", "fill_with_mean", "fill_with_false", "bfill", "ffill", "drop_row"]
 

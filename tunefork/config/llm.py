@@ -21,13 +21,11 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from tunefork.adapters.registry import Adapter
 from tunefork.config.backend import Backend, LocalBackend
-from tunefork.config.base import Section, tagged
 from tunefork.config.schema import Preprocessing
 from tunefork.config.trainer import Trainer
-
-# After config.base: the adapter sections subclass Section (see tunefork/adapters/__init__.py on import order).
-from tunefork.adapters.registry import Adapter  # noqa: E402  isort: skip
+from tunefork.sections import Section, tagged
 
 SAMPLE, TASK = "__sample__", "__task__"
 # Ludwig's default template when only `prompt.task` is given (ludwig/prompt.py, DEFAULT_ZERO_SHOT_PROMPT_TEMPLATE).

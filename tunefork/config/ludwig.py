@@ -8,8 +8,8 @@ from __future__ import annotations
 import copy
 import logging
 
-from tunefork.config.errors import ConfigError, did_you_mean
 from tunefork.config.features import INPUT_TYPES, OUTPUT_TYPES
+from tunefork.errors import ConfigError, did_you_mean
 
 log = logging.getLogger("tunefork.config")
 

@@ -7,9 +7,9 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from tunefork.config.backend import Backend, LocalBackend
-from tunefork.config.base import Section, tagged
 from tunefork.config.features import InputFeature, OutputFeature
 from tunefork.config.trainer import Trainer
+from tunefork.sections import Section, tagged
 
 
 class FCLayer(Section):

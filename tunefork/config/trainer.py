@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, PositiveInt
 
-from tunefork.config.base import Section, tagged
+from tunefork.sections import Section, tagged
 
 
 class AdamOptimizer(Section):

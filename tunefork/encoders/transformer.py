@@ -13,26 +13,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tunefork import safety
+from tunefork import hf, safety
 from tunefork.adapters import wrapper as adapters
 from tunefork.encoders.pooling import pool
-from tunefork.errors import ModelFolderError, TuneforkError
+from tunefork.errors import ModelFolderError, TuneforkError, first_line
 
-
-def is_decoder_only(hf_config) -> bool:
-    """True for causal LMs (GPT-2, Llama, Bloom, ...): they have a causal-LM class and no masked-LM / seq2seq one."""
-    from transformers.models.auto.modeling_auto import (
-        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
-        MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES,
-    )
-
-    kind = hf_config.model_type
-    return (
-        kind in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-        and kind not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
-        and kind not in MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES
-    )
+WHERE = "encoder.pretrained_model_name_or_path"  # the key a failed load names
 
 
 def accepts_position_ids(model) -> bool:
@@ -41,17 +27,9 @@ def accepts_position_ids(model) -> bool:
 
 
 def hf_config(encoder):
-    """The model's `AutoConfig` (a small JSON read), to plan before the weights are loaded."""
-    from transformers import AutoConfig
-
-    kwargs = {k: v for k, v in (encoder.pretrained_kwargs or {}).items() if k in ("gguf_file", "revision", "subfolder")}
-    try:
-        return AutoConfig.from_pretrained(encoder.pretrained_model_name_or_path, trust_remote_code=encoder.trust_remote_code, **kwargs)
-    except (OSError, ValueError) as exc:
-        raise TuneforkError(
-            f"encoder.pretrained_model_name_or_path '{encoder.pretrained_model_name_or_path}': cannot read its config "
-            f"({str(exc).splitlines()[0]})"
-        ) from None
+    """The AutoConfig of an auto_transformer section's model (a small JSON read, to plan before loading weights)."""
+    return hf.load_config(encoder.pretrained_model_name_or_path, encoder.pretrained_kwargs, encoder.trust_remote_code,
+                          where=WHERE)
 
 
 def _only_pickle(path: str) -> bool:
@@ -71,21 +49,22 @@ def _load_kwargs(encoder) -> dict:
 
 def load_transformer(encoder, saved_config_dir: Path | None = None):
     """The pretrained model, or (when loading a saved tunefork model) the bare architecture to receive its weights."""
-    from transformers import AutoConfig, AutoModel
+    from transformers import AutoModel
 
     path = encoder.pretrained_model_name_or_path
+    config = None  # the architecture alone: a saved model's weights follow, `use_pretrained: false` starts untrained
+    if saved_config_dir is not None:
+        config = hf.load_config(saved_config_dir, None, encoder.trust_remote_code, where="model folder")
+    elif not encoder.use_pretrained:
+        config = hf.load_config(path, encoder.pretrained_kwargs, encoder.trust_remote_code, where=WHERE)
     try:
-        if saved_config_dir is not None or not encoder.use_pretrained:
-            source = saved_config_dir or path
-            hf_config = AutoConfig.from_pretrained(source, trust_remote_code=encoder.trust_remote_code)
-            return AutoModel.from_config(hf_config, trust_remote_code=encoder.trust_remote_code, dtype=torch.float32)
+        if config is not None:
+            return AutoModel.from_config(config, trust_remote_code=encoder.trust_remote_code, dtype=torch.float32)
         return AutoModel.from_pretrained(path, trust_remote_code=encoder.trust_remote_code, **_load_kwargs(encoder))
     except (OSError, ValueError) as exc:
         if _only_pickle(path):
-            raise TuneforkError(f"encoder.pretrained_model_name_or_path {safety.refusal(path)}") from None
-        raise TuneforkError(
-            f"encoder.pretrained_model_name_or_path '{path}': cannot load the model ({str(exc).splitlines()[0]})"
-        ) from None
+            raise TuneforkError(f"{WHERE} {safety.refusal(path)}") from None
+        raise TuneforkError(f"{WHERE} '{path}': cannot load the model ({first_line(exc)})") from None
 
 
 def _adapted(encoder, saved_config_dir: Path | None, where: str, total_steps: int | None):

@@ -7,51 +7,26 @@ import logging
 import numpy as np
 import pandas as pd
 
+from tunefork import hf
 from tunefork.data.tensors import TokenIds
 from tunefork.errors import DataError, TuneforkError
 
 log = logging.getLogger("tunefork.preprocess")
+WHERE = "encoder.pretrained_model_name_or_path"  # the key a failed load names
 
 
 def load_tokenizer(encoder):
-    """`AutoTokenizer.from_pretrained` for an auto_transformer config; a decoder without a pad token pads with eos."""
-    from transformers import AutoTokenizer
-
-    kwargs = dict(encoder.pretrained_kwargs or {})
-    kwargs.pop("dtype", None)
-    kwargs.pop("torch_dtype", None)
+    """The auto_transformer's tokenizer (padding with eos when it has no pad token), cut to the positions the model
+    can embed: longer rows would index past its position embeddings, and tokenizers often ship without a limit."""
+    source, kwargs, trust = encoder.pretrained_model_name_or_path, encoder.pretrained_kwargs, encoder.trust_remote_code
+    tokenizer = hf.load_tokenizer(source, kwargs, trust, where=WHERE)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            encoder.pretrained_model_name_or_path, trust_remote_code=encoder.trust_remote_code, **kwargs
-        )
-    except (OSError, ValueError) as exc:
-        raise TuneforkError(
-            f"encoder.pretrained_model_name_or_path '{encoder.pretrained_model_name_or_path}': cannot load its tokenizer "
-            f"({str(exc).splitlines()[0]})"
-        ) from None
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    limit = _position_limit(encoder)
+        limit = hf.context_length(hf.load_config(source, kwargs, trust, where=WHERE))
+    except TuneforkError:
+        limit = None  # a tokenizer without a model config beside it: nothing to cut to here
     if limit and tokenizer.model_max_length > limit:
-        tokenizer.model_max_length = limit  # longer rows would index past the model's position embeddings
+        tokenizer.model_max_length = limit
     return tokenizer
-
-
-def _position_limit(encoder) -> int | None:
-    """How many positions the model can embed, from its config (tokenizers often ship without a limit)."""
-    from transformers import AutoConfig
-
-    kwargs = {k: v for k, v in (encoder.pretrained_kwargs or {}).items() if k in ("gguf_file", "revision", "subfolder")}
-    try:
-        config = AutoConfig.from_pretrained(encoder.pretrained_model_name_or_path, trust_remote_code=encoder.trust_remote_code, **kwargs)
-    except (OSError, ValueError):
-        return None
-    config = getattr(config, "text_config", None) or config
-    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
 
 
 def fit(values: pd.Series, feature, tokenizer) -> dict:

@@ -21,6 +21,7 @@ import json
 import shutil
 from pathlib import Path
 
+from tunefork import hf
 from tunefork.adapters import wrapper as adapters
 from tunefork.errors import ModelFolderError, TuneforkError
 
@@ -111,7 +112,6 @@ def save_ecd(folder: Path, model, config_dict: dict, meta: dict, tokenizers: dic
 
 def _load_ecd(folder: Path, config, meta: dict):
     from safetensors.torch import load_file, load_model
-    from transformers import AutoTokenizer
 
     from tunefork.models.ecd import ECD
 
@@ -126,7 +126,7 @@ def _load_ecd(folder: Path, config, meta: dict):
     else:
         load_model(model, str(folder / WEIGHTS))
     tokenizers = {
-        f.name: AutoTokenizer.from_pretrained(folder / "tokenizers" / f.name, trust_remote_code=f.encoder.trust_remote_code)
+        f.name: hf.load_tokenizer(folder / "tokenizers" / f.name, None, f.encoder.trust_remote_code, where="model folder")
         for f in config.input_features if f.type == "text"
     }
     return model.eval(), tokenizers
@@ -185,7 +185,7 @@ def save_full(model, folder: Path) -> None:
 def _load_llm(folder: Path, config, meta: dict):
     from tunefork.models import llm
 
-    tokenizer = llm.load_tokenizer(config, folder / LLM_TOKENIZER)
+    tokenizer = hf.load_tokenizer(folder / LLM_TOKENIZER, None, config.trust_remote_code, where="model folder")
     if (folder / LLM_WEIGHTS).is_dir():
         return llm.load_base(config, folder / LLM_WEIGHTS).eval(), tokenizer
     try:

@@ -13,56 +13,12 @@ import time
 import numpy as np
 import torch
 
+from tunefork import hf
 from tunefork.adapters import wrapper as adapters
-from tunefork.config.errors import ConfigError
 from tunefork.data.prompts import left_padded
-from tunefork.errors import TuneforkError
+from tunefork.errors import ConfigError, TuneforkError, first_line
 
-# from_pretrained arguments that also concern the tokenizer; the others (dtype, attn_implementation, ...) are the
-# model's only, and a tokenizer would store them in its tokenizer_config.json
-TOKENIZER_KWARGS = ("gguf_file", "revision", "subfolder", "cache_dir", "local_files_only", "token")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def hf_config(config):
-    """The base model's AutoConfig (no weights read): its architecture and context length, for the plan."""
-    from transformers import AutoConfig
-
-    kwargs = {k: v for k, v in (config.pretrained_kwargs or {}).items() if k in TOKENIZER_KWARGS}
-    try:
-        return AutoConfig.from_pretrained(config.base_model, trust_remote_code=config.trust_remote_code, **kwargs)
-    except (OSError, ValueError) as exc:
-        raise TuneforkError(f"base_model '{config.base_model}': cannot read its config ({_first_line(exc)})") from None
-
-
-def context_length(hf) -> int | None:
-    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        value = getattr(hf, key, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
-
-
-def load_tokenizer(config, folder=None):
-    """The base model's tokenizer (or a saved one). Without a pad token, padding uses eos: every padded position is
-    masked out of attention and loss, so which id fills it does not matter."""
-    from transformers import AutoTokenizer
-
-    kwargs = {} if folder else {k: v for k, v in (config.pretrained_kwargs or {}).items() if k in TOKENIZER_KWARGS}
-    source = folder or config.base_model
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=config.trust_remote_code, **kwargs)
-    except (OSError, ValueError) as exc:
-        raise TuneforkError(f"base_model '{config.base_model}': cannot load its tokenizer ({_first_line(exc)})") from None
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    if tokenizer.pad_token is None:
-        raise TuneforkError(f"base_model '{config.base_model}': its tokenizer has no pad, eos or unk token to pad with")
-    return tokenizer
+# ------------------------------------------------------------------------------------------------ the model
 
 
 def quantization_config(section):
@@ -84,6 +40,16 @@ def quantization_config(section):
     )
 
 
+def hf_config(config):
+    """The base model's AutoConfig (no weights read)."""
+    return hf.load_config(config.base_model, config.pretrained_kwargs, config.trust_remote_code, where="base_model")
+
+
+def load_tokenizer(config):
+    """The base model's tokenizer (without a pad token it pads with eos: padded positions carry no loss)."""
+    return hf.load_tokenizer(config.base_model, config.pretrained_kwargs, config.trust_remote_code, where="base_model")
+
+
 def load_base(config, weights_dir=None):
     """`AutoModelForCausalLM` from `base_model` (with `pretrained_kwargs` and quantization), or the full weights of a
     saved model folder. Weights stay fp32 unless asked otherwise: mixed precision is autocast's job."""
@@ -99,7 +65,7 @@ def load_base(config, weights_dir=None):
     try:
         return AutoModelForCausalLM.from_pretrained(source, trust_remote_code=config.trust_remote_code, **kwargs)
     except (OSError, ValueError, TypeError) as exc:
-        raise TuneforkError(f"base_model '{source}': cannot load it as a causal LM ({_first_line(exc)})") from None
+        raise TuneforkError(f"base_model '{source}': cannot load it as a causal LM ({first_line(exc)})") from None
 
 
 def build(config, total_steps: int | None = None):

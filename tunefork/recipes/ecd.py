@@ -36,7 +36,8 @@ class Prepared:
 
 
 def _text_facts(config) -> dict[str, dict]:
-    from tunefork.encoders.transformer import hf_config, is_decoder_only
+    from tunefork.encoders.transformer import hf_config
+    from tunefork.hf import is_decoder_only
 
     return {f.name: {"decoder_only": is_decoder_only(hf_config(f.encoder))} for f in config.input_features if f.type == "text"}
 

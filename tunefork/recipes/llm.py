@@ -66,6 +66,7 @@ class LLMRecipe:
 
     # ------------------------------------------------------------------------------------------------ data
     def prepare(self, frames: dict[str, pd.DataFrame], seed: int, cache_dir) -> Prepared:
+        from tunefork import hf
         from tunefork.data import cache, read
         from tunefork.models import llm
 
@@ -75,7 +76,7 @@ class LLMRecipe:
             raise DataError(f"the training split has no rows with a '{config.output.source}' value")
         for frame in frames.values():
             prompts.check_columns(config, frame, with_output=True)
-        context = llm.context_length(llm.hf_config(config))
+        context = hf.context_length(llm.hf_config(config))
         total, _ = plan_mod.sequence_limit(config, context)
         tokenizer = llm.load_tokenizer(config)
         fingerprints = {k: read.fingerprint(v) for k, v in frames.items()}
@@ -145,14 +146,14 @@ class LLMRecipe:
 
     def untrained(self) -> Fitted:
         """A zero-shot model (`trainer.type: none`): the base model, loaded now."""
-        from tunefork import hardware
+        from tunefork import hardware, hf
         from tunefork.models import llm
 
         config = self.config
         if config.trainer.type != "none":
             raise TuneforkError("this model is not trained: call train() or Model.load(path) first (a config with "
                                 "trainer.type: none predicts zero-shot without training)")
-        context = llm.context_length(llm.hf_config(config))
+        context = hf.context_length(llm.hf_config(config))
         plan = plan_mod.resolve_inference(config, hardware.detect(), context_length=context)
         tokenizer = llm.load_tokenizer(config)
         meta = _meta(config, tokenizer, limits(config, plan["max_sequence_length"]), context, None, trained=False)

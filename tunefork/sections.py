@@ -1,4 +1,8 @@
-"""The base every config section shares: frozen, unknown keys refused with a did-you-mean."""
+"""The base every config section shares: frozen, unknown keys refused with a did-you-mean; and `tagged` unions.
+
+This is the schema toolkit, not the schema: it sits below both `tunefork.config` (the schema) and
+`tunefork.adapters` (sections the schema embeds), so each imports it and neither has to import the other first.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from typing import Annotated, Union
 from pydantic import BaseModel, ConfigDict, Discriminator, Tag, model_validator
 from pydantic_core import PydanticCustomError
 
-from tunefork.config.errors import did_you_mean
+from tunefork.errors import did_you_mean
 
 
 class Section(BaseModel):
