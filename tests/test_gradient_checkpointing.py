@@ -85,9 +85,9 @@ def test_an_adapter_checkpoints_its_base_model(tiny_bert, monkeypatch, tmp_path)
 def test_estimate_counts_layer_inputs_plus_one_recomputed_layer(tiny_bert):
     from tunefork import hardware
     from tunefork import plan as plan_mod
-    from tunefork.api import _text_facts
     from tunefork.features import pipeline
     from tunefork.models.ecd import ECD
+    from tunefork.recipes.ecd import _text_facts
 
     estimates = {}
     for checkpointing in (False, True):

@@ -41,15 +41,25 @@ def _corpus() -> list[str]:
     return sentiment_frame(2000, seed=123)["review"].tolist() + ["hello world", "what is the capital of france ?"]
 
 
-def build_bert(folder: Path) -> Path:
+def build_bert(folder: Path, fixed_vocabulary: bool = False) -> Path:
+    """`fixed_vocabulary`: every word of the corpus and every character, in sorted order, instead of a trained
+    WordPiece vocabulary — whose ties the trainer breaks differently from one process to the next, so the trained
+    model differs between runs. Pinned-number tests need the fixed one."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    if fixed_vocabulary:
+        words = sorted({w for line in _corpus() for w in line.lower().split()})
+        chars = sorted({c for w in words for c in w})
+        vocab = [*specials, *chars, *(f"##{c}" for c in chars), *(w for w in words if len(w) > 1)]
+        tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(dict.fromkeys(vocab))}, unk_token="[UNK]"))
+    else:
+        tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok.train_from_iterator(_corpus(), trainers.WordPieceTrainer(vocab_size=300, special_tokens=specials))
+    if not fixed_vocabulary:
+        tok.train_from_iterator(_corpus(), trainers.WordPieceTrainer(vocab_size=300, special_tokens=specials))
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
         special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))],

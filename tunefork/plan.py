@@ -213,32 +213,32 @@ def _backend(plan: _Draft, config, workers) -> None:
     if trainer.regularization_type and trainer.regularization_lambda:
         raise ConfigError(["trainer.regularization_type with backend.trainer.strategy fsdp: the penalty would be taken "
                            "over weight shards; use strategy ddp"])
-    for name, adapter in _adapters(config):
+    for _, name, adapter in _adapters(config):
         if adapter.type == "adalora":
             raise ConfigError([f"{name}: AdaLoRA reallocates ranks from whole gradients, which FSDP shards; use "
                                f"backend.trainer.strategy ddp"])
 
 
-def _adapters(config) -> list[tuple[str, object]]:
-    """(YAML path, adapter section) of every adapter the config trains."""
+def _adapters(config) -> list[tuple[str, str, object]]:
+    """(plan key, YAML path, adapter section) of every adapter the config trains."""
     if config.model_type == "llm":
-        return [("adapter", config.adapter)] if config.adapter is not None else []
-    return [(f"input_features[{i}].encoder.adapter", f.encoder.adapter) for i, f in enumerate(config.input_features)
-            if f.type == "text" and f.encoder.adapter is not None]
+        return [("adalora_total_step", "adapter", config.adapter)] if config.adapter is not None else []
+    return [(f"adalora_total_step.{f.name}", f"input_features[{i}].encoder.adapter", f.encoder.adapter)
+            for i, f in enumerate(config.input_features) if f.type == "text" and f.encoder.adapter is not None]
 
 
 def _adalora(plan: _Draft, config) -> None:
     """The steps AdaLoRA's rank budget schedule spans, checked here so a schedule peft would refuse fails early."""
     from tunefork.adapters.adalora import schedule_problem
 
-    for where, adapter in _adapters(config):
+    for key, where, adapter in _adapters(config):
         if adapter.type != "adalora":
             continue
         steps = adapter.schedule_steps(plan["total_steps"])
         problem = schedule_problem(adapter.tinit, adapter.tfinal, steps)
         if problem:
             raise ConfigError([f"{where}: {problem}"])
-        plan.decide(f"adalora_total_step.{where}", steps,
+        plan.decide(key, steps,
                     "adapter.total_step" if adapter.total_step else "adapter.total_step unset: the planned optimizer steps")
 
 

@@ -166,10 +166,8 @@ def _errors(exc, prefix: tuple = ()) -> list[dict]:
 
 def app(model_path, *, max_body_bytes: int = MAX_BODY_BYTES):
     """The FastAPI application serving the model folder (or run directory) at `model_path`."""
-    from fastapi import FastAPI, HTTPException, Request
+    from fastapi import FastAPI
     from fastapi.responses import JSONResponse
-    from pydantic import ValidationError
-    from starlette.concurrency import run_in_threadpool
 
     from tunefork.rundir import _clean
 
@@ -196,6 +194,16 @@ def app(model_path, *, max_body_bytes: int = MAX_BODY_BYTES):
     @api.exception_handler(TuneforkError)
     async def _user_error(request, exc: TuneforkError):
         return Response({"message": str(exc), "detail": [{"loc": [], "msg": str(exc), "type": "data_error"}]}, status_code=422)
+
+    _routes(api, service, Response, Invalid, max_body_bytes)
+    return api
+
+
+def _routes(api, service: Service, Response, Invalid, max_body_bytes: int) -> None:
+    """/health, /metadata, /predict and /batch_predict, with their OpenAPI schemas."""
+    from fastapi import HTTPException, Request
+    from pydantic import ValidationError
+    from starlette.concurrency import run_in_threadpool
 
     def validate(raw, prefix: tuple = ()) -> dict:
         if not isinstance(raw, dict):
@@ -267,8 +275,6 @@ def app(model_path, *, max_body_bytes: int = MAX_BODY_BYTES):
         rows = _rows(await body_json(request), Invalid)
         frame = await predictions([validate(row, (i,)) for i, row in enumerate(rows)])
         return Response({"columns": list(frame.columns), "index": list(range(len(frame))), "data": frame.to_numpy().tolist()})
-
-    return api
 
 
 def _rows(body, Invalid) -> list:

@@ -37,7 +37,7 @@ def fit(model, prepared, config, plan, seed: int, *, report, run_dir: Path | Non
     from safetensors.torch import load_file
 
     from tunefork import config as config_mod
-    from tunefork.training.loop import History
+    from tunefork.training.history import History
 
     backend = config.backend
     spec = {
@@ -131,7 +131,7 @@ def _fit(trainer, run_dir: Path | None):
 
 def _replay(events: list, history, report) -> None:
     """The workers' per-step losses and evaluations, told to the driver's console, HTML report and trackers in order."""
-    from tunefork.training.loop import History
+    from tunefork.training.history import History
 
     if report is None:
         return

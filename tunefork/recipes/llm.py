@@ -114,7 +114,7 @@ class LLMRecipe:
         from tunefork.models import llm
 
         torch.manual_seed(seed)  # a fresh adapter's initial weights
-        steps = plan.get("adalora_total_step.adapter", plan.get("total_steps"))
+        steps = plan.get("adalora_total_step", plan.get("total_steps"))
         return llm.build(self.config, total_steps=steps)
 
     def ready(self, model, prepared: Prepared, plan, resolve, console, phases, measure: bool):

@@ -23,7 +23,7 @@ import contextlib
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -32,9 +32,9 @@ from tqdm.auto import tqdm
 from tunefork.adapters.steps import AdapterSteps
 from tunefork.plan import Plan, higher_is_better
 from tunefork.training import batches, optim
+from tunefork.training.history import History
 
 log = logging.getLogger("tunefork.train")
-SPLITS = ("training", "validation", "test")
 
 
 @dataclass
@@ -61,36 +61,6 @@ def to_device(tree, device: str):
     if isinstance(tree, dict):
         return {k: to_device(v, device) for k, v in tree.items()}
     return tree.to(device, non_blocking=True) if isinstance(tree, torch.Tensor) else tree
-
-
-@dataclass
-class History:
-    evaluate_training_set: bool
-    evaluations: list[dict] = field(default_factory=list)
-    metrics: dict = field(default_factory=lambda: {s: {} for s in SPLITS})
-    best: dict | None = None
-    train_examples: int = 0
-    train_tokens: int = 0
-    train_seconds: float = 0.0
-    evaluate_seconds: float = 0.0
-
-    def record(self, split: str, scores: dict) -> None:
-        for output, values in scores.items():
-            for name, value in values.items():
-                if name != "confusion_matrix":
-                    self.metrics[split].setdefault(output, {}).setdefault(name, []).append(value)
-
-    def to_state(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_state(cls, state: dict) -> History:
-        return cls(**state)
-
-    def to_json(self) -> dict:
-        source = ("a full evaluation pass over the training set after each evaluation" if self.evaluate_training_set
-                  else "running aggregate of the training batches since the previous evaluation (approximate)")
-        return {"training_metrics": source, "evaluations": self.evaluations, **self.metrics, "best": self.best}
 
 
 def placed(model, device: str):
