@@ -1,0 +1,799 @@
+"""Every accepted key has an effect (DESIGN.md): for each leaf key of the schema, of both model types, a tiny run with
+the key moved off its default differs from the same run at the default — in the weights, the metrics, the plan, the
+predictions or the files written.
+
+How it works:
+
+- `leaf_keys` walks the pydantic schema (`Config` for ECD, `LLMConfig` for llm): nested sections, every member of a
+  tagged union (named `section[tag]`, by the member's first tag), list items (`[type]` for features, `[]` for plain
+  lists such as `fc_layers`) and mapping values (`{}`, e.g. `match{}`). The `type` of a union with more than one tag is
+  a key of its own (`trainer.optimizer.type`). A key that can hold only one value (a one-value Literal such as
+  `model_type`, `trainer.type` of ECD, or `preprocessing.tokenizer`) is skipped by rule: there is no second value to
+  move it to.
+- `CASES` says, per key, the context that makes it matter (config overrides merged into the model type's base run) and
+  the off-default value; where a value is not given it is derived (`off_default`): a bool flips, a Literal takes
+  another member, a number doubles or halves. `EXEMPT` holds the keys a tiny run cannot show, with the reason;
+  `RAY_PLAN_KEYS` the Ray backend keys the plan will record; `REFUSED` the keys whose off-default value the config
+  must refuse for that model type, with the ConfigError expected. Coverage is asserted both ways: every walked key
+  is in exactly one of those tables or derivable, and no table names a key the walker does not produce.
+- Each case runs the context at its default and with the key moved, in process, on a 40-row table with a fixed split
+  (24 / 8 / 8 rows), 2 epochs of batch 8 (6 optimizer steps) on the tiny offline models. The default run of each
+  distinct context is made once and shared. The observables compared:
+    weights      the trained state dict (names, shapes and values, exactly)
+    metrics      training_statistics.json (it holds no timings)
+    plan         the plan's values; the reasons are left out, as they name the key that decided (an echo)
+    predictions  `predict` on 8 rows (4 for an LLM): what `top_k`, `threshold`, `clip`, `generation.*` change
+    files        names and contents of the files written under the run's own temporary folder (the run directory
+                 and any cache the config points there), minus those that echo the config (model_hyperparameters.json, peft's
+                 adapter_config.json, description.json, resolved_config.yaml, whose plan is compared above) and the
+                 volatile ones (efficiency.json timings, report.html). The cache the environment points to is outside.
+    display      captured stdout and stderr, digits masked — only for keys whose effect is a display (a progress
+                 bar), flagged `display=True`: elsewhere library warnings and timings would be noise.
+  Two default runs with the same seed are asserted identical, once per model type, so a difference means the key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import io
+import json
+import os
+import re
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+import numpy as np
+import pandas as pd
+import pytest
+import tiny
+from pydantic import Tag
+
+from tunefork.config import Config, ConfigError, LLMConfig
+from tunefork.config.base import Section
+
+# ------------------------------------------------------------------------------------------------ the walker
+
+
+def _unwrap(annotation):
+    while get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    return annotation
+
+
+def _members(annotation) -> list[tuple[str | None, Any]]:
+    """The members of a (possibly tagged, possibly optional) union as (tag, type); a plain type is one member."""
+    plain = _unwrap(annotation)
+    if get_origin(plain) in (Union, types.UnionType):
+        out = []
+        for arg in get_args(plain):
+            tags = [m.tag for m in get_args(arg)[1:] if isinstance(m, Tag)] if get_origin(arg) is Annotated else []
+            out += [(tags[0] if tags else tag, member) for tag, member in _members(arg)]
+        return out
+    return [(None, plain)]
+
+
+def _is_section(kind) -> bool:
+    return isinstance(kind, type) and issubclass(kind, Section)
+
+
+def _holds_section(kind) -> bool:
+    kind = _unwrap(kind)
+    return _is_section(kind) or any(_holds_section(a) for a in get_args(kind))
+
+
+def _single_valued(annotation) -> bool:
+    members = [kind for _, kind in _members(annotation)]
+    return len(members) == 1 and get_origin(members[0]) is Literal and len(get_args(members[0])) == 1
+
+
+@dataclass(frozen=True)
+class Leaf:
+    path: str
+    annotation: Any
+    default: Any  # the schema's default; None for a union's `type`, which the cases give explicitly
+
+
+def leaf_keys(section: type[Section], prefix: str = "", skip_type: bool = False):
+    for name, info in section.model_fields.items():
+        if name == "type" and skip_type:  # a union member's tag: the union's `type` key stands for it
+            continue
+        yield from _walk(info.annotation, f"{prefix}.{name}" if prefix else name, info.default)
+
+
+def _walk(annotation, path: str, default):
+    sections = [(tag, kind) for tag, kind in _members(annotation) if _is_section(kind)]
+    if not sections:
+        for _, kind in _members(annotation):
+            if get_origin(kind) is list and _holds_section(get_args(kind)[0]):
+                yield from _items(get_args(kind)[0], path, "[]")
+                return
+            if get_origin(kind) is dict and _holds_section(get_args(kind)[1]):
+                yield from _items(get_args(kind)[1], path, "{}")
+                return
+        if not _single_valued(annotation):
+            yield Leaf(path, annotation, default)
+        return
+    if all(tag is None for tag, _ in sections):  # a plain (possibly optional) section
+        for _, kind in sections:
+            yield from leaf_keys(kind, path)
+        return
+    first_tag = {}
+    for tag, kind in sections:
+        first_tag.setdefault(kind, tag)
+    if len(sections) > 1:
+        yield Leaf(f"{path}.type", None, None)
+    for kind, tag in first_tag.items():
+        yield from leaf_keys(kind, f"{path}[{tag}]", skip_type=True)
+
+
+def _items(item, path: str, brackets: str):
+    sections = [(tag, kind) for tag, kind in _members(item) if _is_section(kind)]
+    tagged = any(tag for tag, _ in sections)
+    for tag, kind in sections:
+        if not tagged and "type" in kind.model_fields and _single_valued(kind.model_fields["type"].annotation):
+            tag = None  # LLM inputs: one type, so `input_features[]`
+        yield from leaf_keys(kind, f"{path}[{tag}]" if tag else f"{path}{brackets}", skip_type=tagged)
+
+
+LEAVES = {"ecd": {leaf.path: leaf for leaf in leaf_keys(Config)},
+          "llm": {leaf.path: leaf for leaf in leaf_keys(LLMConfig)}}
+
+# --------------------------------------------------------------------------------------------- the tables
+
+
+@dataclass(frozen=True)
+class Case:
+    """A key's context (overrides merged into the base config; a `+name` list is appended to `name`) and its
+    off-default value (None: derived by `off_default`). `Whole(...)` replaces the section that holds the key."""
+
+    value: Any = None
+    context: dict = field(default_factory=dict)
+    display: bool = False
+
+
+@dataclass(frozen=True)
+class Whole:
+    section: dict
+
+
+# Placeholders, filled in per run: @bert / @llama / @gpt2 (the tiny models), @tmp (the run's own folder),
+# @default_run (the run directory of the context's default run: a trained adapter to start from).
+
+BERT_TEXT = {"name": "review", "type": "text", "preprocessing": {"max_sequence_length": 16},
+             "encoder": {"type": "auto_transformer", "pretrained_model_name_or_path": "@bert"}}
+TRAINER = {"epochs": 2, "batch_size": 8, "learning_rate": 0.01, "early_stop": -1}
+BASE = {
+    "ecd": {
+        "input_features": [BERT_TEXT, {"name": "genre", "type": "category"}, {"name": "length", "type": "number"},
+                           {"name": "flag", "type": "binary"}],
+        "output_features": [{"name": "sentiment", "type": "category"}, {"name": "score", "type": "number"},
+                            {"name": "recommended", "type": "binary"}],
+        "trainer": TRAINER,
+        "preprocessing": {"split": {"type": "fixed"}},
+    },
+    "llm": {
+        "model_type": "llm", "base_model": "@llama",
+        "input_features": [{"name": "instruction", "type": "text"}],
+        "output_features": [{"name": "output", "type": "text"}],
+        "generation": {"max_new_tokens": 4},
+        "trainer": {"type": "finetune", **TRAINER},
+        "preprocessing": {"split": {"type": "fixed"}},
+    },
+}
+
+# Contexts shared by every key under a path prefix (applied in order, before the case's own context).
+TRAINABLE = {"input_features": [{**BERT_TEXT, "encoder": {**BERT_TEXT["encoder"], "trainable": True}}]}
+# The tiny Llama as the text encoder. Its tokenizer adds no special tokens, so an empty text (the default fill of a
+# missing one) would tokenize to nothing: fill with a word.
+LLAMA_TEXT = {"input_features": [{**BERT_TEXT, "preprocessing": {"max_sequence_length": 16, "fill_value": "movie"},
+                                  "encoder": {**BERT_TEXT["encoder"], "pretrained_model_name_or_path": "@llama"}}]}
+# Evaluations that do not all improve: a learning rate too large for a steady descent, an evaluation every step.
+PLATEAU = {"ecd": {"trainer": {"learning_rate": 0.5, "steps_per_checkpoint": 1, "epochs": 3, "optimizer": {"type": "sgd"}}},
+           "llm": {"trainer": {"learning_rate": 1.0, "steps_per_checkpoint": 1, "epochs": 3}}}
+PREFIX_CONTEXTS = {
+    "ecd": [
+        (r"input_features\[text\]\.encoder\.adapter\[adaption_prompt\]", LLAMA_TEXT),  # peft: llama, mistral, gpt2
+        (r"output_features\[\w+\]\.decoder\.fc_", {"output_features": [
+            {"name": "sentiment", "type": "category", "decoder": {"num_fc_layers": 1, "fc_output_size": 8}},
+            {"name": "score", "type": "number", "decoder": {"num_fc_layers": 1, "fc_output_size": 8}},
+            {"name": "recommended", "type": "binary", "decoder": {"num_fc_layers": 1, "fc_output_size": 8}}]}),
+        (r"combiner\[concat\]\.(dropout|activation|norm|output_size)$", {"combiner": {"num_fc_layers": 1}}),
+        (r"combiner\[concat\]\.fc_layers", {"combiner": {"fc_layers": [{"output_size": 8}]}}),
+        (r"combiner\[comparator\]", {"+input_features": [{"name": "length2", "type": "number"}],
+                                     "combiner": {"type": "comparator", "entity_1": ["review", "genre"],
+                                                  "entity_2": ["length", "flag", "length2"], "output_size": 8}}),
+        (r"combiner\[comparator\]\.fc_layers", {"combiner": {"fc_layers": [{"output_size": 8}]}}),
+        (r"preprocessing\.split\[stratify\]", {"preprocessing": {"split": {"type": "stratify", "column": "recommended"}}}),
+    ],
+    "llm": [
+        (r"output_features\[category\]", {"output_features": [{"name": "output", "type": "category"}]}),
+        (r"preprocessing\.split\[stratify\]", {"preprocessing": {"split": {"type": "stratify", "column": "output"}}}),
+    ],
+}
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if key.startswith("+"):
+            out[key[1:]] = out.get(key[1:], []) + copy.deepcopy(value)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def common(model_type: str) -> dict[str, Case]:
+    """Keys both model types share (trainer, split, sampling), by path."""
+    plateau = PLATEAU[model_type]
+    return {
+    "trainer.train_steps": Case(2),
+    "trainer.eval_batch_size": Case(2),
+    "trainer.optimizer.type": Case("sgd"),
+    "trainer.optimizer[adam].betas": Case((0.5, 0.9)),
+    "trainer.optimizer[adam].eps": Case(0.1),
+    "trainer.optimizer[rmsprop].eps": Case(0.1),
+    "trainer.optimizer[adagrad].eps": Case(0.1),
+    "trainer.optimizer[sgd].nesterov": Case(True, {"trainer": {"optimizer": {"type": "sgd", "momentum": 0.9}}}),
+    "trainer.learning_rate_scheduler.decay_rate": Case(None, {"trainer": {"learning_rate_scheduler": {
+        "decay": "exponential", "decay_steps": 2}}}),
+    "trainer.learning_rate_scheduler.decay_steps": Case(2, {"trainer": {"learning_rate_scheduler": {"decay": "exponential"}}}),
+    "trainer.learning_rate_scheduler.staircase": Case(True, {"trainer": {"learning_rate_scheduler": {
+        "decay": "exponential", "decay_steps": 2}}}),
+    # a plateau: a learning rate so large that the validation loss does not improve at every evaluation
+    "trainer.learning_rate_scheduler.reduce_on_plateau": Case(1, _merge(plateau, {"trainer": {
+        "learning_rate_scheduler": {"reduce_on_plateau_patience": 1}}})),
+    "trainer.learning_rate_scheduler.reduce_on_plateau_patience": Case(1, _merge(plateau, {"trainer": {
+        "learning_rate_scheduler": {"reduce_on_plateau": 3, "reduce_on_plateau_patience": 3}}})),
+    "trainer.learning_rate_scheduler.reduce_on_plateau_rate": Case(0.5, _merge(plateau, {"trainer": {
+        "learning_rate_scheduler": {"reduce_on_plateau": 3, "reduce_on_plateau_patience": 1}}})),
+    "trainer.gradient_accumulation_steps": Case(2),
+    "trainer.gradient_clipping.clipnorm": Case(0.001),
+    "trainer.gradient_clipping.clipvalue": Case(0.0001),
+    "trainer.gradient_clipping.clipglobalnorm": Case(0.01),
+    "trainer.regularization_type": Case("l2", {"trainer": {"regularization_lambda": 0.1}}),
+    "trainer.regularization_lambda": Case(0.1, {"trainer": {"regularization_type": "l2"}}),
+    "trainer.early_stop": Case(1, plateau),
+    "trainer.steps_per_checkpoint": Case(1),
+    "trainer.checkpoints_per_epoch": Case(2),
+    "preprocessing.split.type": Case("random"),
+    "preprocessing.split[random].probabilities": Case((0.5, 0.25, 0.25)),
+    "preprocessing.split[stratify].probabilities": Case((0.5, 0.25, 0.25)),
+    "preprocessing.split[stratify].column": Case("split"),
+    "preprocessing.split[fixed].column": Case("split2"),
+    "preprocessing.sample_size": Case(20),
+    }
+
+# Adapter keys, relative to the adapter section (`adapter` for llm, `input_features[text].encoder.adapter` for ECD).
+MERGE = {"postprocessor": {"merge_adapter_into_base_model": True}}
+
+
+def adapter_cases(targets: dict[str, list[str]], trained: str) -> dict[str, Case]:
+    """`targets`: module names of the model to adapt (one layer, the ia3 layers, one to train in full); `trained`:
+    where the context's default run left its adapter (for `pretrained_adapter_weights`)."""
+    cases = {"type": Case("lora")}
+    for kind in ("lora", "adalora", "adaption_prompt", "ia3", "loha", "lokr", "vera", "prompt_tuning"):
+        cases[f"[{kind}].pretrained_adapter_weights"] = Case(trained)
+        # prompt-style adapters cannot merge (`REFUSED`): no context shows their merge progress bar
+        merges = {"@adapter": MERGE} if kind not in ("adaption_prompt", "prompt_tuning") else {}
+        cases[f"[{kind}].postprocessor.progressbar"] = Case(True, merges, display=True)
+    for kind in ("lora", "adalora", "loha", "lokr", "vera"):
+        cases[f"[{kind}].target_modules"] = Case(targets["one"])
+    cases.update({
+        "[lora].alpha": Case(4),
+        "[adalora].alpha": Case(4),
+        "[adalora].total_step": Case(20),
+        "[adalora].tinit": Case(1),
+        "[adalora].tfinal": Case(1),
+        "[adalora].target_r": Case(4),
+        # importance smoothing: after 6 steps the pruned triplets are still the same ones; after 18 they differ
+        "[adalora].beta1": Case(0.01, {"trainer": {"epochs": 6}}),
+        "[adalora].beta2": Case(0.01, {"trainer": {"epochs": 6}}),
+        "[ia3].target_modules": Case(targets["ia3"][:1], {"@adapter": {"feedforward_modules": None}}),
+        "[ia3].feedforward_modules": Case(targets["ia3"][:1], {"@adapter": {"target_modules": targets["ia3"]}}),
+        "[ia3].modules_to_save": Case(targets["save"]),
+        "[vera].r": Case(4),
+        "[prompt_tuning].prompt_tuning_init": Case("TEXT", {"@adapter": {"prompt_tuning_init_text": "a great movie"}}),
+        "[prompt_tuning].prompt_tuning_init_text": Case("a dull film", {"@adapter": {"prompt_tuning_init": "TEXT",
+                                                                                     "prompt_tuning_init_text": "a great movie"}}),
+    })
+    return cases
+
+
+ECD_ADAPTER = "input_features[text].encoder.adapter"
+ECD = {
+    **common("ecd"),
+    **{ECD_ADAPTER + (k if k.startswith("[") else "." + k): v for k, v in adapter_cases(
+        {"one": ["query"], "ia3": ["key", "value", "output.dense"], "save": ["intermediate.dense"]}, "@default_run").items()},
+    "input_features[text].name": Case("words", {"input_features": [{**BERT_TEXT, "column": "review"}]}),
+    "input_features[text].column": Case("review2"),
+    # frozen, two copies of one checkpoint are the same weights: tie encoders that train
+    "input_features[text].tied": Case("review2", {"input_features": [
+        *TRAINABLE["input_features"], {**TRAINABLE["input_features"][0], "name": "review2"}, *BASE["ecd"]["input_features"][1:]]}),
+    "input_features[text].encoder.pretrained_model_name_or_path": Case("@llama", {"input_features": [
+        {**BERT_TEXT, "preprocessing": {"max_sequence_length": 16, "fill_value": "movie"}}]}),
+    "input_features[text].encoder.pretrained_kwargs": Case({"hidden_dropout_prob": 0.5}, TRAINABLE),
+    "input_features[text].encoder.trust_remote_code": None,  # EXEMPT below
+    "input_features[text].encoder.use_pretrained": Case(False),
+    "input_features[text].encoder.reduce_output": Case("max"),
+    "input_features[text].preprocessing.max_sequence_length": Case(4),
+    # BERT's tokenizer lowercases anyway: a case-sensitive (BPE) tokenizer shows the key
+    "input_features[text].preprocessing.lowercase": Case(True, LLAMA_TEXT),
+    "input_features[text].preprocessing.fill_value": Case("brilliant"),
+    "input_features[text].preprocessing.cache_encoder_embeddings": Case(True),
+    "input_features[text].preprocessing.missing_value_strategy": Case("fill_with_mode"),
+    "input_features[category].name": Case("kind", {"input_features": [BERT_TEXT, {"name": "genre", "type": "category", "column": "genre"}]}),
+    "input_features[category].column": Case("genre2"),
+    "input_features[category].tied": Case("genre2", {"+input_features": [{"name": "genre2", "type": "category"}]}),
+    "input_features[category].encoder.type": Case("onehot"),
+    "input_features[category].preprocessing.most_common": Case(1),
+    "input_features[category].preprocessing.fill_value": Case("comedy"),
+    "input_features[number].name": Case("size", {"input_features": [BERT_TEXT, {"name": "length", "type": "number", "column": "length"}]}),
+    "input_features[number].column": Case("length2"),
+    # a passthrough encoder has no weights to share: tie dense ones
+    "input_features[number].tied": Case("length2", {"input_features": [
+        BERT_TEXT, {"name": "length", "type": "number", "encoder": "dense"},
+        {"name": "length2", "type": "number", "encoder": "dense"}]}),
+    "input_features[number].encoder.type": Case("dense"),
+    "input_features[number].preprocessing.fill_value": Case(5.0),
+    "input_features[binary].name": Case("switch", {"input_features": [BERT_TEXT, {"name": "flag", "type": "binary", "column": "flag"}]}),
+    "input_features[binary].column": Case("flag2"),
+    "input_features[binary].tied": Case("flag2", {"+input_features": [{"name": "flag2", "type": "binary"}]}),
+    "input_features[binary].preprocessing.fallback_true_label": Case("cat"),
+    "input_features[binary].preprocessing.missing_value_strategy": Case("bfill"),  # the mode may read false too
+    "output_features[category].name": Case("mood", {"output_features": [
+        {"name": "sentiment", "type": "category", "column": "sentiment"}]}),
+    "output_features[category].column": Case("genre"),
+    "output_features[category].tied": Case("genre"),
+    "output_features[category].decoder.type": Case("classifier"),
+    "output_features[category].loss.class_weights": Case({"positive": 4.0}),
+    "output_features[category].top_k": Case(2),  # hits_at_k is reported for 1 < k < classes
+    "output_features[category].preprocessing.most_common": Case(2),  # of 3 labels (one capitalised twice)
+    "output_features[category].preprocessing.fill_value": Case("negative", {"output_features": [
+        {"name": "sentiment", "type": "category", "preprocessing": {"missing_value_strategy": "fill_with_const"}}]}),
+    "output_features[binary].name": Case("liked", {"output_features": [
+        {"name": "recommended", "type": "binary", "column": "recommended"}]}),
+    "output_features[binary].column": Case("flag"),
+    "output_features[binary].tied": Case("flag"),
+    "output_features[binary].decoder.type": Case("classifier"),
+    "output_features[binary].loss.positive_class_weight": Case(4.0),
+    "output_features[binary].threshold": Case(0.9),
+    "output_features[binary].preprocessing.fallback_true_label": Case("cat", {"output_features": [
+        {"name": "recommended", "type": "binary", "column": "flag"}]}),
+    "output_features[binary].preprocessing.missing_value_strategy": Case("fill_with_false"),
+    "output_features[number].name": Case("rating", {"output_features": [{"name": "score", "type": "number", "column": "score"}]}),
+    "output_features[number].column": Case("length"),
+    "output_features[number].tied": Case("length"),
+    "output_features[number].decoder.type": Case("regressor"),
+    "output_features[number].clip": Case((0.0, 1.0)),
+    "output_features[number].preprocessing.fill_value": Case(9.0, {"output_features": [
+        {"name": "score", "type": "number", "preprocessing": {"missing_value_strategy": "fill_with_const"}}]}),
+    "combiner.type": Case(Whole({"type": "comparator", "entity_1": ["review", "genre"], "entity_2": ["length", "flag"]})),
+    "combiner[concat].fc_layers[].dropout": Case(0.5),
+    "combiner[comparator].fc_layers[].dropout": Case(0.5),
+    "combiner[concat].fc_layers[].activation": Case("tanh"),  # unset means the combiner's relu: tanh differs
+    "combiner[comparator].fc_layers[].activation": Case("tanh"),
+    "combiner[comparator].entity_1": Case(["genre", "review"]),
+    "combiner[comparator].entity_2": Case(["flag", "length", "length2"]),
+    "trainer.validation_field": Case("sentiment"),
+    "trainer.validation_metric": Case("accuracy", {"trainer": {"validation_field": "sentiment"}}),
+    "trainer.batch_size": Case(16),
+    "trainer.group_by_length": Case(False),
+    "trainer.enable_gradient_checkpointing": Case(True, TRAINABLE),
+    "backend[local].cache_dir": Case("@tmp/cache"),
+}
+
+LLM_ADAPTER = "adapter"
+NEVER = {"type": "regex", "value": "^x{50}$"}
+LLM = {
+    **common("llm"),
+    **{LLM_ADAPTER + (k if k.startswith("[") else "." + k): v for k, v in adapter_cases(
+        {"one": ["q_proj"], "ia3": ["k_proj", "v_proj", "down_proj"], "save": ["lm_head"]}, "@default_run/model/adapter").items()},
+    "base_model": Case("@gpt2"),
+    # the tiny Llama has no biases to train: GPT-2 has
+    "adapter[lora].bias_type": Case("all", {"base_model": "@gpt2"}),
+    "adapter[adalora].bias_type": Case("all", {"base_model": "@gpt2"}),
+    "pretrained_kwargs": Case({"attention_dropout": 0.5}),
+    "input_features[].name": Case("question", {"input_features": [{"name": "instruction", "type": "text", "column": "instruction"}]}),
+    "input_features[].column": Case("instruction2"),
+    "input_features[].preprocessing.max_sequence_length": Case(3),
+    "output_features[text].name": Case("answer", {"output_features": [{"name": "output", "type": "text", "column": "output"}]}),
+    "output_features[text].column": Case("output2"),
+    "output_features[text].preprocessing.max_sequence_length": Case(1),
+    "output_features[category].name": Case("answer", {"output_features": [{"name": "output", "type": "category", "column": "output"}]}),
+    "output_features[category].column": Case("output2"),
+    "output_features[category].preprocessing.max_sequence_length": Case(1),
+    # a pattern that never matches, against one that matches any generated text
+    "output_features[category].decoder.match{}.type": Case("regex", {"output_features": [
+        {"name": "output", "type": "category", "decoder": {"match": {"positive": {"type": "contains", "value": "."},
+                                                                      "negative": NEVER}}}]}),
+    "output_features[category].decoder.match{}.value": Case(".", {"output_features": [
+        {"name": "output", "type": "category", "decoder": {"match": {"positive": NEVER, "negative": NEVER}}}]}),
+    "output_features[category].preprocessing.fallback_label": Case("neither"),
+    "prompt.template": Case("Review: {instruction}\nSentiment:"),
+    "prompt.task": Case("Say whether the review is positive."),
+    "generation.max_new_tokens": Case(8, {"trainer": {"type": "none"}}),  # fine-tuned, it stops at once
+    "generation.min_new_tokens": Case(6, {"generation": {"max_new_tokens": 8}}),
+    "generation.temperature": Case(5.0, {"generation": {"do_sample": True}}),
+    "generation.top_k": Case(1, {"generation": {"do_sample": True, "temperature": 5.0}}),
+    "generation.top_p": Case(0.01, {"generation": {"do_sample": True, "temperature": 5.0}}),
+    "generation.num_beams": Case(4),
+    "generation.repetition_penalty": Case(5.0, {"generation": {"max_new_tokens": 8}}),
+    "generation.no_repeat_ngram_size": Case(1, {"generation": {"max_new_tokens": 8}}),
+    "trainer.type": Case("none"),
+    "trainer.validation_field": Case("output"),
+    "trainer.validation_metric": Case("perplexity"),
+    "trainer.batch_size": Case(16),
+    "trainer.group_by_length": Case(False),
+    "trainer.enable_gradient_checkpointing": Case(True),
+    "preprocessing.global_max_sequence_length": Case(8),
+    "backend.cache_dir": Case("@tmp/cache"),
+}
+CASES = {"ecd": {k: v for k, v in ECD.items() if v is not None}, "llm": LLM}
+
+QUANTIZATION = ("quantization loads 4/8-bit weights with bitsandbytes, which needs a CUDA GPU; on a CPU the plan "
+                "refuses the section (tests/test_llm.py)")
+EXEMPT = {
+    "ecd": {
+        "input_features[text].encoder.trust_remote_code": "runs code shipped in the model folder; the tiny models "
+        "are built-in architectures with no code of their own, so there is nothing to run",
+        "trainer.learning_rate_scaling": "scales the learning rate by the worker count: one local worker gives ×1 "
+        "whatever the rule (checked with several Ray workers in tests/test_ray.py)",
+        "backend[ray].trainer.max_failures": "only matters when a worker fails (tests/test_ray.py kills one)",
+        "backend[ray].loader.fully_executed": "no valid alternative: only true is accepted (Ludwig's streaming "
+        "loader is refused by name)",
+    },
+    "llm": {
+        "trust_remote_code": "runs code shipped in the model folder; the tiny models are built-in architectures "
+        "with no code of their own, so there is nothing to run",
+        **{f"quantization.{k}": QUANTIZATION for k in ("bits", "llm_int8_threshold", "llm_int8_has_fp16_weight",
+                                                       "bnb_4bit_compute_dtype", "bnb_4bit_use_double_quant",
+                                                       "bnb_4bit_quant_type")},
+    },
+}
+# The Ray backend's keys will be plan-level (the plan records workers, strategy and resources); today they need a
+# cluster. Skipped here, with the reason.
+RAY_PLAN_KEYS = {
+    "backend.type", "backend[ray].cache_dir", "backend[ray].trainer.strategy.type",
+    "backend[ray].trainer.strategy[fsdp].reshard_after_forward", "backend[ray].trainer.num_workers",
+    "backend[ray].trainer.use_gpu", "backend[ray].trainer.resources_per_worker", "backend[ray].processor.parallelism",
+    "backend[ray].ray.address", "backend[ray].ray.storage_path",
+}
+# Off-default values a model type must refuse, with the ConfigError expected (the reason is part of it).
+NOT_MERGEABLE = r"cannot be merged into the base model"
+REFUSED = {
+    "ecd": {
+        f"{ECD_ADAPTER}[adaption_prompt].postprocessor.merge_adapter_into_base_model": (True, NOT_MERGEABLE),
+        f"{ECD_ADAPTER}[prompt_tuning].postprocessor.merge_adapter_into_base_model": (True, NOT_MERGEABLE),
+    },
+    "llm": {
+        "adapter[adaption_prompt].postprocessor.merge_adapter_into_base_model": (True, NOT_MERGEABLE),
+        "adapter[prompt_tuning].postprocessor.merge_adapter_into_base_model": (True, NOT_MERGEABLE),
+    },
+}
+
+# ------------------------------------------------------------------------------------- configs for a key
+
+SEGMENT = re.compile(r"(\w+)(\[\w*\]|\{\})?")
+
+
+def _segments(path: str) -> list[tuple[str, str | None]]:
+    return [(m.group(1), m.group(2)) for m in SEGMENT.finditer(path)]
+
+
+def _descend(node: dict, name: str, brackets: str | None):
+    """The dict at `name[brackets]` under `node`, created (with the union member's `type`) when absent."""
+    value = node.get(name)
+    if brackets in ("[]", "{}"):
+        return value[0] if brackets == "[]" else next(iter(value.values()))
+    if isinstance(value, list):
+        tag = brackets[1:-1]
+        return next(item for item in value if item.get("type") == tag)
+    if isinstance(value, str):
+        value = {"type": value}
+    value = dict(value or {})
+    if brackets and value.get("type", brackets[1:-1]) != brackets[1:-1]:
+        value = {}  # another member's keys do not belong to this one
+    if brackets:
+        value["type"] = brackets[1:-1]
+    node[name] = value
+    return value
+
+
+def _adapter_path(model_type: str) -> str:
+    return ECD_ADAPTER if model_type == "ecd" else LLM_ADAPTER
+
+
+def context_config(model_type: str, path: str, case: Case) -> dict:
+    """The key's context: the base run, the prefix contexts, the case's own; every union on the path set to the
+    member that holds the key (in the default run too)."""
+    cfg = copy.deepcopy(BASE[model_type])
+    for pattern, context in PREFIX_CONTEXTS[model_type]:
+        if re.match(pattern, path):
+            cfg = _merge(cfg, context)
+    own = {k: v for k, v in case.context.items() if k != "@adapter"}
+    cfg = _merge(cfg, own)
+    node = cfg
+    for name, brackets in _containers(model_type, path):
+        node = _descend(node, name, brackets)
+    if "@adapter" in case.context:  # overrides inside the adapter section, wherever it sits for this model type
+        adapter = cfg
+        for name, brackets in _segments(path):
+            adapter = _descend(adapter, name, brackets)
+            if name == "adapter":
+                break
+        adapter.update(copy.deepcopy(case.context["@adapter"]))
+    return cfg
+
+
+def _containers(model_type: str, path: str) -> list[tuple[str, str | None]]:
+    """The sections on the way to a key. A union's `type` key stops above its section: the default run leaves the
+    section out (an empty mapping would lack the `type` it needs)."""
+    segments = _segments(path)[:-1]
+    return segments[:-1] if LEAVES[model_type][path].annotation is None else segments
+
+
+def changed_config(model_type: str, path: str, cfg: dict, value) -> dict:
+    cfg = copy.deepcopy(cfg)
+    node = cfg
+    for name, brackets in _containers(model_type, path):
+        node = _descend(node, name, brackets)
+    segments = _segments(path)
+    if isinstance(value, Whole):
+        node[segments[-2][0]] = copy.deepcopy(value.section)
+    elif LEAVES[model_type][path].annotation is None:  # a union's type: the section becomes that member
+        section = node.get(segments[-2][0])
+        node[segments[-2][0]] = {**(section if isinstance(section, dict) else {}), "type": value}
+    else:
+        node[segments[-1][0]] = copy.deepcopy(value)
+    return cfg
+
+
+def current_value(model_type: str, path: str, cfg: dict, leaf: Leaf):
+    if leaf.annotation is None:
+        return None
+    node = cfg
+    for name, brackets in _containers(model_type, path):
+        node = _descend(copy.deepcopy(node), name, brackets)
+    return node.get(_segments(path)[-1][0], leaf.default)
+
+
+def off_default(leaf: Leaf, current):
+    """A clearly different valid value, where one is obvious: None when the case must say."""
+    members = [kind for _, kind in _members(leaf.annotation)] if leaf.annotation is not None else []
+    for kind in members:
+        if kind is bool:
+            return not current
+        if get_origin(kind) is Literal:
+            others = [v for v in get_args(kind) if v != current and v is not None]
+            if others:
+                return others[0]
+    if isinstance(current, bool) or current is None:
+        return None
+    if isinstance(current, int) and any(k is int or getattr(k, "__origin__", None) is int or
+                                        (isinstance(k, type) and issubclass(k, int)) for k in members):
+        return current * 2 if current else 1
+    if isinstance(current, float):
+        return current / 2 if current else 0.5
+    return None
+
+
+def planned_case(model_type: str, path: str):
+    """(context config, changed config) for a key, or None when its value cannot be derived."""
+    case = CASES[model_type].get(path, Case())
+    cfg = context_config(model_type, path, case)
+    value = case.value
+    if value is None:
+        value = off_default(LEAVES[model_type][path], current_value(model_type, path, cfg, LEAVES[model_type][path]))
+    if value is None:
+        return None
+    return cfg, changed_config(model_type, path, cfg, value), case
+
+
+# ------------------------------------------------------------------------------------------- data and runs
+
+
+def ecd_frame() -> pd.DataFrame:
+    frame, other = tiny.sentiment_frame(40, seed=0), tiny.sentiment_frame(40, seed=1)
+    rng = np.random.default_rng(0)
+    frame["review"] = frame["review"].str.capitalize()  # a case-sensitive tokenizer sees the case
+    frame["review2"] = other["review"]
+    frame["genre"] = rng.choice(["drama", "Drama", "comedy", "horror"], size=40)
+    frame["genre2"] = other["genre"]
+    frame["length2"] = other["length"]
+    # neither reads as true or false by itself: which one is true is `fallback_true_label`'s question
+    frame["flag"] = other["recommended"].map({"yes": "cat", "no": "dog"})
+    frame["flag2"] = rng.choice(["cat", "dog"], size=40)
+    frame.loc[[1, 5], "sentiment"] = frame.loc[[1, 5], "sentiment"].str.capitalize()  # `lowercase` merges them
+    frame["split"] = [0] * 24 + [1] * 8 + [2] * 8
+    frame["split2"] = [2] * 8 + [1] * 8 + [0] * 24
+    frame = frame.astype(object)
+    # missing values, what the missing-value keys act on; each output's in rows of its own, so that a row one output
+    # fills is not dropped for another's missing label
+    for column in ("review", "genre", "length", "flag"):
+        frame.loc[[3, 11, 30], column] = None
+    for rows, column in (([4, 12, 31], "sentiment"), ([5, 13, 32], "score"), ([6, 14, 33], "recommended")):
+        frame.loc[rows, column] = None
+    return frame
+
+
+def llm_frame() -> pd.DataFrame:
+    frame, other = tiny.sentiment_frame(40, seed=0), tiny.sentiment_frame(40, seed=1)
+    return pd.DataFrame({"instruction": frame["review"], "instruction2": other["review"],
+                         "output": frame["sentiment"], "output2": other["genre"],
+                         "split": [0] * 24 + [1] * 8 + [2] * 8, "split2": [2] * 8 + [1] * 8 + [0] * 24})
+
+
+ECHOES = {"model_hyperparameters.json", "description.json", "resolved_config.yaml", "adapter_config.json"}
+VOLATILE = {"efficiency.json", "report.html"}
+VOLATILE_PLAN = {"memory_estimate_mb"}  # measured memory of this process
+
+
+@dataclass
+class Outcome:
+    weights: dict
+    metrics: dict
+    plan: dict
+    predictions: pd.DataFrame
+    files: dict
+    display: str
+    run_dir: Path | None
+
+
+def _fill(value, places: dict):
+    if isinstance(value, str) and value.startswith("@"):
+        head, _, tail = value.partition("/")
+        if head not in places:
+            return value
+        return str(places[head]) + (f"/{tail}" if tail else "")
+    if isinstance(value, dict):
+        return {k: _fill(v, places) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_fill(v, places) for v in value]
+    return value
+
+
+def _files(root: Path) -> dict[str, str]:
+    out = {}
+    for path in sorted(root.rglob("*")):
+        relative = path.relative_to(root)
+        if not path.is_file() or relative.parts[0] == "envcache" or path.name in ECHOES | VOLATILE:
+            continue
+        out[str(relative)] = hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
+    return out
+
+
+def run(cfg: dict, frame: pd.DataFrame, folder: Path, places: dict) -> Outcome:
+    import torch
+
+    from tunefork import Model
+
+    folder.mkdir(parents=True)
+    cfg = _fill(cfg, {**places, "@tmp": folder})
+    shown = io.StringIO()
+    saved = os.environ.get("TUNEFORK_CACHE_DIR")
+    os.environ["TUNEFORK_CACHE_DIR"] = str(folder / "envcache")  # a fresh cache each run: never a hit from another
+    try:
+        with contextlib.redirect_stderr(shown), contextlib.redirect_stdout(shown):
+            model = Model(cfg, progress=False, quiet=True)
+            result = model.train(frame, output_directory=folder / "runs", random_seed=7)
+            torch.manual_seed(0)  # sampling generation draws from torch's generator
+            predictions = model.predict(frame.head(4 if model.is_llm else 8))
+    finally:
+        if saved is None:
+            os.environ.pop("TUNEFORK_CACHE_DIR")
+        else:
+            os.environ["TUNEFORK_CACHE_DIR"] = saved
+    weights = {k: v.detach().cpu().clone() for k, v in model.model.state_dict().items()}
+    plan = {k: v["value"] for k, v in result.plan.items() if k not in VOLATILE_PLAN}
+    display = re.sub(r"\d+(\.\d+)?", "#", shown.getvalue())
+    return Outcome(weights, json.loads(json.dumps(result.statistics)), json.loads(json.dumps(plan)), predictions,
+                   _files(folder), display, result.output_directory)
+
+
+def differences(a: Outcome, b: Outcome, display: bool = False) -> list[str]:
+    import torch
+
+    found = []
+    if a.weights.keys() != b.weights.keys() or any(
+            a.weights[k].shape != b.weights[k].shape or not torch.equal(a.weights[k], b.weights[k]) for k in a.weights):
+        found.append("weights")
+    if a.metrics != b.metrics:
+        found.append("metrics")
+    if a.plan != b.plan:
+        found.append("plan")
+    if not a.predictions.equals(b.predictions) or list(a.predictions.columns) != list(b.predictions.columns):
+        found.append("predictions")
+    if a.files != b.files:
+        found.append("files")
+    if display and a.display != b.display:
+        found.append("display")
+    return found
+
+
+@pytest.fixture(scope="module")
+def places(tiny_bert, tiny_llama, tiny_gpt2) -> dict:
+    return {"@bert": tiny_bert, "@llama": tiny_llama, "@gpt2": tiny_gpt2}
+
+
+@pytest.fixture(scope="module")
+def frames() -> dict:
+    return {"ecd": ecd_frame(), "llm": llm_frame()}
+
+
+@pytest.fixture(scope="module")
+def default_runs(places, frames, tmp_path_factory):
+    """The default run of each distinct context, made once."""
+    made: dict[str, Outcome] = {}
+
+    def get(model_type: str, cfg: dict) -> Outcome:
+        key = json.dumps(cfg, sort_keys=True, default=str)
+        if key not in made:
+            made[key] = run(cfg, frames[model_type], tmp_path_factory.mktemp("default") / "run", places)
+        return made[key]
+
+    return get
+
+
+# --------------------------------------------------------------------------------------------------- tests
+
+
+def _all_keys():
+    return [(model_type, path) for model_type in ("ecd", "llm") for path in LEAVES[model_type]]
+
+
+def test_every_key_is_covered_and_every_table_entry_exists():
+    for model_type in ("ecd", "llm"):
+        walked = set(LEAVES[model_type])
+        tables = {"CASES": set(CASES[model_type]), "EXEMPT": set(EXEMPT[model_type]),
+                  "REFUSED": set(REFUSED[model_type]),
+                  "RAY_PLAN_KEYS": RAY_PLAN_KEYS if model_type == "ecd" else set()}
+        for name, keys in tables.items():
+            assert not keys - walked, f"{model_type} {name} names keys the schema does not have: {sorted(keys - walked)}"
+        handled = tables["EXEMPT"] | tables["REFUSED"] | tables["RAY_PLAN_KEYS"]
+        for a, b in (("CASES", "EXEMPT"), ("CASES", "REFUSED"), ("EXEMPT", "RAY_PLAN_KEYS"), ("CASES", "RAY_PLAN_KEYS")):
+            assert not tables[a] & tables[b], f"{model_type}: in both {a} and {b}: {sorted(tables[a] & tables[b])}"
+        missing = sorted(p for p in walked - handled if planned_case(model_type, p) is None)
+        assert not missing, f"{model_type}: no case (and no derivable off-default value) for {missing}"
+    assert len(LEAVES["ecd"]) > 200 and len(LEAVES["llm"]) > 140  # the walker reaches into unions and lists
+
+
+@pytest.mark.parametrize("model_type", ["ecd", "llm"])
+def test_two_default_runs_are_identical(model_type, places, frames, tmp_path):
+    cfg = context_config(model_type, "trainer.epochs", Case())
+    first = run(cfg, frames[model_type], tmp_path / "a", places)
+    second = run(cfg, frames[model_type], tmp_path / "b", places)
+    assert differences(first, second, display=True) == []
+    assert first.weights and first.metrics["evaluations"] and len(first.predictions)
+
+
+@pytest.mark.parametrize(("model_type", "path"), _all_keys(), ids=[f"{t}:{p}" for t, p in _all_keys()])
+def test_key_has_an_effect(model_type, path, places, frames, default_runs, tmp_path):
+    if model_type == "ecd" and path in RAY_PLAN_KEYS:
+        pytest.skip("plan-level: checked in test_ray")
+    if path in EXEMPT[model_type]:
+        pytest.skip(f"exempt: {EXEMPT[model_type][path]}")
+    if path == "trainer.use_mixed_precision":
+        from tunefork import hardware
+
+        machine = hardware.detect()
+        if machine.device != "cuda" and not machine.cpu_bf16:
+            pytest.skip("this CPU has no native bf16: mixed precision stays fp32 here (the plan says why)")
+    if path in REFUSED[model_type]:
+        value, reason = REFUSED[model_type][path]
+        cfg = context_config(model_type, path, Case())
+        with pytest.raises(ConfigError, match=reason):
+            run(changed_config(model_type, path, cfg, value), frames[model_type], tmp_path / "changed", places)
+        return
+    cfg, changed, case = planned_case(model_type, path)
+    default = default_runs(model_type, cfg)
+    places = {**places, "@default_run": default.run_dir}
+    moved = run(changed, frames[model_type], tmp_path / "changed", places)
+    assert differences(default, moved, display=case.display), (
+        f"{path}: moved off its default, nothing changed (weights, metrics, plan, predictions, files"
+        f"{', display' if case.display else ''}); changed config: {_fill(changed, places)}")
