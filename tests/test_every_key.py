@@ -53,7 +53,7 @@ import tiny
 from pydantic import Tag
 
 from tunefork.config import Config, ConfigError, LLMConfig
-from tunefork.config.base import Section
+from tunefork.sections import Section
 
 # ------------------------------------------------------------------------------------------------ the walker
 
@@ -277,11 +277,10 @@ def adapter_cases(targets: dict[str, list[str]], trained: str) -> dict[str, Case
     """`targets`: module names of the model to adapt (one layer, the ia3 layers, one to train in full); `trained`:
     where the context's default run left its adapter (for `pretrained_adapter_weights`)."""
     cases = {"type": Case("lora")}
-    for kind in ("lora", "adalora", "adaption_prompt", "ia3", "loha", "lokr", "vera", "prompt_tuning"):
-        cases[f"[{kind}].pretrained_adapter_weights"] = Case(trained)
-        # prompt-style adapters cannot merge (`REFUSED`): no context shows their merge progress bar
-        merges = {"@adapter": MERGE} if kind not in ("adaption_prompt", "prompt_tuning") else {}
-        cases[f"[{kind}].postprocessor.progressbar"] = Case(True, merges, display=True)
+    for kind in ("lora", "adalora", "adaption_prompt", "ia3", "loha", "lokr", "vera"):
+        cases[f"[{kind}].pretrained_adapter_weights"] = Case(trained)  # prompt tuning's is refused (`REFUSED`)
+    for kind in ("lora", "adalora", "ia3", "loha", "lokr", "vera"):  # prompt-style adapters cannot merge: `REFUSED`
+        cases[f"[{kind}].postprocessor.progressbar"] = Case(True, {"@adapter": MERGE}, display=True)
     for kind in ("lora", "adalora", "loha", "lokr", "vera"):
         cases[f"[{kind}].target_modules"] = Case(targets["one"])
     cases.update({
@@ -343,14 +342,11 @@ ECD = {
     "input_features[number].preprocessing.fill_value": Case(5.0),
     "input_features[binary].name": Case("switch", {"input_features": [BERT_TEXT, {"name": "flag", "type": "binary", "column": "flag"}]}),
     "input_features[binary].column": Case("flag2"),
-    "input_features[binary].tied": Case("flag2", {"+input_features": [{"name": "flag2", "type": "binary"}]}),
     "input_features[binary].preprocessing.fallback_true_label": Case("cat"),
     "input_features[binary].preprocessing.missing_value_strategy": Case("bfill"),  # the mode may read false too
     "output_features[category].name": Case("mood", {"output_features": [
         {"name": "sentiment", "type": "category", "column": "sentiment"}]}),
     "output_features[category].column": Case("genre"),
-    "output_features[category].tied": Case("genre"),
-    "output_features[category].decoder.type": Case("classifier"),
     "output_features[category].loss.class_weights": Case({"positive": 4.0}),
     "output_features[category].top_k": Case(2),  # hits_at_k is reported for 1 < k < classes
     "output_features[category].preprocessing.most_common": Case(2),  # of 3 labels (one capitalised twice)
@@ -359,8 +355,6 @@ ECD = {
     "output_features[binary].name": Case("liked", {"output_features": [
         {"name": "recommended", "type": "binary", "column": "recommended"}]}),
     "output_features[binary].column": Case("flag"),
-    "output_features[binary].tied": Case("flag"),
-    "output_features[binary].decoder.type": Case("classifier"),
     "output_features[binary].loss.positive_class_weight": Case(4.0),
     "output_features[binary].threshold": Case(0.9),
     "output_features[binary].preprocessing.fallback_true_label": Case("cat", {"output_features": [
@@ -368,8 +362,6 @@ ECD = {
     "output_features[binary].preprocessing.missing_value_strategy": Case("fill_with_false"),
     "output_features[number].name": Case("rating", {"output_features": [{"name": "score", "type": "number", "column": "score"}]}),
     "output_features[number].column": Case("length"),
-    "output_features[number].tied": Case("length"),
-    "output_features[number].decoder.type": Case("regressor"),
     "output_features[number].clip": Case((0.0, 1.0)),
     "output_features[number].preprocessing.fill_value": Case(9.0, {"output_features": [
         {"name": "score", "type": "number", "preprocessing": {"missing_value_strategy": "fill_with_const"}}]}),
@@ -399,7 +391,6 @@ LLM = {
     "adapter[lora].bias_type": Case("all", {"base_model": "@gpt2"}),
     "adapter[adalora].bias_type": Case("all", {"base_model": "@gpt2"}),
     "pretrained_kwargs": Case({"attention_dropout": 0.5}),
-    "input_features[].name": Case("question", {"input_features": [{"name": "instruction", "type": "text", "column": "instruction"}]}),
     "input_features[].column": Case("instruction2"),
     "input_features[].preprocessing.max_sequence_length": Case(3),
     "output_features[text].name": Case("answer", {"output_features": [{"name": "output", "type": "text", "column": "output"}]}),
@@ -427,54 +418,82 @@ LLM = {
     "generation.no_repeat_ngram_size": Case(1, {"generation": {"max_new_tokens": 8}}),
     "trainer.type": Case("none"),
     "trainer.validation_field": Case("output"),
-    "trainer.validation_metric": Case("perplexity"),
+    "trainer.validation_metric": Case("perplexity", {"trainer": {"validation_field": "output"}}),
     "trainer.batch_size": Case(16),
     "trainer.group_by_length": Case(False),
     "trainer.enable_gradient_checkpointing": Case(True),
     "preprocessing.global_max_sequence_length": Case(8),
-    "backend.cache_dir": Case("@tmp/cache"),
+    "backend[local].cache_dir": Case("@tmp/cache"),
 }
 CASES = {"ecd": {k: v for k, v in ECD.items() if v is not None}, "llm": LLM}
 
 QUANTIZATION = ("quantization loads 4/8-bit weights with bitsandbytes, which needs a CUDA GPU; on a CPU the plan "
                 "refuses the section (tests/test_llm.py)")
+RAY_EXEMPT = {
+    "backend[ray].loader.fully_executed": "no valid alternative: only true is accepted (Ludwig's streaming loader "
+    "is refused by name)",
+    "backend[ray].cache_dir": "the same key as backend[local].cache_dir, whose case shows its effect; a Ray run "
+    "would only add a cluster's start-up",
+    "backend[ray].processor.parallelism": "how many Ray Data read tasks split a folder of files; by design the "
+    "tables are the same whatever the number (rows are split by a hash of their content: tests/test_ray.py reads "
+    "with 1 and 3 tasks)",
+}
 EXEMPT = {
     "ecd": {
         "input_features[text].encoder.trust_remote_code": "runs code shipped in the model folder; the tiny models "
         "are built-in architectures with no code of their own, so there is nothing to run",
-        "trainer.learning_rate_scaling": "scales the learning rate by the worker count: one local worker gives ×1 "
-        "whatever the rule (checked with several Ray workers in tests/test_ray.py)",
-        "backend[ray].trainer.max_failures": "only matters when a worker fails (tests/test_ray.py kills one)",
-        "backend[ray].loader.fully_executed": "no valid alternative: only true is accepted (Ludwig's streaming "
-        "loader is refused by name)",
+        **RAY_EXEMPT,
     },
     "llm": {
         "trust_remote_code": "runs code shipped in the model folder; the tiny models are built-in architectures "
         "with no code of their own, so there is nothing to run",
+        **RAY_EXEMPT,
+        "input_features[].name": "an identifier every feature has (Ludwig requires it); a causal LM's input has no "
+        "weights or metadata of its own, and with `column` set the prompt reads the column",
         **{f"quantization.{k}": QUANTIZATION for k in ("bits", "llm_int8_threshold", "llm_int8_has_fp16_weight",
                                                        "bnb_4bit_compute_dtype", "bnb_4bit_use_double_quant",
                                                        "bnb_4bit_quant_type")},
     },
 }
-# The Ray backend's keys will be plan-level (the plan records workers, strategy and resources); today they need a
-# cluster. Skipped here, with the reason.
+# The Ray backend's keys are plan-level: the plan records the cluster, workers, strategy, resources, restarts and
+# checkpoint storage. Each is checked by resolving the plan against a cluster offering 8 CPUs and 2 GPUs, without
+# starting one (the real Ray runs are in tests/test_ray.py).
 RAY_PLAN_KEYS = {
-    "backend.type", "backend[ray].cache_dir", "backend[ray].trainer.strategy.type",
-    "backend[ray].trainer.strategy[fsdp].reshard_after_forward", "backend[ray].trainer.num_workers",
-    "backend[ray].trainer.use_gpu", "backend[ray].trainer.resources_per_worker", "backend[ray].processor.parallelism",
-    "backend[ray].ray.address", "backend[ray].ray.storage_path",
+    "backend.type": "ray",
+    "backend[ray].trainer.strategy.type": "fsdp",
+    "backend[ray].trainer.strategy[fsdp].reshard_after_forward": False,
+    "backend[ray].trainer.num_workers": 1,
+    "backend[ray].trainer.use_gpu": False,
+    "backend[ray].trainer.resources_per_worker": {"CPU": 2},
+    "backend[ray].trainer.max_failures": 0,
+    "backend[ray].ray.address": "ray://head:10001",
+    "backend[ray].ray.storage_path": "/shared/checkpoints",
+    # × workers: with two Ray workers `linear` doubles the learning rate, `constant` keeps it
+    "trainer.learning_rate_scaling": ("constant", {"backend": {"type": "ray", "trainer": {"num_workers": 2}}}),
 }
 # Off-default values a model type must refuse, with the ConfigError expected (the reason is part of it).
 NOT_MERGEABLE = r"cannot be merged into the base model"
+BINARY_TIED = {"+input_features": [{"name": "flag2", "type": "binary"}]}
+NOT_MERGED = r"progressbar shows the merge's progress"
+NO_CONV1D = r"fan_in_fan_out: this \w+ model has no Conv1D layers"
+NO_CONTINUING = r"peft cannot train a saved prompt-tuning adapter further"
+
+
+def _refused_adapter_keys(adapter: str) -> dict:
+    return {
+        f"{adapter}[adaption_prompt].postprocessor.merge_adapter_into_base_model": (True, NOT_MERGEABLE),
+        f"{adapter}[prompt_tuning].postprocessor.merge_adapter_into_base_model": (True, NOT_MERGEABLE),
+        f"{adapter}[adaption_prompt].postprocessor.progressbar": (True, NOT_MERGED),
+        f"{adapter}[prompt_tuning].postprocessor.progressbar": (True, NOT_MERGED),
+        f"{adapter}[ia3].fan_in_fan_out": (True, NO_CONV1D),
+        f"{adapter}[prompt_tuning].pretrained_adapter_weights": ("saved/adapter", NO_CONTINUING),
+    }
+
+
 REFUSED = {
-    "ecd": {
-        f"{ECD_ADAPTER}[adaption_prompt].postprocessor.merge_adapter_into_base_model": (True, NOT_MERGEABLE),
-        f"{ECD_ADAPTER}[prompt_tuning].postprocessor.merge_adapter_into_base_model": (True, NOT_MERGEABLE),
-    },
-    "llm": {
-        "adapter[adaption_prompt].postprocessor.merge_adapter_into_base_model": (True, NOT_MERGEABLE),
-        "adapter[prompt_tuning].postprocessor.merge_adapter_into_base_model": (True, NOT_MERGEABLE),
-    },
+    "ecd": {**_refused_adapter_keys(ECD_ADAPTER),
+            "input_features[binary].tied": ("flag2", r"has a passthrough encoder, which has none", BINARY_TIED)},
+    "llm": _refused_adapter_keys("adapter"),
 }
 
 # ------------------------------------------------------------------------------------- configs for a key
@@ -683,7 +702,7 @@ def run(cfg: dict, frame: pd.DataFrame, folder: Path, places: dict) -> Outcome:
             model = Model(cfg, progress=False, quiet=True)
             result = model.train(frame, output_directory=folder / "runs", random_seed=7)
             torch.manual_seed(0)  # sampling generation draws from torch's generator
-            predictions = model.predict(frame.head(4 if model.is_llm else 8))
+            predictions = model.predict(frame.head(4 if model.config.model_type == "llm" else 8))
     finally:
         if saved is None:
             os.environ.pop("TUNEFORK_CACHE_DIR")
@@ -752,7 +771,7 @@ def test_every_key_is_covered_and_every_table_entry_exists():
         walked = set(LEAVES[model_type])
         tables = {"CASES": set(CASES[model_type]), "EXEMPT": set(EXEMPT[model_type]),
                   "REFUSED": set(REFUSED[model_type]),
-                  "RAY_PLAN_KEYS": RAY_PLAN_KEYS if model_type == "ecd" else set()}
+                  "RAY_PLAN_KEYS": set(RAY_PLAN_KEYS)}
         for name, keys in tables.items():
             assert not keys - walked, f"{model_type} {name} names keys the schema does not have: {sorted(keys - walked)}"
         handled = tables["EXEMPT"] | tables["REFUSED"] | tables["RAY_PLAN_KEYS"]
@@ -772,10 +791,29 @@ def test_two_default_runs_are_identical(model_type, places, frames, tmp_path):
     assert first.weights and first.metrics["evaluations"] and len(first.predictions)
 
 
+def ray_plan(cfg: dict, places: dict) -> dict:
+    """The plan's values for `cfg`, with a cluster of 8 CPUs and 2 GPUs offering the workers."""
+    from tunefork import config as config_mod
+    from tunefork import hardware
+    from tunefork import plan as plan_mod
+    from tunefork.backends import cluster
+
+    config = config_mod.load(_fill(cfg, places))
+    text = {f.name: {"decoder_only": False} for f in config.input_features if config.model_type != "llm" and f.type == "text"}
+    facts = plan_mod.DataFacts(training_rows=40, text_inputs=text, context_length=256)
+    workers = (cluster.workers(config.backend, offered={"CPU": 8.0, "GPU": 2.0}) if config.backend.type == "ray"
+               else plan_mod.LocalWorkers())
+    return {k: v["value"] for k, v in plan_mod.resolve(config, facts, hardware.detect(), workers).to_dict().items()}
+
+
 @pytest.mark.parametrize(("model_type", "path"), _all_keys(), ids=[f"{t}:{p}" for t, p in _all_keys()])
 def test_key_has_an_effect(model_type, path, places, frames, default_runs, tmp_path):
-    if model_type == "ecd" and path in RAY_PLAN_KEYS:
-        pytest.skip("plan-level: checked in test_ray")
+    if path in RAY_PLAN_KEYS:
+        value, context = RAY_PLAN_KEYS[path] if isinstance(RAY_PLAN_KEYS[path], tuple) else (RAY_PLAN_KEYS[path], {})
+        cfg = context_config(model_type, path, Case(None, context))
+        moved = changed_config(model_type, path, cfg, value)
+        assert ray_plan(cfg, places) != ray_plan(moved, places), f"{path}: the plan is the same"
+        return
     if path in EXEMPT[model_type]:
         pytest.skip(f"exempt: {EXEMPT[model_type][path]}")
     if path == "trainer.use_mixed_precision":
@@ -785,8 +823,8 @@ def test_key_has_an_effect(model_type, path, places, frames, default_runs, tmp_p
         if machine.device != "cuda" and not machine.cpu_bf16:
             pytest.skip("this CPU has no native bf16: mixed precision stays fp32 here (the plan says why)")
     if path in REFUSED[model_type]:
-        value, reason = REFUSED[model_type][path]
-        cfg = context_config(model_type, path, Case())
+        value, reason, *context = REFUSED[model_type][path]
+        cfg = context_config(model_type, path, Case(None, context[0] if context else {}))
         with pytest.raises(ConfigError, match=reason):
             run(changed_config(model_type, path, cfg, value), frames[model_type], tmp_path / "changed", places)
         return

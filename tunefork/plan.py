@@ -199,7 +199,9 @@ def _backend(plan: _Draft, config, workers) -> None:
     """The Ray decisions, with their reasons (the workers were read off the cluster by `backends.cluster`)."""
     ray = config.backend
     strategy = ray.trainer.strategy
-    plan.decide("backend", "ray", f"backend.type: ray ({ray.ray.address or 'RAY_ADDRESS, else a local cluster'})")
+    plan.decide("backend", "ray", "backend.type")
+    plan.decide("cluster", ray.ray.address or "RAY_ADDRESS, else a local cluster started for the run",
+                "backend.ray.address")
     shown = strategy.type + (f" (reshard_after_forward: {strategy.reshard_after_forward})" if strategy.type == "fsdp" else "")
     plan.decide("strategy", shown, "backend.trainer.strategy")
     plan.decide("num_workers", workers.count, workers.reasons["num_workers"])

@@ -51,7 +51,14 @@ class AdapterSection(Section):
                 f"{self.type} adapters cannot be merged into the base model (peft has no merge for them: they add "
                 f"prompt tokens, not a weight delta); set postprocessor.merge_adapter_into_base_model to false"
             )
+        if self.postprocessor.progressbar and not self.postprocessor.merge_adapter_into_base_model:
+            raise ValueError("postprocessor.progressbar shows the merge's progress, and this adapter is not merged "
+                             "(merge_adapter_into_base_model is false); remove it")
         return self
+
+    def training_refusal(self) -> str | None:
+        """Why this section cannot be trained as configured (peft refuses it), or None."""
+        return None
 
     def to_peft(self, task_type: str | None = None, *, total_steps: int | None = None, base_path: str | None = None):
         """The peft config. `total_steps` is the planned number of optimizer steps; `base_path` the base model."""

@@ -14,6 +14,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, model_validator
 
 from tunefork.adapters.base import AdapterSection
+from tunefork.errors import ConfigError
 
 
 class IA3(AdapterSection):
@@ -43,6 +44,15 @@ class IA3(AdapterSection):
             if extra:
                 raise ValueError(f"feedforward_modules must be among target_modules; not there: {', '.join(extra)}")
         return self
+
+    def check(self, model, where: str) -> None:
+        super().check(model, where)
+        from transformers.pytorch_utils import Conv1D
+
+        if self.fan_in_fan_out and not any(isinstance(m, Conv1D) for m in model.modules()):
+            raise ConfigError([f"{where}.fan_in_fan_out: this {model.config.model_type} model has no Conv1D layers "
+                               f"(GPT-2's (fan_in, fan_out) weights); its linear layers are read the right way round "
+                               f"without it, and peft turns it off for them — remove it"])
 
     def module_lists(self) -> dict[str, list[str]]:
         named = {"target_modules": self.target_modules, "feedforward_modules": self.feedforward_modules,

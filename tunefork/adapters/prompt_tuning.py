@@ -43,3 +43,9 @@ class PromptTuning(AdapterSection):
             tokenizer_name_or_path=base_path if text else None,  # TEXT init tokenizes with the base model's tokenizer
             task_type=task_type,
         )
+
+    def training_refusal(self) -> str | None:
+        if self.pretrained_adapter_weights:
+            return ("pretrained_adapter_weights: peft cannot train a saved prompt-tuning adapter further (it loads "
+                    "prompt-learning adapters for inference only); remove it to train a fresh prompt")
+        return None

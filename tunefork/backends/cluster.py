@@ -52,13 +52,15 @@ class Workers:
     reasons: dict[str, str]
 
 
-def workers(backend) -> Workers:
-    """How many workers, with what, on this cluster — refused up front when a cluster started here cannot hold them
-    (Ray would otherwise wait forever for resources nobody has)."""
-    import ray
+def workers(backend, offered: dict | None = None) -> Workers:
+    """How many workers, with what, on this cluster (`offered`: its resources, read from Ray when not given) —
+    refused up front when a cluster started here cannot hold them (Ray would otherwise wait forever for resources
+    nobody has)."""
+    if offered is None:
+        import ray
 
+        offered = ray.cluster_resources()
     trainer = backend.trainer
-    offered = ray.cluster_resources()
     gpus, cpus = int(offered.get("GPU", 0)), offered.get("CPU", 0)
     reasons = {}
     if trainer.use_gpu is None:

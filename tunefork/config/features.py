@@ -49,6 +49,13 @@ class TransformerEncoder(Section):
                              "cannot be rebuilt when the model is loaded)")
         return self
 
+    @model_validator(mode="after")
+    def _adapter_trains(self):
+        refusal = self.adapter.training_refusal() if self.adapter is not None else None
+        if refusal:  # an encoder's adapter always trains
+            raise ValueError(f"adapter.{refusal}")
+        return self
+
     @property
     def frozen(self) -> bool:
         """No weight of the transformer's computation trains: its outputs can be computed once and cached."""
@@ -130,13 +137,25 @@ class BinaryOutputPreprocessing(BinaryPreprocessing):
 
 
 class Decoder(Section):
-    """Fully connected layers between the combiner and the prediction (Ludwig's classifier / regressor)."""
+    """Fully connected layers between the combiner and the prediction (Ludwig's classifier / regressor). `type` is the
+    one decoder each output type has (a saved config's `type: null` reads as it)."""
 
-    type: Literal["classifier", "regressor"] | None = None
+    type: Literal["classifier"] = "classifier"
     num_fc_layers: int = Field(0, ge=0)
     fc_output_size: int = Field(256, gt=0)
     fc_dropout: float = Field(0.0, ge=0, lt=1)
     fc_activation: Literal["relu", "gelu", "tanh", "silu"] = "relu"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_type_is_the_default(cls, data):
+        if isinstance(data, dict) and "type" in data and data["type"] is None:
+            return {k: v for k, v in data.items() if k != "type"}
+        return data
+
+
+class Regressor(Decoder):
+    type: Literal["regressor"] = "regressor"
 
 
 class CategoryLoss(Section):
@@ -163,7 +182,6 @@ class NumberLoss(Section):
 class FeatureBase(Section):
     name: str = Field(min_length=1, description="Also a folder name inside model/: no '/', '\\' or '..'.")
     column: str | None = Field(None, description="Dataset column; defaults to the feature's name.")
-    tied: str | None = Field(None, description="Share the encoder (and its weights) of this other input feature.")
 
     @field_validator("name")
     @classmethod
@@ -177,25 +195,29 @@ class FeatureBase(Section):
         return self.column or self.name
 
 
-class TextInput(FeatureBase):
+class InputFeatureBase(FeatureBase):
+    tied: str | None = Field(None, description="Share the encoder (and its weights) of this other input feature.")
+
+
+class TextInput(InputFeatureBase):
     type: Literal["text"]
     encoder: tagged(TransformerEncoder)
     preprocessing: TextPreprocessing = TextPreprocessing()
 
 
-class CategoryInput(FeatureBase):
+class CategoryInput(InputFeatureBase):
     type: Literal["category"]
     encoder: tagged(DenseCategoryEncoder, OneHotCategoryEncoder, default="dense") = DenseCategoryEncoder()
     preprocessing: CategoryPreprocessing = CategoryPreprocessing()
 
 
-class NumberInput(FeatureBase):
+class NumberInput(InputFeatureBase):
     type: Literal["number"]
     encoder: tagged(PassthroughEncoder, DenseNumberEncoder, default="passthrough") = PassthroughEncoder()
     preprocessing: NumberPreprocessing = NumberPreprocessing()
 
 
-class BinaryInput(FeatureBase):
+class BinaryInput(InputFeatureBase):
     type: Literal["binary"]
     encoder: PassthroughEncoder = PassthroughEncoder()
     preprocessing: BinaryPreprocessing = BinaryPreprocessing()
@@ -219,7 +241,7 @@ class BinaryOutput(FeatureBase):
 
 class NumberOutput(FeatureBase):
     type: Literal["number"]
-    decoder: Decoder = Decoder()
+    decoder: Regressor = Regressor()
     loss: NumberLoss = NumberLoss()
     clip: tuple[float, float] | None = Field(None, description="Clamp predictions to [min, max].")
     preprocessing: NumberOutputPreprocessing = NumberOutputPreprocessing()

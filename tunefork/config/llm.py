@@ -236,6 +236,9 @@ class LLMConfig(Section):
         if self.adapter is not None and not finetune and not self.adapter.pretrained_adapter_weights:
             raise ValueError(f"adapter {self.adapter.type} with trainer.type none would stay at its initial weights; "
                              f"set trainer.type: finetune, or adapter.pretrained_adapter_weights")
+        refusal = self.adapter.training_refusal() if self.adapter is not None and finetune else None
+        if refusal:
+            raise ValueError(f"adapter.{refusal}")
         if self.adapter is not None and self.quantization is not None and \
                 self.adapter.postprocessor.merge_adapter_into_base_model:
             raise ValueError("adapter.postprocessor.merge_adapter_into_base_model cannot merge into quantized base "

@@ -98,6 +98,9 @@ class Config(Section):
             if tied is not None and (tied == feature.name or tied not in inputs or self.input(tied).type != feature.type
                                      or self.input(tied).tied is not None):
                 raise ValueError(f"input feature '{feature.name}': tied must name another {feature.type} input that is not tied itself, got '{tied}'")
+            if tied is not None and self.input(tied).encoder.type in ("passthrough", "onehot"):
+                raise ValueError(f"input feature '{feature.name}': tied shares encoder weights, and '{tied}' has a "
+                                 f"{self.input(tied).encoder.type} encoder, which has none; remove tied")
         if self.combiner.type == "comparator":
             named = [*self.combiner.entity_1, *self.combiner.entity_2]
             unknown = sorted(set(named) - set(inputs))

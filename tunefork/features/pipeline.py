@@ -89,6 +89,10 @@ def _fit(config: Config, training: pd.DataFrame, toks: dict) -> dict:
         meta["inputs"][feature.name] = (
             module.fit(values, feature, toks[feature.name]) if feature.type == "text" else module.fit(values, feature)
         )
+    for feature in config.input_features:
+        if feature.type == "category" and feature.tied is not None:
+            # one embedding table: the tied input reads its target's vocabulary (its own values outside it are <UNK>)
+            meta["inputs"][feature.name] = meta["inputs"][feature.tied]
     for feature in config.output_features:
         fitted = OUTPUTS[feature.type].fit(training[feature.source], feature, output=True)
         if feature.type == "category":
