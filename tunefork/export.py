@@ -17,13 +17,11 @@ is refused with the reason and the change that makes it exportable. Category hea
 (`id2label`); a binary head becomes two logits [0, z], whose softmax is tunefork's [1 − σ(z), σ(z)]; a number head
 has its normalisation folded into the weights, so the logit is the prediction itself.
 
-**onnx** exports the forward pass, token ids + attention mask in, logits and probabilities (or predictions) out,
-with dynamic batch and sequence axes, and checks onnxruntime against PyTorch on probe texts when onnxruntime is there.
+**onnx** exports the forward pass (token ids + mask in, logits and probabilities or predictions out, dynamic axes),
+checked by onnxruntime against PyTorch on probe texts when onnxruntime is there.
 
-A `model_type: llm` model exports as **hf** only: the folder `AutoModelForCausalLM.from_pretrained` reads — full
-safetensors weights (an adapter merged in with `--merge-adapter`), the tokenizer as trained, and a
-`generation_config.json` holding the config's generation settings — checked by comparing the reloaded folder's
-next-token logits with tunefork's on probe prompts. (For ONNX, optimum converts that folder.)
+A `model_type: llm` model exports as **hf** only (optimum converts that to ONNX): full safetensors weights (adapter
+merged with `--merge-adapter`), tokenizer, `generation_config.json`, checked by next-token logits on probe prompts.
 """
 
 from __future__ import annotations
@@ -188,7 +186,6 @@ def _hf_llm(model, config, meta, tokenizer, folder: Path, merge_adapter: bool) -
     from transformers import AutoModelForCausalLM, GenerationConfig
 
     from tunefork.adapters import wrapper as adapters
-    from tunefork.models import folder as folders
     from tunefork.models import llm
 
     if adapters.is_peft(model) and not merge_adapter:
@@ -201,7 +198,7 @@ def _hf_llm(model, config, meta, tokenizer, folder: Path, merge_adapter: bool) -
         kwargs = config.generation.kwargs()
         plain.generation_config = GenerationConfig(**{k: v for k, v in kwargs.items() if v is not None},
                                                    pad_token_id=meta["pad_token_id"], eos_token_id=tokenizer.eos_token_id)
-        folders.save_full(plain, folder)
+        llm.save_full(plain, folder)
         tokenizer.save_pretrained(folder)
         reloaded = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
         real = batch["attention_mask"].bool()  # padded positions attend to nothing: not part of the comparison

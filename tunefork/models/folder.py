@@ -161,25 +161,11 @@ def save_llm(folder: Path, model, config_dict: dict, meta: dict, tokenizer) -> N
             adapters.save(model, tmp / LLM_ADAPTER)
             model.get_base_model().config.save_pretrained(tmp / LLM_ADAPTER)  # to tell a wrong base apart at load time
         elif meta.get("trained"):
-            save_full(model, tmp / LLM_WEIGHTS)
+            from tunefork.models import llm
+
+            llm.save_full(model, tmp / LLM_WEIGHTS)
 
     _staged(folder, write)
-
-
-def save_full(model, folder: Path) -> None:
-    """A causal LM's full weights as safetensors, in the folder layout `AutoModelForCausalLM.from_pretrained` reads."""
-    # A base read from a GGUF file keeps its "quantized with gguf" marker although its tensors are dequantized fp32
-    # by then; transformers refuses to serialize a model with that marker. The trained tensors are plain, so the
-    # marker goes (see tunefork/convert.py for the same step on the base).
-    marker = getattr(model.config, "quantization_config", None)
-    method = marker.get("quant_method") if isinstance(marker, dict) else getattr(marker, "quant_method", None)
-    if str(getattr(method, "value", method)) == "gguf":
-        model.hf_quantizer = None
-        del model.config.quantization_config
-    try:
-        model.save_pretrained(folder, safe_serialization=True)
-    except ValueError as exc:
-        raise TuneforkError(f"cannot save the trained weights ({str(exc).splitlines()[0]})") from None
 
 
 def _load_llm(folder: Path, config, meta: dict):

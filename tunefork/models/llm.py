@@ -9,6 +9,7 @@ is saved and loaded lives in `models/folder.py`.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -155,3 +156,19 @@ def generate(model, tokenizer, prompt_ids: list[list[int]], generation, batch_si
     responses = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
     return {"tokens": new_tokens, "responses": [r.strip() for r in responses], "generated_tokens": generated,
             "seconds": seconds}
+
+
+def save_full(model, folder: Path) -> None:
+    """A causal LM's full weights as safetensors, in the folder layout `AutoModelForCausalLM.from_pretrained` reads."""
+    # A base read from a GGUF file keeps its "quantized with gguf" marker although its tensors are dequantized fp32
+    # by then; transformers refuses to serialize a model with that marker. The trained tensors are plain, so the
+    # marker goes (see tunefork/convert.py for the same step on the base).
+    marker = getattr(model.config, "quantization_config", None)
+    method = marker.get("quant_method") if isinstance(marker, dict) else getattr(marker, "quant_method", None)
+    if str(getattr(method, "value", method)) == "gguf":
+        model.hf_quantizer = None
+        del model.config.quantization_config
+    try:
+        model.save_pretrained(folder, safe_serialization=True)
+    except ValueError as exc:
+        raise TuneforkError(f"cannot save the trained weights ({str(exc).splitlines()[0]})") from None
