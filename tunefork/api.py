@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from tunefork import backends, recipes, rundir
 from tunefork import config as config_mod
-from tunefork import recipes, rundir
 from tunefork.console import Console
 from tunefork.data import read
 from tunefork.runner import Data, Options, TrainResult
@@ -32,6 +32,7 @@ class Model:
         self.console = Console(progress=progress, quiet=quiet)
         self.recipe = recipes.for_config(self.config)
         self._fitted = None  # the recipe's Fitted model, once trained or loaded
+        self._folder = None  # the model folder it was loaded from (what Ray workers load)
         self._last_test = self._report = None
 
     # ------------------------------------------------------------------------------------------------ training
@@ -43,6 +44,7 @@ class Model:
         checkpoint, in the same directory, with the same seed and data (both checked)."""
         from tunefork import runner
 
+        self._folder = None  # the model trained now is not the one a folder held
         data = Data(dataset, training_set, validation_set, test_set)
         options = Options(output_directory, experiment_name, model_name, random_seed, skip_save_model, logger,
                           model_resume_path)
@@ -74,12 +76,19 @@ class Model:
 
     def predict(self, dataset) -> pd.DataFrame:
         """One row per input row: `<output>_predictions`, `_probabilities_<class>`, `_probability` (a classifier),
-        `<output>_response` (a causal LM)."""
+        `<output>_response` (a causal LM). A folder or glob of files, with backend.type: ray, is predicted by Ray
+        Data workers and comes back as one frame in input order."""
+        ray = backends.on_ray(self.config, dataset)
+        if ray is not None:
+            return backends.predict_files(self._folder or self._ready(), dataset, ray)
         return self._ready().predict(read.read(dataset))
 
     def evaluate(self, dataset) -> dict:
         """Metrics per output: loss, accuracy, macro-F1, ROC-AUC, confusion matrix; MAE, RMSE, R²; for a causal LM
-        loss, perplexity and the generations' scores."""
+        loss, perplexity and the generations' scores. A folder or glob of files goes to Ray as in `predict`."""
+        ray = backends.on_ray(self.config, dataset)
+        if ray is not None:
+            return backends.evaluate_files(self._folder or self._ready(), dataset, ray)[0]
         return self._ready().evaluate(read.read(dataset))[0]
 
     # ------------------------------------------------------------------------------------------------ on disk
@@ -94,6 +103,7 @@ class Model:
         config, meta, model, tokenizers = folder.load(directory)
         loaded = cls(config, progress=progress, quiet=quiet)
         loaded._fitted = loaded.recipe.loaded(model, meta, tokenizers)
+        loaded._folder = folder.locate(directory)
         return loaded
 
     # ------------------------------------------------------------------------------------------------ what it holds

@@ -72,7 +72,11 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("-m", "--model_path", required=True, help="a model folder or run directory")
         p.add_argument("--dataset", required=True)
         p.add_argument("--output_directory", default="results", help="where the output files go")
-    parsers["predict"].add_argument("--output_format", choices=("csv", "parquet"), default="csv")
+        p.add_argument("--backend", choices=("local", "ray"),
+                       help="ray: Ray Data workers read a folder, glob or Parquet/CSV file, each loading the model once "
+                            "(default: the model config's backend.type for a folder or glob, else this process)")
+    parsers["predict"].add_argument("--output_format", choices=("csv", "parquet"), default="csv",
+                                    help="with --backend ray, parquet writes a folder predictions/ of parts in input order")
     for name in ("check-config", "render-config"):
         parsers[name].add_argument("config", help="YAML config")
     _product_flags(parsers)
@@ -178,24 +182,44 @@ def _run(args) -> int:
             model_resume_path=args.model_resume_path)
         return 0
 
-    model = Model.load(args.model_path, quiet=args.quiet)
+    ray = _ray_backend(args)
     out = Path(args.output_directory)
     if args.command == "predict":
-        frame = model.predict(args.dataset)
-        out.mkdir(parents=True, exist_ok=True)
-        path = out / f"predictions.{args.output_format}"
-        frame.to_csv(path, index=False) if args.output_format == "csv" else frame.to_parquet(path, index=False)
-        print(f"{len(frame)} predictions written to {path}")
+        if ray is not None:
+            from tunefork.backends import ray_predict
+
+            rows, path = ray_predict.write(args.model_path, args.dataset, ray, out, args.output_format)
+        else:
+            frame = Model.load(args.model_path, quiet=args.quiet).predict(args.dataset)
+            out.mkdir(parents=True, exist_ok=True)
+            rows, path = len(frame), out / f"predictions.{args.output_format}"
+            frame.to_csv(path, index=False) if args.output_format == "csv" else frame.to_parquet(path, index=False)
+        print(f"{rows} predictions written to {path}")
         return 0
     from tunefork import rundir
     from tunefork.console import Console
 
-    statistics = model.evaluate(args.dataset)
+    if ray is not None:
+        from tunefork.backends import ray_predict
+
+        statistics, _ = ray_predict.evaluate(args.model_path, args.dataset, ray)
+    else:
+        statistics = Model.load(args.model_path, quiet=args.quiet).evaluate(args.dataset)
     out.mkdir(parents=True, exist_ok=True)
     rundir.write_json(out / "test_statistics.json", statistics)
     Console().table({"dataset": statistics}, f"evaluation of {args.model_path}")
     print(f"statistics written to {out / 'test_statistics.json'}")
     return 0
+
+
+def _ray_backend(args):
+    """The Ray backend section when predict / evaluate run on Ray Data workers (read from the model folder's config
+    without loading its weights here), else None."""
+    from tunefork import backends
+    from tunefork.models import folder
+
+    config, _ = folder.records(args.model_path)
+    return backends.on_ray(config, args.dataset, args.backend)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,7 @@ plain single-process answer.
     hardware     the machine the plan is made for: the workers'
     fit          Ray Train's TorchTrainer over `training.loop.fit` on every worker (`ray_train`, `ray_worker`)
     resume_point a stopped Ray run's last checkpoint (Ray Train restores it when the run is launched again)
+    on_ray       whether predict / evaluate run on Ray Data workers (`ray_predict`), and with which backend section
 """
 
 from __future__ import annotations
@@ -83,3 +84,39 @@ def fit(model, prepared, config, plan, seed: int, *, report, run_dir, workers):
     from tunefork.backends import ray_train
 
     return ray_train.fit(model, prepared, config, plan, seed, report=report, run_dir=run_dir, workers=workers)
+
+
+def on_ray(config, dataset, choice: str | None = None):
+    """The Ray backend section to predict or evaluate `dataset` with (`ray_predict`), or None to read it here as one
+    table. `choice` is the command line's --backend; without it a folder or glob goes to Ray when the model's config
+    says backend.type: ray, and one file stays in this process."""
+    from tunefork.backends import ray_data
+
+    files = ray_data.file_set(dataset)
+    if choice == "local" or (choice is None and not _is_ray(config)):
+        if files is not None:
+            how = "pass --backend ray" if choice else "set backend.type: ray in the model's config (or --backend ray)"
+            raise TuneforkError(f"{dataset}: a folder or glob of files is predicted by Ray Data workers; {how}")
+        return None
+    if choice is None and files is None:
+        return None
+    _require_ray()
+    if _is_ray(config):
+        return config.backend
+    from tunefork.config.backend import RayBackend
+
+    return RayBackend(type="ray")
+
+
+def predict_files(model, dataset, backend):
+    """Ray: one frame of predictions in input order; `model` is a model folder or a Fitted model."""
+    from tunefork.backends import ray_predict
+
+    return ray_predict.predict(model, dataset, backend)
+
+
+def evaluate_files(model, dataset, backend):
+    """Ray: (statistics, predictions), the metrics computed once over every row."""
+    from tunefork.backends import ray_predict
+
+    return ray_predict.evaluate(model, dataset, backend)

@@ -193,11 +193,16 @@ def _load_llm(folder: Path, config, meta: dict):
 def load(folder):
     """(config, metadata, model, tokenizers) from a model folder of either kind, built offline from what it holds
     (an LLM's tokenizers is its one tokenizer)."""
-    from tunefork import config as config_mod
-
     folder = check(folder)
-    config = config_mod.load(json.loads((folder / CONFIG).read_text()))
-    meta = json.loads((folder / METADATA).read_text())
+    config, meta = records(folder)
     loader = _load_llm if config.model_type == "llm" else _load_ecd
     model, tokenizers = loader(folder, config, meta)
     return config, meta, model, tokenizers
+
+
+def records(folder) -> tuple:
+    """(config, metadata) of a model folder without its weights: what a driver that only schedules needs."""
+    from tunefork import config as config_mod
+
+    folder = check(folder)
+    return config_mod.load(json.loads((folder / CONFIG).read_text())), json.loads((folder / METADATA).read_text())

@@ -165,27 +165,31 @@ class Fitted:
         pipeline.check_columns(self.config, {"dataset": frame}, with_outputs=with_outputs)
         return pipeline.transform(self.config, frame, self.meta, self.tokenizers, with_outputs=with_outputs)
 
-    def _frame(self, outputs: dict, table) -> pd.DataFrame:
+    def predictions(self, outputs: dict, table) -> pd.DataFrame:
+        """The user-facing columns of `Collector.outputs()`, indexed by the rows they came from."""
         columns = {}
         for feature in self.config.output_features:
             columns.update(OUTPUTS[feature.type].columns(feature, self.meta["outputs"][feature.name], outputs[feature.name]))
         return pd.DataFrame(columns, index=table.row_index)
 
-    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
-        """One row per input row: `<output>_predictions`, `_probabilities_<class>`, `_probability`."""
+    def collect(self, frame: pd.DataFrame, with_targets: bool):
+        """(Collector, table): every row through the model, with the loss when `with_targets`; the preprocessed table
+        holds the targets. What predict and evaluate share, and what a Ray prediction worker runs on its batch."""
         from tunefork.training.ecd import run_inference
 
-        table = self._table(frame, with_outputs=False)
-        collector = run_inference(self.model, table, self.config, self.meta, self._inference_plan(), with_targets=False)
-        return self._frame(collector.outputs(), table)
+        table = self._table(frame, with_outputs=with_targets)
+        collector = run_inference(self.model, table, self.config, self.meta, self._inference_plan(), with_targets=with_targets)
+        return collector, table
+
+    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """One row per input row: `<output>_predictions`, `_probabilities_<class>`, `_probability`."""
+        collector, table = self.collect(frame, with_targets=False)
+        return self.predictions(collector.outputs(), table)
 
     def evaluate(self, frame: pd.DataFrame) -> tuple[dict, pd.DataFrame]:
         """Metrics per output (loss, accuracy, macro-F1, ROC-AUC, confusion matrix; MAE, RMSE, R²) and predictions."""
-        from tunefork.training.ecd import run_inference
-
-        table = self._table(frame, with_outputs=True)
-        collector = run_inference(self.model, table, self.config, self.meta, self._inference_plan())
-        return collector.scores(table), self._frame(collector.outputs(), table)
+        collector, table = self.collect(frame, with_targets=True)
+        return collector.scores(table), self.predictions(collector.outputs(), table)
 
     def save(self, folder) -> None:
         from tunefork import config as config_mod

@@ -160,6 +160,13 @@ class LLMRecipe:
         return Fitted(config, llm.build(config).eval(), meta, tokenizer)
 
 
+def statistics(config, meta: dict, loss, responses: list[str], references: list[str]) -> dict:
+    """Evaluate's numbers: the token loss and perplexity (`training.llm.TokenLoss`), then the responses' scores."""
+    scores = loss.scores()[config.output.name]
+    scores.update(llm_output.metrics(config, meta, responses, references))
+    return {config.output.name: scores, "combined": {"loss": scores["loss"]}}
+
+
 class Fitted:
     """A trained, loaded or zero-shot causal LM with its tokenizer and metadata."""
 
@@ -200,21 +207,27 @@ class Fitted:
     def evaluate(self, frame: pd.DataFrame) -> tuple[dict, pd.DataFrame]:
         """Loss and perplexity of the reference outputs (teacher forcing), then the generated responses scored against
         them: exact match, ROUGE-L and BLEU (text) or accuracy and macro-F1 (category)."""
+        loss, responses, references, frame = self.scored(frame)
+        if len(frame) == 0:
+            raise DataError(f"{frame.attrs.get('source', 'dataset')}: no row has a '{self.config.output.source}' value to score")
+        predictions = pd.DataFrame(llm_output.columns(self.config, self.meta, responses), index=frame.index)
+        return statistics(self.config, self.meta, loss, responses, references), predictions
+
+    def scored(self, frame: pd.DataFrame):
+        """(TokenLoss, responses, references, labelled rows): what evaluate scores, as sums and rows that parts of a
+        dataset (a Ray prediction worker's batches) add up to the whole's. Rows without an output are left out."""
         from tunefork.models import llm
-        from tunefork.training.llm import score
+        from tunefork.training.llm import TokenLoss, token_loss
 
         config = self.config
         prompts.check_columns(config, frame, with_output=True)
         frame = labelled(frame, config)
         if len(frame) == 0:
-            raise DataError(f"{frame.attrs.get('source', 'dataset')}: no row has a '{config.output.source}' value to score")
+            return TokenLoss(config.output.name), [], [], frame
         llm.place(self.model, self.plan["device"])
         encoded = encode(config, frame, self.tokenizers, prompts.Limits(**self.meta["limits"]))
-        scores = score(self.model, encoded, config, self.meta["pad_token_id"], self.plan)[config.output.name]
-        responses = self.generate(frame)
-        scores.update(llm_output.metrics(config, self.meta, responses, prompts.targets(config, frame)))
-        predictions = pd.DataFrame(llm_output.columns(config, self.meta, responses), index=frame.index)
-        return {config.output.name: scores, "combined": {"loss": scores["loss"]}}, predictions
+        loss = token_loss(self.model, encoded, config, self.meta["pad_token_id"], self.plan)
+        return loss, self.generate(frame), prompts.targets(config, frame), frame
 
     def save(self, folder) -> None:
         from tunefork import config as config_mod

@@ -86,6 +86,12 @@ class LLMTask:
 @torch.no_grad()
 def score(model, encoded: prompts.Encoded, config, pad_id: int, plan) -> dict:
     """Loss and perplexity of the reference outputs of `encoded` (teacher forcing, no generation)."""
-    from tunefork.training.loop import evaluate
+    return token_loss(model, encoded, config, pad_id, plan).scores()
 
-    return evaluate(LLMTask(config, pad_id), model, encoded, plan)
+
+@torch.no_grad()
+def token_loss(model, encoded: prompts.Encoded, config, pad_id: int, plan) -> TokenLoss:
+    """The summed output-token loss and token count of `encoded`: parts of a dataset add up to the whole's loss."""
+    from tunefork.training.loop import accumulate
+
+    return accumulate(LLMTask(config, pad_id), model, encoded, plan)

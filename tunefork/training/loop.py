@@ -123,6 +123,12 @@ SINGLE = Single()
 @torch.no_grad()
 def evaluate(task, model, table, plan: Plan, dist=SINGLE) -> dict:
     """Scores of `table` in length-sorted batches; with several workers each scores its share and they merge."""
+    return accumulate(task, model, table, plan, dist).scores(table)
+
+
+@torch.no_grad()
+def accumulate(task, model, table, plan: Plan, dist=SINGLE):
+    """The task's accumulator over every row of `table` (merged across workers): sums a caller can add to others'."""
     net = dist.evaluation_model(model)
     net.eval()
     accumulator = task.accumulator()
@@ -131,7 +137,7 @@ def evaluate(task, model, table, plan: Plan, dist=SINGLE) -> dict:
             out = task.forward(net, table, index, plan["device"])
         if counts:
             accumulator.add(index, out)
-    return dist.merged(task, accumulator).scores(table)
+    return dist.merged(task, accumulator)
 
 
 def scores_only(task, model, tables: dict, config, plan: Plan) -> History:
