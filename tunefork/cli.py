@@ -47,6 +47,14 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
                    help="track the run (per-step loss and lr, metrics, config); repeat for several; off by default")
 
 
+def _model_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of the commands that load a model folder (predict, evaluate, serve, export)."""
+    p.add_argument("-m", "--model_path", required=True, help="a model folder or run directory")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="let code shipped with the model folder run (an auto_map and its .py files); the folder's "
+                        "own trust_remote_code is never obeyed; off by default")
+
+
 def _global_flags(inside_command: bool) -> argparse.ArgumentParser:
     """--debug, --quiet and --allow-pickle, accepted before the command and after it (`tunefork train ... --quiet`)."""
     p = argparse.ArgumentParser(add_help=False)
@@ -69,9 +77,11 @@ def parser() -> argparse.ArgumentParser:
     _train_flags(parsers["experiment"])
     for name in ("predict", "evaluate"):
         p = parsers[name]
-        p.add_argument("-m", "--model_path", required=True, help="a model folder or run directory")
+        _model_flags(p)
         p.add_argument("--dataset", required=True)
         p.add_argument("--output_directory", default="results", help="where the output files go")
+        p.add_argument("--overwrite", action="store_true",
+                       help="replace an earlier output file; by default a new name is taken (predictions_1.csv, ...)")
     parsers["predict"].add_argument("--output_format", choices=("csv", "parquet"), default="csv")
     for name in ("check-config", "render-config"):
         parsers[name].add_argument("config", help="YAML config")
@@ -86,7 +96,7 @@ def _product_flags(parsers: dict) -> None:
     p.add_argument("--model", help="text encoder: a local folder or hub id (default sentence-transformers/all-MiniLM-L6-v2)")
     p.add_argument("-o", "--output", help="where to write the YAML (default: print it)")
     p = parsers["serve"]
-    p.add_argument("-m", "--model_path", required=True, help="a model folder or run directory")
+    _model_flags(p)
     p.add_argument("-H", "--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
     p.add_argument("-p", "--port", type=int, default=8000)
     p.add_argument("--max_request_mb", type=float, default=8.0, help="largest request body accepted (default 8 MB)")
@@ -102,7 +112,7 @@ def _product_flags(parsers: dict) -> None:
     p.add_argument("-od", "--output_directory", default="visualizations", help="where the pictures go")
     p.add_argument("-ff", "--file_format", choices=("png", "svg"), default="png")
     p = parsers["export"]
-    p.add_argument("-m", "--model_path", required=True, help="a model folder or run directory")
+    _model_flags(p)
     p.add_argument("-f", "--format", required=True, choices=("hf", "onnx"), help="hf: a transformers folder; onnx: a graph")
     p.add_argument("-o", "--output", required=True, help="the folder to write (must not exist or be empty)")
     p.add_argument("--merge-adapter", action="store_true",
@@ -149,8 +159,6 @@ def _product(args) -> int:
 
 
 def _run(args) -> int:
-    from pathlib import Path
-
     if args.command in ("check-config", "render-config"):
         from tunefork import config
 
@@ -178,24 +186,36 @@ def _run(args) -> int:
             model_resume_path=args.model_resume_path)
         return 0
 
-    model = Model.load(args.model_path, quiet=args.quiet)
-    out = Path(args.output_directory)
+    model = Model.load(args.model_path, quiet=args.quiet, trust_remote_code=args.trust_remote_code)
     if args.command == "predict":
         frame = model.predict(args.dataset)
-        out.mkdir(parents=True, exist_ok=True)
-        path = out / f"predictions.{args.output_format}"
-        frame.to_csv(path, index=False) if args.output_format == "csv" else frame.to_parquet(path, index=False)
+        write = frame.to_csv if args.output_format == "csv" else frame.to_parquet
+        path = _output(args, f"predictions.{args.output_format}", lambda p: write(p, index=False))
         print(f"{len(frame)} predictions written to {path}")
         return 0
     from tunefork import rundir
     from tunefork.console import Console
 
     statistics = model.evaluate(args.dataset)
-    out.mkdir(parents=True, exist_ok=True)
-    rundir.write_json(out / "test_statistics.json", statistics)
+    path = _output(args, "test_statistics.json", lambda p: rundir.write_json(p, statistics))
     Console().table({"dataset": statistics}, f"evaluation of {args.model_path}")
-    print(f"statistics written to {out / 'test_statistics.json'}")
+    print(f"statistics written to {path}")
     return 0
+
+
+def _output(args, name: str, write):
+    """Write a predict / evaluate result as `name` in --output_directory, never over an earlier one (unless
+    --overwrite): the run directory's `_N` rule picks the name, reserved before writing."""
+    from tunefork import rundir
+
+    path = rundir.output_file(args.output_directory, name, overwrite=args.overwrite)
+    try:
+        write(path)
+    except BaseException:
+        if not args.overwrite:
+            path.unlink(missing_ok=True)  # the empty file reserved for it: ours
+        raise
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -212,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     from tunefork.errors import TuneforkError
 
     safety.allow_pickle(args.allow_pickle)
+    safety.allow_remote_code(getattr(args, "trust_remote_code", False))  # serve and export load through Model.load
     try:
         return _run(args)
     except TuneforkError as exc:
@@ -228,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:  # the flag is this command's: a later Model.load in the same process asks for itself
+        safety.allow_remote_code(False)
 
 
 def _quiet_libraries() -> None:
