@@ -271,3 +271,279 @@ def test_trust_remote_code_is_off_and_recorded(tmp_path, tiny_bert):
     result = Model(cfg, quiet=True).train(_frame(), output_directory=tmp_path / "runs")
     description = json.loads((result.output_directory / "description.json").read_text())
     assert description["trust_remote_code"] == {"input_features.review.encoder": False}
+
+
+# --------------------------------------- issue 18 (1, 2): no code from a model folder, nothing overwritten, run names
+
+EVIL_CODE = """
+import pathlib
+pathlib.Path({marker!r}).write_text("code shipped with the model folder ran")
+from transformers import BertConfig, BertModel
+
+
+class EvilConfig(BertConfig):
+    pass
+
+
+class EvilModel(BertModel):
+    config_class = EvilConfig
+"""
+
+
+def _cli(*argv):
+    """The CLI in-process: (exit code, stderr)."""
+    import contextlib
+    import io
+
+    from tunefork import cli
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = cli.main(["--quiet", *map(str, argv)])
+    return code, err.getvalue()
+
+
+def _csv(tmp_path, frame):
+    path = tmp_path / "rows.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+def _one_error_line(code, err, *parts):
+    assert code == 2, err[-2000:]
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err[-2000:]
+    for part in parts:
+        assert part in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained_folder(tiny_bert, tmp_path_factory):
+    """A small classifier's run directory, trained once for this section."""
+    from tunefork import Model
+
+    cfg = {"input_features": [{"name": "review", "type": "text", "preprocessing": {"max_sequence_length": 16},
+                               "encoder": {"type": "auto_transformer", "pretrained_model_name_or_path": str(tiny_bert)}}],
+           "output_features": [{"name": "sentiment", "type": "category"}], "trainer": {"epochs": 1, "batch_size": 16}}
+    return Model(cfg, progress=False, quiet=True).train(_frame(40), output_directory=tmp_path_factory.mktemp("runs")).output_directory
+
+
+def _hostile(trained_folder, tmp_path, saved_says_trust: bool, auto_map: bool = True, code: bool = True):
+    """A copy of the model folder that ships code writing a marker file when imported (an auto_map in its encoder's
+    config.json naming a .py file next to it), and whose own config may say trust_remote_code: true."""
+    import json
+    import shutil
+
+    folder, marker = tmp_path / "shared-model", tmp_path / "marker"
+    shutil.copytree(trained_folder / "model", folder)
+    encoder = folder / "encoders" / "review"
+    if code:
+        (encoder / "evil.py").write_text(EVIL_CODE.format(marker=str(marker)))
+    if auto_map:
+        hf_config = json.loads((encoder / "config.json").read_text())
+        hf_config["auto_map"] = {"AutoConfig": "evil.EvilConfig", "AutoModel": "evil.EvilModel"}
+        (encoder / "config.json").write_text(json.dumps(hf_config))
+    if saved_says_trust:
+        saved = json.loads((folder / "model_hyperparameters.json").read_text())
+        saved["input_features"][0]["encoder"]["trust_remote_code"] = True
+        (folder / "model_hyperparameters.json").write_text(json.dumps(saved))
+    return folder, marker
+
+
+@pytest.mark.parametrize("saved_says_trust", [False, True], ids=["saved-false", "saved-true"])
+def test_18_a_model_folder_shipping_code_is_refused_and_its_code_never_runs(saved_says_trust, trained_folder, tmp_path):
+    from tunefork import Model
+    from tunefork.errors import ModelFolderError
+
+    folder, marker = _hostile(trained_folder, tmp_path, saved_says_trust)
+    data, out = _csv(tmp_path, _frame(4)), tmp_path / "out"
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for argv in (["predict", "-m", folder, "--dataset", data, "--output_directory", out],
+                 ["evaluate", "-m", folder, "--dataset", data, "--output_directory", out],
+                 ["serve", "-m", folder, "-p", "1"],  # refused before any socket is opened
+                 ["export", "-m", folder, "-f", "hf", "-o", out]):
+        line = _one_error_line(*_cli(*argv), "--trust-remote-code", "encoders/review/")
+        assert "never obeyed" in line
+    with pytest.raises(ModelFolderError, match=r"trust_remote_code=True"):
+        Model.load(folder)
+    assert not marker.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written, no stray files
+
+
+@pytest.mark.parametrize("auto_map, code, why", [(True, False, "config.json (an auto_map)"),
+                                                  (False, True, "evil.py (Python code)")], ids=["auto_map", "py-file"])
+def test_18_an_auto_map_or_a_py_file_alone_is_refused(auto_map, code, why, trained_folder, tmp_path):
+    from tunefork import Model
+    from tunefork.errors import ModelFolderError
+
+    folder, marker = _hostile(trained_folder, tmp_path, saved_says_trust=True, auto_map=auto_map, code=code)
+    with pytest.raises(ModelFolderError, match=f"encoders/review/{why}".replace("(", r"\(").replace(")", r"\)")):
+        Model.load(folder)
+    assert not marker.exists()
+
+
+def test_18_with_the_flag_the_folders_code_runs_and_the_model_loads(trained_folder, tmp_path, monkeypatch):
+    import transformers.dynamic_module_utils as dynamic
+
+    from tunefork import Model
+
+    monkeypatch.setattr(dynamic, "HF_MODULES_CACHE", str(tmp_path / "hf-modules"))  # transformers copies code there
+    folder, marker = _hostile(trained_folder, tmp_path, saved_says_trust=False)
+    loaded = Model.load(folder, trust_remote_code=True)
+    assert marker.exists()  # the folder really runs code: the refusals above are not vacuous
+    assert type(loaded.model.text_encoders()["review"].transformer).__name__ == "EvilModel"
+    assert loaded.config.input_features[0].encoder.trust_remote_code is True
+    rows = _frame(4)
+    assert loaded.predict(rows).equals(Model.load(trained_folder).predict(rows))
+    code, err = _cli("predict", "-m", folder, "--dataset", _csv(tmp_path, rows), "--output_directory",
+                     tmp_path / "out", "--trust-remote-code")
+    assert code == 0, err[-2000:]
+    assert (tmp_path / "out" / "predictions.csv").is_file()
+
+
+def test_18_loading_sets_trust_remote_code_to_the_callers_choice(trained_folder, tmp_path):
+    import json
+    import shutil
+
+    from tunefork import Model
+
+    folder = tmp_path / "model"
+    shutil.copytree(trained_folder / "model", folder)
+    saved = json.loads((folder / "model_hyperparameters.json").read_text())
+    saved["input_features"][0]["encoder"].update(trust_remote_code=True, pretrained_kwargs={"trust_remote_code": True})
+    (folder / "model_hyperparameters.json").write_text(json.dumps(saved))
+    encoder = Model.load(folder).config.input_features[0].encoder
+    assert encoder.trust_remote_code is False and encoder.pretrained_kwargs == {}
+
+
+def test_18_a_zero_shot_llm_folder_shipping_code_is_refused(tiny_gpt2, tmp_path):
+    import json
+
+    from tunefork import Model
+    from tunefork.errors import ModelFolderError
+
+    cfg = {"model_type": "llm", "base_model": str(tiny_gpt2), "input_features": [{"name": "q", "type": "text"}],
+           "output_features": [{"name": "a", "type": "text"}], "prompt": {"template": "{q}"}}
+    folder = Model(cfg, progress=False, quiet=True).save(tmp_path / "llm")
+    marker = tmp_path / "marker"
+    tokenizer_config = folder / "tokenizer" / "tokenizer_config.json"
+    data = json.loads(tokenizer_config.read_text())
+    data["auto_map"] = {"AutoTokenizer": ["evil.EvilTokenizer", None]}
+    tokenizer_config.write_text(json.dumps(data))
+    (folder / "tokenizer" / "evil.py").write_text(f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n")
+    saved = json.loads((folder / "model_hyperparameters.json").read_text())
+    (folder / "model_hyperparameters.json").write_text(json.dumps({**saved, "trust_remote_code": True}))
+    with pytest.raises(ModelFolderError, match="tokenizer/evil.py .*--trust-remote-code"):
+        Model.load(folder)
+    assert not marker.exists()
+
+
+# saving
+def test_18_save_refuses_a_folder_tunefork_did_not_write(trained_folder, tmp_path):
+    from tunefork import Model
+    from tunefork.errors import ModelFolderError
+
+    model = Model.load(trained_folder)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    with pytest.raises(ModelFolderError, match="not empty and not a tunefork model folder"):
+        model.save(mine)
+    model.save(tmp_path / "model")
+    (tmp_path / "model" / "notes.txt").write_text("mine too")
+    with pytest.raises(ModelFolderError, match="holds 'notes.txt', which tunefork did not write"):
+        model.save(tmp_path / "model")
+    assert (mine / "thesis.tex").read_text() == "years of work" and [p.name for p in mine.iterdir()] == ["thesis.tex"]
+    assert (tmp_path / "model" / "notes.txt").read_text() == "mine too"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "model"]  # no stray staging folders
+
+
+def test_18_save_replaces_a_model_folder_whole_or_not_at_all(trained_folder, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    import safetensors.torch
+
+    from tunefork import Model
+
+    model = Model.load(trained_folder)
+    target = model.save(tmp_path / "model")
+    before = {p.relative_to(target): p.read_bytes() for p in target.rglob("*") if p.is_file()}
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(safetensors.torch, "save_model", full_disk)
+        patch.setattr(safetensors.torch, "save_file", full_disk)
+        with pytest.raises(OSError):
+            model.save(target)
+    assert {p.relative_to(target): p.read_bytes() for p in target.rglob("*") if p.is_file()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # the half-written one is gone
+    (target / "model.safetensors").write_bytes(b"old")
+    model.save(target)  # a tunefork model folder is replaced
+    assert (target / "model.safetensors").read_bytes() == before[Path("model.safetensors")]
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+# predict / evaluate outputs
+def test_18_predict_and_evaluate_never_overwrite_an_earlier_result(trained_folder, tmp_path):
+    data, out = _csv(tmp_path, _frame(4)), tmp_path / "out"
+    out.mkdir()
+    (out / "predictions.csv").write_text("someone's earlier result")
+    for _ in range(2):
+        assert _cli("predict", "-m", trained_folder, "--dataset", data, "--output_directory", out)[0] == 0
+        assert _cli("evaluate", "-m", trained_folder, "--dataset", data, "--output_directory", out)[0] == 0
+    assert (out / "predictions.csv").read_text() == "someone's earlier result"
+    assert sorted(p.name for p in out.iterdir()) == ["predictions.csv", "predictions_1.csv", "predictions_2.csv",
+                                                     "test_statistics.json", "test_statistics_1.json"]
+    assert _cli("predict", "-m", trained_folder, "--dataset", data, "--output_directory", out, "--overwrite")[0] == 0
+    assert (out / "predictions.csv").read_text().startswith("sentiment_predictions")
+    assert len(list(out.iterdir())) == 5
+
+
+# run directories
+def test_18_run_directory_names_are_reserved_atomically(tmp_path):
+    import threading
+
+    from tunefork import rundir
+
+    barrier, taken, errors = threading.Barrier(4), [], []
+
+    def race():
+        barrier.wait()
+        try:
+            for _ in range(10):
+                taken.append(rundir.new(tmp_path, "exp", "run"))
+        except Exception as exc:  # noqa: BLE001 — reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=race) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and len(taken) == 40 and len(set(taken)) == 40  # every run its own directory
+    assert {p.name for p in tmp_path.iterdir()} == {"exp_run", *(f"exp_run_{n}" for n in range(1, 40))}
+
+
+def test_18_run_directory_names_are_reserved_across_processes(tmp_path):
+    script = ("import sys; from tunefork import rundir\n"
+              "print('\\n'.join(str(rundir.new(sys.argv[1], 'exp', 'run')) for _ in range(20)))")
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    taken = [line for proc in procs for line in proc.communicate()[0].split()]
+    assert all(proc.returncode == 0 for proc in procs)
+    assert len(taken) == 40 and len(set(taken)) == 40
+
+
+@pytest.mark.parametrize("flag, name", [("--experiment_name", "../../x"), ("--model_name", "a/b"),
+                                        ("--experiment_name", ".."), ("--model_name", "x\\y")])
+def test_18_run_names_cannot_leave_the_output_directory(flag, name, tmp_path, tiny_bert):
+    data = _csv(tmp_path, _frame())
+    work = tmp_path / "a" / "b"
+    work.mkdir(parents=True)
+    code, err = _cli("train", "-c", _config_file(tmp_path, tiny_bert), "--dataset", data,
+                     "--output_directory", work / "runs", flag, name)
+    _one_error_line(code, err, f"{flag[2:]} {name!r}: must be a plain folder name")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a", "b", "config.yaml", "rows.csv"]

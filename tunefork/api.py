@@ -93,14 +93,22 @@ class Model:
 
     # ------------------------------------------------------------------------------------------------ on disk
     def save(self, directory) -> Path:
+        """Write the model folder to `directory`: a new or empty folder, or a tunefork model folder holding nothing
+        else, which is replaced whole (the new one is written beside it, then renamed into place). Any other
+        non-empty folder is refused: nothing tunefork did not write is deleted."""
         self._ready().save(Path(directory))
         return Path(directory)
 
     @classmethod
-    def load(cls, directory, *, progress: bool = False, quiet: bool = True) -> Model:
+    def load(cls, directory, *, progress: bool = False, quiet: bool = True, trust_remote_code: bool = False) -> Model:
+        """A model folder (or run directory). `trust_remote_code=True` lets code shipped with the folder run (an
+        `auto_map` and its `.py` files); without it such a folder is refused. The folder's own `trust_remote_code`
+        is never obeyed. `tunefork ... --trust-remote-code` sets it for the command's process."""
+        from tunefork import safety
         from tunefork.models import folder
 
-        config, meta, model, tokenizers = folder.load(directory)
+        trust = trust_remote_code or safety.remote_code_allowed()
+        config, meta, model, tokenizers = folder.load(directory, trust_remote_code=trust)
         loaded = cls(config, progress=progress, quiet=quiet)
         loaded._fitted = loaded.recipe.loaded(model, meta, tokenizers)
         loaded._folder = folder.locate(directory)

@@ -47,6 +47,14 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
                    help="track the run (per-step loss and lr, metrics, config); repeat for several; off by default")
 
 
+def _model_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of the commands that load a model folder (predict, evaluate, serve, export)."""
+    p.add_argument("-m", "--model_path", required=True, help="a model folder or run directory")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="let code shipped with the model folder run (an auto_map and its .py files); the folder's "
+                        "own trust_remote_code is never obeyed; off by default")
+
+
 def _global_flags(inside_command: bool) -> argparse.ArgumentParser:
     """--debug, --quiet and --allow-pickle, accepted before the command and after it (`tunefork train ... --quiet`)."""
     p = argparse.ArgumentParser(add_help=False)
@@ -69,12 +77,14 @@ def parser() -> argparse.ArgumentParser:
     _train_flags(parsers["experiment"])
     for name in ("predict", "evaluate"):
         p = parsers[name]
-        p.add_argument("-m", "--model_path", required=True, help="a model folder or run directory")
+        _model_flags(p)
         p.add_argument("--dataset", required=True)
         p.add_argument("--output_directory", default="results", help="where the output files go")
         p.add_argument("--backend", choices=("local", "ray"),
                        help="ray: Ray Data workers read a folder, glob or Parquet/CSV file, each loading the model once "
                             "(default: the model config's backend.type for a folder or glob, else this process)")
+        p.add_argument("--overwrite", action="store_true",
+                       help="replace an earlier output; by default a new name is taken (predictions_1.csv, ...)")
     parsers["predict"].add_argument("--output_format", choices=("csv", "parquet"), default="csv",
                                     help="with --backend ray, parquet writes a folder predictions/ of parts in input order")
     for name in ("check-config", "render-config"):
@@ -90,7 +100,7 @@ def _product_flags(parsers: dict) -> None:
     p.add_argument("--model", help="text encoder: a local folder or hub id (default sentence-transformers/all-MiniLM-L6-v2)")
     p.add_argument("-o", "--output", help="where to write the YAML (default: print it)")
     p = parsers["serve"]
-    p.add_argument("-m", "--model_path", required=True, help="a model folder or run directory")
+    _model_flags(p)
     p.add_argument("-H", "--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
     p.add_argument("-p", "--port", type=int, default=8000)
     p.add_argument("--max_request_mb", type=float, default=8.0, help="largest request body accepted (default 8 MB)")
@@ -106,7 +116,7 @@ def _product_flags(parsers: dict) -> None:
     p.add_argument("-od", "--output_directory", default="visualizations", help="where the pictures go")
     p.add_argument("-ff", "--file_format", choices=("png", "svg"), default="png")
     p = parsers["export"]
-    p.add_argument("-m", "--model_path", required=True, help="a model folder or run directory")
+    _model_flags(p)
     p.add_argument("-f", "--format", required=True, choices=("hf", "onnx"), help="hf: a transformers folder; onnx: a graph")
     p.add_argument("-o", "--output", required=True, help="the folder to write (must not exist or be empty)")
     p.add_argument("--merge-adapter", action="store_true",
@@ -153,8 +163,6 @@ def _product(args) -> int:
 
 
 def _run(args) -> int:
-    from pathlib import Path
-
     if args.command in ("check-config", "render-config"):
         from tunefork import config
 
@@ -183,17 +191,19 @@ def _run(args) -> int:
         return 0
 
     ray = _ray_backend(args)
-    out = Path(args.output_directory)
     if args.command == "predict":
         if ray is not None:
             from tunefork.backends import ray_predict
 
-            rows, path = ray_predict.write(args.model_path, args.dataset, ray, out, args.output_format)
+            parts = args.output_format == "parquet"  # a folder of Parquet parts
+            name = "predictions" if parts else "predictions.csv"
+            path, rows = _output(args, name, lambda p: ray_predict.write(args.model_path, args.dataset, ray, p,
+                                                                         args.output_format), folder=parts)
         else:
-            frame = Model.load(args.model_path, quiet=args.quiet).predict(args.dataset)
-            out.mkdir(parents=True, exist_ok=True)
-            rows, path = len(frame), out / f"predictions.{args.output_format}"
-            frame.to_csv(path, index=False) if args.output_format == "csv" else frame.to_parquet(path, index=False)
+            frame = Model.load(args.model_path, quiet=args.quiet, trust_remote_code=args.trust_remote_code).predict(args.dataset)
+            write = frame.to_csv if args.output_format == "csv" else frame.to_parquet
+            path, _ = _output(args, f"predictions.{args.output_format}", lambda p: write(p, index=False))
+            rows = len(frame)
         print(f"{rows} predictions written to {path}")
         return 0
     from tunefork import rundir
@@ -204,11 +214,11 @@ def _run(args) -> int:
 
         statistics, _ = ray_predict.evaluate(args.model_path, args.dataset, ray)
     else:
-        statistics = Model.load(args.model_path, quiet=args.quiet).evaluate(args.dataset)
-    out.mkdir(parents=True, exist_ok=True)
-    rundir.write_json(out / "test_statistics.json", statistics)
+        model = Model.load(args.model_path, quiet=args.quiet, trust_remote_code=args.trust_remote_code)
+        statistics = model.evaluate(args.dataset)
+    path, _ = _output(args, "test_statistics.json", lambda p: rundir.write_json(p, statistics))
     Console().table({"dataset": statistics}, f"evaluation of {args.model_path}")
-    print(f"statistics written to {out / 'test_statistics.json'}")
+    print(f"statistics written to {path}")
     return 0
 
 
@@ -220,6 +230,23 @@ def _ray_backend(args):
 
     config, _ = folder.records(args.model_path)
     return backends.on_ray(config, args.dataset, args.backend)
+
+
+def _output(args, name: str, write, folder: bool = False):
+    """Write a predict / evaluate result as `name` (a file, or a `folder` of parts) in --output_directory, never over
+    an earlier one (unless --overwrite): the run directory's `_N` rule picks the name, reserved before writing.
+    Returns (the path, what `write` returned)."""
+    import shutil
+
+    from tunefork import rundir
+
+    path = rundir.output_file(args.output_directory, name, overwrite=args.overwrite, folder=folder)
+    try:
+        return path, write(path)
+    except BaseException:
+        if not args.overwrite:  # the empty file or folder reserved for it: ours
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        raise
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -236,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     from tunefork.errors import TuneforkError
 
     safety.allow_pickle(args.allow_pickle)
+    safety.allow_remote_code(getattr(args, "trust_remote_code", False))  # serve and export load through Model.load
     try:
         return _run(args)
     except TuneforkError as exc:
@@ -252,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:  # the flag is this command's: a later Model.load in the same process asks for itself
+        safety.allow_remote_code(False)
 
 
 def _quiet_libraries() -> None:

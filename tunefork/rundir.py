@@ -6,7 +6,9 @@
     model/                 the final state: present only once the run finished (written whole, then renamed)
     training_statistics.json, efficiency.json, report.html
 
-A run directory is created before training — so checkpoints live inside it from the first evaluation — and is
+Its name is reserved by creating it (`new`: mkdir without exist_ok, the next `_N` on FileExistsError), so two runs
+started together never share one; the experiment and model names must be plain folder names (`check_names`). A run
+directory is created before training — so checkpoints live inside it from the first evaluation — and is
 finished in one place: `RunDirectory.finish`. A directory without `model/` is a run that stopped; `resume` reopens
 it, after checking the data and the config are the run's own.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import shutil
 from pathlib import Path
@@ -26,14 +29,50 @@ from tunefork.errors import DataError, TuneforkError
 DESCRIPTION, RESOLVED = "description.json", "resolved_config.yaml"
 
 
+def check_names(experiment_name: str, model_name: str) -> None:
+    """Both names are one folder name inside output_directory: a separator or '..' would put the run elsewhere."""
+    for key, value in (("experiment_name", experiment_name), ("model_name", model_name)):
+        text = str(value)
+        if not text or any(bad in text for bad in ("/", "\\", "..", "\0")):
+            raise TuneforkError(f"{key} {text!r}: must be a plain folder name (no '/', '\\' or '..'), as the run "
+                                "directory is made inside output_directory")
+
+
+def reserve(base: Path, suffix: str = "", *, make) -> Path:
+    """The first of `<base><suffix>`, `<base>_1<suffix>`, `<base>_2<suffix>`, ... (Ludwig's naming) that `make`
+    creates. `make` must fail with FileExistsError when the path exists (mkdir without exist_ok, open with O_EXCL):
+    testing, then creating, would let two processes started together both take the same name."""
+    n = 0
+    while True:
+        candidate = base.with_name(f"{base.name}_{n}{suffix}" if n else f"{base.name}{suffix}")
+        try:
+            make(candidate)
+            return candidate
+        except FileExistsError:
+            n += 1
+
+
 def new(output_directory: str | Path, experiment_name: str, model_name: str) -> Path:
-    """The first free `<experiment>_<model>`, `<experiment>_<model>_1`, ... (Ludwig's naming); not created yet."""
+    """The first free `<experiment>_<model>`, `<experiment>_<model>_1`, ..., created (so it is this run's alone)."""
+    check_names(experiment_name, model_name)
     base = Path(output_directory) / f"{experiment_name}_{model_name}"
-    candidate, n = base, 0
-    while candidate.exists():
-        n += 1
-        candidate = base.with_name(f"{base.name}_{n}")
-    return candidate
+    base.parent.mkdir(parents=True, exist_ok=True)
+    return reserve(base, make=Path.mkdir)
+
+
+def output_file(directory: str | Path, name: str, overwrite: bool = False, folder: bool = False) -> Path:
+    """Where `predict` / `evaluate` write `name` (say predictions.csv, or a `folder` of parts) in `directory`: that
+    path with `overwrite`, else the first free one by the run directory's `_N` rule (predictions_1.csv, ...), created
+    empty so that no earlier result, and no concurrent command's, is ever written over."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    if overwrite:
+        return path
+    if folder:
+        return reserve(path, make=Path.mkdir)
+    return reserve(path.with_name(path.stem), path.suffix,
+                   make=lambda p: os.close(os.open(p, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)))
 
 
 def _clean(value):
@@ -97,8 +136,7 @@ class RunDirectory:
     @classmethod
     def create(cls, output_directory, experiment_name: str, model_name: str, config_dict: dict, plan,
                fingerprints: dict, rows: dict, seed: int, remote: dict) -> RunDirectory:
-        path = new(output_directory, experiment_name, model_name)
-        path.mkdir(parents=True)
+        path = new(output_directory, experiment_name, model_name)  # created: reserved for this run alone
         write_yaml(path / RESOLVED, {"config": config_dict, "plan": plan.to_dict()})
         write_json(path / DESCRIPTION, {"versions": versions(), "config": config_dict, "dataset_fingerprints": fingerprints,
                                         "rows": rows, "random_seed": seed, "trust_remote_code": remote})

@@ -19,7 +19,7 @@ from tunefork import config as config_mod
 from tunefork import plan as plan_mod
 from tunefork.data import read, split
 from tunefork.errors import TuneforkError
-from tunefork.rundir import RunDirectory, remote_code
+from tunefork.rundir import RunDirectory, check_names, remote_code
 from tunefork.training.efficiency import Phases
 
 log = logging.getLogger("tunefork")
@@ -102,6 +102,7 @@ def train(recipe, console, data: Data, options: Options):
     """Train and write the run directory. Returns (TrainResult, the Fitted model, the test split's rows or None)."""
     from tunefork import backends
 
+    check_names(options.experiment_name, options.model_name)  # before any work: they also name the trackers' runs
     with backends.session(recipe.config):  # backend ray: this run's cluster (joined, or started and stopped)
         return _train(recipe, console, data, options)
 

@@ -53,14 +53,13 @@ def predict(model, dataset, backend) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def write(model, dataset, backend, directory, output_format: str) -> tuple[int, Path]:
-    """Predictions written as they arrive, in input order: `predictions/part-00000.parquet`, ... or one
-    `predictions.csv`. Written beside the target and moved into place at the end: an error leaves nothing behind."""
+def write(model, dataset, backend, target, output_format: str) -> int:
+    """Predictions written as they arrive, in input order, to `target`: a folder of `part-00000.parquet`, ... or one
+    CSV file. Written beside the target and moved into place at the end: an error leaves nothing behind. Returns the
+    number of rows."""
     blocks = _blocks(model, dataset, backend, evaluate=False)
     first = next(blocks, None)  # the files, columns and model folder are checked before anything is written
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    target = directory / ("predictions" if output_format == "parquet" else "predictions.csv")
+    target = Path(target)
     staging = target.with_name(target.name + ".partial")
     _remove(staging)
     if output_format == "parquet":
@@ -83,7 +82,7 @@ def write(model, dataset, backend, directory, output_format: str) -> tuple[int, 
         raise
     _remove(target)
     staging.rename(target)
-    return rows, target
+    return rows
 
 
 def evaluate(model, dataset, backend) -> tuple[dict, pd.DataFrame]:

@@ -11,17 +11,22 @@ An ECD folder (a classifier / regressor) adds `model.safetensors` (every weight 
 `tokenizers/<feature>/`. A causal-LM folder adds `tokenizer/`, and `adapter/` (peft's files + the base's config.json)
 or `weights/` (full weights in the layout `AutoModelForCausalLM.from_pretrained` reads), or neither for a zero-shot
 model, which is its base model. With an adapter only the adapter is saved: loading rebuilds the base from
-`pretrained_model_name_or_path` / `base_model` and applies it. Writing is atomic: a sibling temp folder is renamed
-into place.
+`pretrained_model_name_or_path` / `base_model` and applies it.
+
+Saving never deletes what tunefork did not write: it goes into a new or empty folder, or replaces a tunefork model
+folder that holds nothing else (`_replaceable`). The new folder is written whole beside the old one, then renamed into
+place; the old one is removed only after that (`_staged`). Loading never obeys the folder's own `trust_remote_code`:
+the caller's choice replaces it, and a folder shipping code is refused without it (`tunefork.safety`).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
-from tunefork import hf
+from tunefork import hf, safety
 from tunefork.adapters import wrapper as adapters
 from tunefork.errors import ModelFolderError, TuneforkError
 
@@ -30,6 +35,7 @@ CONFIG = "model_hyperparameters.json"
 METADATA = "training_set_metadata.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 LLM_ADAPTER, LLM_WEIGHTS, LLM_TOKENIZER = "adapter", "weights", "tokenizer"
+WRITTEN = {WEIGHTS, CONFIG, METADATA, "encoders", "tokenizers", LLM_ADAPTER, LLM_WEIGHTS, LLM_TOKENIZER}  # and only these
 
 
 def locate(folder) -> Path:
@@ -72,16 +78,52 @@ def check(folder) -> Path:
     return folder
 
 
+def _replaceable(folder: Path) -> None:
+    """Refuse to save over anything tunefork did not write: `folder` must be absent, empty, or a tunefork model folder
+    holding only the entries tunefork writes (a README a user put inside would be lost with the old folder)."""
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        raise ModelFolderError(f"{folder}: exists and is not a folder; save the model to a new or empty folder")
+    if not folder.exists() or not any(folder.iterdir()):
+        return
+    if not ((folder / CONFIG).is_file() and (folder / METADATA).is_file()):
+        raise ModelFolderError(f"{folder}: not empty and not a tunefork model folder; refusing to replace it "
+                               "(save the model to a new or empty folder)")
+    foreign = sorted(p.name for p in folder.iterdir() if p.name not in WRITTEN)
+    if foreign:
+        raise ModelFolderError(f"{folder}: holds '{foreign[0]}', which tunefork did not write; refusing to replace the "
+                               "folder (move it out, or save the model elsewhere)")
+
+
 def _staged(folder: Path, write) -> None:
-    """Run `write(tmp)` into a sibling temp folder, then put it in place of `folder` whole."""
+    """Run `write(tmp)` into a new sibling folder, then put it in place of `folder` whole.
+
+    The sibling's name is unique (pid and random suffix) and hidden, so two saves never share it and no folder of the
+    user's is ever taken for it. An old model folder is first renamed aside, then the new one renamed into place, and
+    only then is the old one removed: at no point is a half-written folder at `folder`, and a crash between the two
+    renames leaves both complete on disk (the old one as `.<name>.replaced-*`)."""
     folder = Path(folder)
-    tmp = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    write(tmp)
-    if folder.exists():
-        shutil.rmtree(folder)
-    tmp.rename(folder)
+    _replaceable(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tag = f"{os.getpid()}-{os.urandom(4).hex()}"
+    tmp = folder.with_name(f".{folder.name}.saving-{tag}")
+    tmp.mkdir()  # no exist_ok: never someone else's folder
+    try:
+        write(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # ours, and half-written: nothing is left behind
+        raise
+    old = folder.with_name(f".{folder.name}.replaced-{tag}") if folder.exists() else None
+    if old is not None:
+        folder.rename(old)
+    try:
+        tmp.rename(folder)
+    except BaseException:
+        if old is not None:
+            old.rename(folder)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old)
 
 
 def _records(tmp: Path, config_dict: dict, meta: dict) -> None:
@@ -190,11 +232,21 @@ def _load_llm(folder: Path, config, meta: dict):
 
 
 # ------------------------------------------------------------------------------------------------ either kind
-def load(folder):
+def load(folder, trust_remote_code: bool | None = None):
     """(config, metadata, model, tokenizers) from a model folder of either kind, built offline from what it holds
-    (an LLM's tokenizers is its one tokenizer)."""
+    (an LLM's tokenizers is its one tokenizer).
+
+    `trust_remote_code` is the caller's choice (None: the command line's `--trust-remote-code`, see
+    `tunefork.safety`); it replaces whatever the folder's config says, and a folder shipping code is refused without
+    it, before anything in it is read by transformers."""
     folder = check(folder)
+    trust = safety.remote_code_allowed() if trust_remote_code is None else bool(trust_remote_code)
+    if not trust:
+        shipped = safety.shipped_code(folder)
+        if shipped:
+            raise ModelFolderError(safety.remote_code_refusal(folder, shipped))
     config, meta = records(folder)
+    config = _trusting(config, trust)
     loader = _load_llm if config.model_type == "llm" else _load_ecd
     model, tokenizers = loader(folder, config, meta)
     return config, meta, model, tokenizers
@@ -206,3 +258,21 @@ def records(folder) -> tuple:
 
     folder = check(folder)
     return config_mod.load(json.loads((folder / CONFIG).read_text())), json.loads((folder / METADATA).read_text())
+
+
+def _trusting(config, trust: bool):
+    """The saved config with every `trust_remote_code` (and any hidden in `pretrained_kwargs`) set to the caller's
+    `trust`: what the folder says about it is never obeyed."""
+    def kwargs(section) -> dict | None:
+        given = section.pretrained_kwargs
+        return None if given is None else {k: v for k, v in given.items() if k != "trust_remote_code"}
+
+    if config.model_type == "llm":
+        return config.model_copy(update={"trust_remote_code": trust, "pretrained_kwargs": kwargs(config)})
+    features = [
+        f.model_copy(update={"encoder": f.encoder.model_copy(
+            update={"trust_remote_code": trust, "pretrained_kwargs": kwargs(f.encoder)})})
+        if f.type == "text" else f
+        for f in config.input_features
+    ]
+    return config.model_copy(update={"input_features": features})
