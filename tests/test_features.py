@@ -63,7 +63,7 @@ def test_category_lowercase():
 def test_category_output_counts_and_unseen_label_is_minus_one():
     feature = CategoryOutput(name="y", type="category")
     meta = category.fit(pd.Series(["pos", "neg", "pos", "mid", "pos", "neg"]), feature, output=True)
-    assert meta == {"vocab": ["pos", "neg", "mid"], "counts": [3, 2, 1]}
+    assert meta == {"vocab": ["pos", "neg", "mid"], "counts": [3, 2, 1], "canonical_numbers": True}
     assert category.transform(pd.Series(["neg", "unseen", "mid"]), feature, meta, output=True).tolist() == [1, -1, 2]
 
 
@@ -72,14 +72,15 @@ def test_category_output_needs_two_classes():
         category.fit(pd.Series(["pos", "pos"]), CategoryOutput(name="y", type="category"), output=True)
 
 
-def test_unseen_label_is_scored_wrong_and_ignored_by_the_loss():
+def test_unseen_label_is_left_out_of_the_metrics_and_the_loss():
     feature = CategoryOutput(name="y", type="category")
     meta = {"vocab": ["a", "b"], "class_weights": None}
     logits = torch.tensor([[5.0, 0.0], [0.0, 5.0]])
     loss = category.loss(feature, meta, logits, torch.tensor([0, -1]))
     assert loss.item() == pytest.approx(torch.nn.functional.cross_entropy(logits[:1], torch.tensor([0])).item())
     out = category.predict(feature, meta, logits)
-    assert category.metrics(feature, meta, np.array([0, -1]), out)["accuracy"] == 0.5
+    scores = category.metrics(feature, meta, np.array([0, -1]), out)  # issue 18: counted, not scored wrong
+    assert scores["accuracy"] == 1.0 and scores["unseen_labels"] == 1 and scores["confusion_matrix"] == [[1, 0], [0, 0]]
 
 
 CLASS_WEIGHTS = [

@@ -6,9 +6,17 @@ This is the schema toolkit, not the schema: it sits below both `tunefork.config`
 
 from __future__ import annotations
 
-from typing import Annotated, Union
+from typing import Annotated, Any, Union, get_args
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Tag, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Tag,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from tunefork.errors import did_you_mean
@@ -33,6 +41,43 @@ class Section(BaseModel):
                         "unknown_key", "unknown key {key}{hint}", {"key": shown, "hint": did_you_mean(key, known)}
                     )
         return data
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _refuse_booleans_as_numbers(cls, value, info: ValidationInfo):
+        """`batch_size: true` is not 1: pydantic's lax mode reads a bool as an int (or a float), so a field whose
+        type admits no bool refuses one anywhere in its value (`clip: [true, 5]` too). Fields that hold sections
+        leave their keys to those sections."""
+        annotation = cls.model_fields[info.field_name].annotation
+        if _holds_bool(value) and _numeric(annotation) and not _admits_bool(annotation):
+            raise PydanticCustomError("bool_not_number", "expected a number, got a boolean")
+        return value
+
+
+def _holds_bool(value) -> bool:
+    if isinstance(value, bool):
+        return True
+    if isinstance(value, (list, tuple)):
+        return any(_holds_bool(v) for v in value)
+    return isinstance(value, dict) and any(_holds_bool(v) for v in value.values())
+
+
+def _admits_bool(annotation) -> bool:
+    """Whether `annotation` could mean a bool somewhere: bool itself, Any, or a nested section or model (which then
+    judges its own fields)."""
+    if annotation is bool or annotation is Any or annotation is object:
+        return True
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return True
+    args = get_args(annotation)
+    return any(arg is True or arg is False for arg in args) or any(
+        _admits_bool(arg) for arg in args if not isinstance(arg, (str, int, float)))
+
+
+def _numeric(annotation) -> bool:
+    if annotation in (int, float):
+        return True
+    return any(_numeric(arg) for arg in get_args(annotation) if not isinstance(arg, (str, int, float)))
 
 
 def tagged(*members: type[Section], default: str | None = None, nullable: bool = False):

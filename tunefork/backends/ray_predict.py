@@ -261,7 +261,7 @@ def _first_row(value, rows: int) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------ ECD scoring
 def _ecd_part(fitted, batch: pd.DataFrame) -> pd.DataFrame:
     """The batch's predictions, and per row each output's raw outputs and target, plus the batch's loss sums."""
-    collector, table = fitted.collect(batch, with_targets=True)
+    collector, table, _ = fitted.collect(batch, with_targets=True)
     outputs = collector.outputs() if collector.rows else {}
     frame = fitted.predictions(outputs, table).reset_index(drop=True) if collector.rows else pd.DataFrame()
     rows = len(table)

@@ -20,7 +20,9 @@ def _read_file(path: Path) -> pd.DataFrame:
     if kind is None:
         raise DataError(f"{path}: unknown file type '{path.suffix}' (use one of: {', '.join(sorted(FORMATS))})")
     if kind in ("csv", "tsv"):
-        return pd.read_csv(path, sep="\t" if kind == "tsv" else ",", keep_default_na=True, encoding="utf-8")
+        sep = "\t" if kind == "tsv" else ","
+        _refuse_duplicate_columns(path, sep)
+        return pd.read_csv(path, sep=sep, keep_default_na=True, encoding="utf-8")
     # precise_float: pandas' fast float parser is off by an ulp now and then, so the same table read from JSON
     # and from CSV would differ (and so would its fingerprint)
     if kind == "jsonl":
@@ -28,6 +30,23 @@ def _read_file(path: Path) -> pd.DataFrame:
     if kind == "json":
         return pd.read_json(path, dtype=False, precise_float=True)
     return pd.read_parquet(path)
+
+
+def _refuse_duplicate_columns(path: Path, sep: str) -> None:
+    """pandas renames a repeated header name (`x`, `x.1`), so a feature would silently read one of two columns.
+    The header is read raw, as pandas' own parser splits it (quotes included), and a repeat is an error. Empty
+    names are left alone: pandas calls them `Unnamed: <position>`, which cannot collide. (JSON objects hold each
+    key once, and Parquet writers refuse duplicate names.)"""
+    header = pd.read_csv(path, sep=sep, header=None, nrows=1, dtype=str, keep_default_na=False, encoding="utf-8")
+    names = [str(name) for name in header.iloc[0]] if len(header) else []
+    seen: dict[str, int] = {}
+    for position, name in enumerate(names, 1):
+        if name.strip() == "":
+            continue
+        if name in seen:
+            raise DataError(f"{path}: column '{name}' appears twice in the header (columns {seen[name]} and "
+                            f"{position}); rename one of them")
+        seen[name] = position
 
 
 def _first_non_utf8(path: Path) -> str:

@@ -7,6 +7,7 @@ import pandas as pd
 
 from tunefork.errors import DataError
 from tunefork.features import metrics as m
+from tunefork.features.category import label_strings
 
 TRUE = {"true", "yes", "y", "1", "1.0", "t", "on", "positive"}
 FALSE = {"false", "no", "n", "0", "0.0", "f", "off", "negative"}
@@ -15,8 +16,9 @@ FALSE = {"false", "no", "n", "0", "0.0", "f", "off", "negative"}
 def fit(values: pd.Series, feature, output: bool = False) -> dict:
     # A Python bool (a bool column, or a cell filled by fill_with_false) already is true or false: only the other
     # cells name the labels, so 'yes' / 'no' plus a filled False stays two values, not three.
+    # Numerals are spelled one way (`category.label_strings`): 0, 0.0 and "0" are one value, not three.
     flags = values.map(lambda v: isinstance(v, (bool, np.bool_)))
-    distinct = sorted(values[~flags].dropna().astype(str).str.strip().unique())
+    distinct = sorted(label_strings(values[~flags].dropna()).unique())
     if len(distinct) > 2:
         raise DataError(f"binary column '{feature.source}' has {len(distinct)} distinct values {distinct[:4]}; expected 2")
     standard = {v: v.lower() in TRUE for v in distinct}
@@ -33,11 +35,11 @@ def fit(values: pd.Series, feature, output: bool = False) -> dict:
         labels[flag] = value
     if output and len({str2bool[v] for v in distinct} | set(values[flags].astype(bool))) < 2:
         raise DataError(f"binary output '{feature.source}' has one value in the training data; a classifier needs 2")
-    return {"str2bool": str2bool, "labels": [labels[False], labels[True]]}
+    return {"str2bool": str2bool, "labels": [labels[False], labels[True]], "canonical_numbers": True}
 
 
 def transform(values: pd.Series, feature, meta: dict, output: bool = False) -> np.ndarray:
-    text = values.astype(str).str.strip()
+    text = label_strings(values, meta.get("canonical_numbers", False))
     mapped = text.map(meta["str2bool"]).astype(object)  # all-unmatched maps to float NaN, which refuses bools
     unknown = mapped.isna() & values.notna()
     if unknown.any():

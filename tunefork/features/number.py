@@ -21,11 +21,29 @@ def _numbers(values: pd.Series, feature) -> np.ndarray:
     return out
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _overflow(feature, x: np.ndarray, why: str) -> DataError:
+    largest = float(np.max(np.abs(x)))
+    return DataError(f"number column '{feature.source}': values as large as {largest:.3g} overflow {why}; rescale "
+                     f"the column (other units, or a log) so its values and their spread stay well within ±1e38")
+
+
 def fit(values: pd.Series, feature, output: bool = False) -> dict:
+    """Normalisation statistics. Near 1e300 the variance (or a min-max span) overflows float64, which would make
+    every scaled value 0: a statistic that overflows is stored as null, and refused if the normalization needs it;
+    so is a column whose scaled values overflow the float32 the model reads."""
     x = _numbers(values, feature)
-    meta = {"mean": float(x.mean()), "std": float(x.std()), "min": float(x.min()), "max": float(x.max())}
+    with np.errstate(over="ignore", invalid="ignore"):
+        stats = {"mean": x.mean(), "std": x.std(), "min": x.min(), "max": x.max()}
+    meta = {k: float(v) if np.isfinite(v) else None for k, v in stats.items()}
     meta["normalization"] = feature.preprocessing.normalization
+    _scaled(x, feature, meta)
     return meta
+
+
+NEEDS = {"zscore": ("mean", "std"), "minmax": ("min", "max")}
 
 
 def _scale(meta: dict) -> tuple[float, float]:
@@ -37,9 +55,21 @@ def _scale(meta: dict) -> tuple[float, float]:
     return 0.0, 1.0
 
 
-def transform(values: pd.Series, feature, meta: dict, output: bool = False) -> np.ndarray:
+def _scaled(x: np.ndarray, feature, meta: dict) -> np.ndarray:
+    """(x - shift) / scale as float32, or a DataError when any step overflows (even a min-max span can)."""
+    needed = [meta[k] for k in NEEDS.get(meta["normalization"], ())]
+    if any(v is None for v in needed) or not np.isfinite(_scale(meta)[1]):
+        raise _overflow(feature, x, f"float64 while computing its {meta['normalization']} statistics")
     shift, scale = _scale(meta)
-    return ((_numbers(values, feature) - shift) / scale).astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = (x - shift) / scale
+    if not np.isfinite(out).all() or np.abs(out).max(initial=0.0) > FLOAT32_MAX:
+        raise _overflow(feature, x, f"float32 after {meta['normalization'] or 'no'} normalization")
+    return out.astype(np.float32)
+
+
+def transform(values: pd.Series, feature, meta: dict, output: bool = False) -> np.ndarray:
+    return _scaled(_numbers(values, feature), feature, meta)
 
 
 def batch(column: np.ndarray, index: np.ndarray, meta: dict):
@@ -66,7 +96,7 @@ def loss(feature, meta: dict, logits, target):
 
 def predict(feature, meta: dict, logits) -> dict[str, np.ndarray]:
     shift, scale = _scale(meta)
-    values = logits.squeeze(-1).float().cpu().numpy() * scale + shift
+    values = logits.squeeze(-1).float().cpu().numpy().astype(np.float64) * scale + shift  # float32 would overflow past 3e38
     if feature.clip is not None:
         values = np.clip(values, *feature.clip)
     return {"predictions": values}

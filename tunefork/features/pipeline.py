@@ -11,13 +11,14 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from tunefork.config.schema import Config
 from tunefork.data import cache, read
 from tunefork.data.tensors import Table
 from tunefork.errors import DataError
-from tunefork.features import INPUTS, OUTPUTS, missing, text
+from tunefork.features import INPUTS, OUTPUTS, category, missing, text
 
 log = logging.getLogger("tunefork.preprocess")
 CACHE_VERSION = 1
@@ -39,7 +40,9 @@ def tokenizers(config: Config) -> dict:
     return {f.name: text.load_tokenizer(f.encoder) for f in config.input_features if f.type == "text"}
 
 
-def _fill(frame: pd.DataFrame, features, fills: dict) -> pd.DataFrame:
+def _fill(frame: pd.DataFrame, features, fills: dict) -> tuple[pd.DataFrame, np.ndarray]:
+    """Missing values filled per feature strategy; rows with a missing `drop_row` value removed. Returns the rows
+    kept and their 0-based positions in `frame`."""
     frame = frame.copy()
     drop = pd.Series(False, index=frame.index)
     for feature in features:
@@ -53,7 +56,7 @@ def _fill(frame: pd.DataFrame, features, fills: dict) -> pd.DataFrame:
         log.info("%s: dropped %d rows with missing values", frame.attrs.get("source", "dataset"), int(drop.sum()))
     kept = frame[~drop]
     kept.attrs = frame.attrs
-    return kept
+    return kept, np.flatnonzero(~drop.to_numpy())
 
 
 def _naming_file(frame: pd.DataFrame, work):
@@ -80,7 +83,7 @@ def _fit(config: Config, training: pd.DataFrame, toks: dict) -> dict:
     for feature in config.output_features:  # before filling: a filled-in constant is not a label
         if missing.is_missing(training[feature.source]).all():
             raise DataError(f"{training.attrs.get('source', 'training data')}: output column '{feature.source}' is empty")
-    training = _fill(training, features, meta["fills"])
+    training, _ = _fill(training, features, meta["fills"])
     if len(training) == 0:
         raise DataError(f"{training.attrs.get('source', 'training data')}: no rows left after dropping missing values")
     for feature in config.input_features:
@@ -101,14 +104,42 @@ def _fit(config: Config, training: pd.DataFrame, toks: dict) -> dict:
     return meta
 
 
-def transform(config: Config, frame: pd.DataFrame, meta: dict, toks: dict, with_outputs: bool = True) -> Table:
-    """The table's rows as tensors-to-be, with the fitted metadata; errors name the file and column."""
-    return _naming_file(frame, lambda: _transform(config, frame, meta, toks, with_outputs))
+def transform(config: Config, frame: pd.DataFrame, meta: dict, toks: dict, with_outputs: bool = True,
+              unseen_inputs: bool = True) -> Table:
+    """The table's rows as tensors-to-be, with the fitted metadata; errors name the file and column.
+
+    Values the training split never had are said in one warning line per feature: category inputs read as <UNK>
+    (`unseen_inputs`; off for the training split itself, where they are only values outside `most_common`), and
+    category labels outside the classes (always), which every metric and the loss leave out. The table carries
+    those labels as `unseen_labels` ({output: {count, examples}}) for the evaluation's statistics."""
+    return _naming_file(frame, lambda: _transform(config, frame, meta, toks, with_outputs, unseen_inputs))
 
 
-def _transform(config: Config, frame: pd.DataFrame, meta: dict, toks: dict, with_outputs: bool) -> Table:
+def _warn_unseen(config: Config, frame: pd.DataFrame, meta: dict, with_outputs: bool, inputs: bool) -> dict:
+    source = frame.attrs.get("source", "dataset")
+    found = {}
+    for feature in config.input_features if inputs else ():
+        if feature.type == "category":
+            count, examples = category.unseen(frame[feature.source], feature, meta["inputs"][feature.name])
+            if count:
+                log.warning("%s: input '%s': %d of %d rows have values not seen in training (e.g. %s); read as %s",
+                            source, feature.name, count, len(frame), ", ".join(map(repr, examples)), category.UNK)
+    for feature in config.output_features if with_outputs else ():
+        if feature.type == "category":
+            count, examples = category.unseen(frame[feature.source], feature, meta["outputs"][feature.name])
+            if count:
+                found[feature.name] = {"count": count, "examples": examples}
+                log.warning("%s: output '%s': %d of %d rows have labels the model has no class for (e.g. %s); "
+                            "left out of every metric and the loss", source, feature.name, count, len(frame),
+                            ", ".join(map(repr, examples)))
+    return found
+
+
+def _transform(config: Config, frame: pd.DataFrame, meta: dict, toks: dict, with_outputs: bool,
+               unseen_inputs: bool) -> Table:
     features = [*config.input_features, *(config.output_features if with_outputs else [])]
-    frame = _fill(frame, features, meta["fills"])
+    frame, positions = _fill(frame, features, meta["fills"])
+    unseen = _warn_unseen(config, frame, meta, with_outputs, unseen_inputs)
     columns = {}
     for feature in config.input_features:
         module, fitted = INPUTS[feature.type], meta["inputs"][feature.name]
@@ -123,7 +154,9 @@ def _transform(config: Config, frame: pd.DataFrame, meta: dict, toks: dict, with
                 frame[feature.source], feature, meta["outputs"][feature.name], output=True
             )
     table = Table(columns)
-    table.row_index = frame.index  # rows dropped for missing values keep their original positions
+    table.row_index = frame.index  # rows dropped for missing values keep their original labels
+    table.positions = positions  # ... and their 0-based positions in the table given, for a row key
+    table.unseen_labels = unseen
     return table
 
 
@@ -177,6 +210,6 @@ def preprocess(config: Config, splits: dict[str, pd.DataFrame], seed: int, cache
         log.info("preprocessed data loaded from the cache (%s)", folder)
         return *found, True
     meta = fit(config, splits["training"], toks)
-    tables = {name: transform(config, frame, meta, toks) for name, frame in splits.items()}
+    tables = {name: transform(config, frame, meta, toks, unseen_inputs=name != "training") for name, frame in splits.items()}
     cache.store(folder, meta, tables)
     return meta, tables, False

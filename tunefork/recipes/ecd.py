@@ -17,7 +17,7 @@ import pandas as pd
 
 from tunefork import plan as plan_mod
 from tunefork.errors import DataError, TuneforkError
-from tunefork.features import OUTPUTS, pipeline
+from tunefork.features import OUTPUTS, missing, pipeline
 
 log = logging.getLogger("tunefork")
 
@@ -165,31 +165,57 @@ class Fitted:
         pipeline.check_columns(self.config, {"dataset": frame}, with_outputs=with_outputs)
         return pipeline.transform(self.config, frame, self.meta, self.tokenizers, with_outputs=with_outputs)
 
-    def predictions(self, outputs: dict, table) -> pd.DataFrame:
-        """The user-facing columns of `Collector.outputs()`, indexed by the rows they came from."""
-        columns = {}
+    def _dropped(self, frame: pd.DataFrame, table, with_outputs: bool) -> int:
+        """Rows `drop_row` removed, said in one warning line: the predictions then carry a `row` column."""
+        dropped = len(frame) - len(table)
+        if dropped:
+            read = [*self.config.input_features, *(self.config.output_features if with_outputs else ())]
+            names = [f.name for f in read if f.preprocessing.missing_value_strategy == "drop_row"
+                     and missing.is_missing(frame[f.source]).any()]
+            log.warning("%s: %d of %d rows dropped for a missing value in %s (missing_value_strategy: drop_row); "
+                        "the predictions' `row` column is each kept row's 0-based position in the input",
+                        frame.attrs.get("source", "dataset"), dropped, len(frame), ", ".join(map(repr, names)))
+        return dropped
+
+    def predictions(self, outputs: dict, table, dropped: int = 0) -> pd.DataFrame:
+        """Prediction columns per output (of `Collector.outputs()`), indexed like the input's rows. When rows were
+        dropped, a `row` column first holds each kept row's position in the input, so the file written from it
+        (without the index) still matches back; with every row kept, row i of the predictions is row i of the input."""
+        columns = {"row": table.positions} if dropped else {}
         for feature in self.config.output_features:
             columns.update(OUTPUTS[feature.type].columns(feature, self.meta["outputs"][feature.name], outputs[feature.name]))
         return pd.DataFrame(columns, index=table.row_index)
 
     def collect(self, frame: pd.DataFrame, with_targets: bool):
-        """(Collector, table): every row through the model, with the loss when `with_targets`; the preprocessed table
-        holds the targets. What predict and evaluate share, and what a Ray prediction worker runs on its batch."""
+        """(Collector, table, rows dropped): every row through the model, with the loss when `with_targets`; the
+        preprocessed table holds the targets. What predict and evaluate share, and what a Ray prediction worker runs
+        on its batch."""
         from tunefork.training.ecd import run_inference
 
         table = self._table(frame, with_outputs=with_targets)
+        dropped = self._dropped(frame, table, with_outputs=with_targets)
         collector = run_inference(self.model, table, self.config, self.meta, self._inference_plan(), with_targets=with_targets)
-        return collector, table
+        return collector, table, dropped
 
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
-        """One row per input row: `<output>_predictions`, `_probabilities_<class>`, `_probability`."""
-        collector, table = self.collect(frame, with_targets=False)
-        return self.predictions(collector.outputs(), table)
+        """One row per input row kept: `<output>_predictions`, `_probabilities_<class>`, `_probability`; `row`
+        (the input position) first when `drop_row` removed rows."""
+        collector, table, dropped = self.collect(frame, with_targets=False)
+        return self.predictions(collector.outputs(), table, dropped)
 
     def evaluate(self, frame: pd.DataFrame) -> tuple[dict, pd.DataFrame]:
-        """Metrics per output (loss, accuracy, macro-F1, ROC-AUC, confusion matrix; MAE, RMSE, R²) and predictions."""
-        collector, table = self.collect(frame, with_targets=True)
-        return collector.scores(table), self.predictions(collector.outputs(), table)
+        """Metrics per output (loss, accuracy, macro-F1, ROC-AUC, confusion matrix; MAE, RMSE, R²) and predictions.
+
+        A category label the model has no class for is left out of every metric and the loss, and counted in the
+        output's `unseen_labels` (up to three in `unseen_label_examples`); rows `drop_row` removed are counted in
+        `combined.dropped_rows`."""
+        collector, table, dropped = self.collect(frame, with_targets=True)
+        statistics = collector.scores(table)
+        for name, unseen in getattr(table, "unseen_labels", {}).items():
+            statistics[name]["unseen_label_examples"] = unseen["examples"]
+        if dropped:
+            statistics["combined"]["dropped_rows"] = dropped
+        return statistics, self.predictions(collector.outputs(), table, dropped)
 
     def save(self, folder) -> None:
         from tunefork import config as config_mod

@@ -34,31 +34,35 @@ class Collector:
         self.index: list[np.ndarray] = []
         self.loss_sum = {f.name: 0.0 for f in config.output_features}
         self.loss_sum["combined"] = 0.0
+        self.loss_rows = {f.name: 0 for f in config.output_features}  # rows each output's loss is a mean over
         self.rows = 0
 
     def add(self, index: np.ndarray, out: Out) -> None:
-        logits, terms, total = out.record
+        logits, terms, total, counted = out.record
         for feature in self.config.output_features:
             self.parts[feature.name].append(OUTPUTS[feature.type].predict(feature, self.meta["outputs"][feature.name], logits[feature.name].detach()))
         self.index.append(index)
         if terms is not None:
             for name, value in terms.items():
-                self.loss_sum[name] += value.item() * len(index)
+                self.loss_sum[name] += value.item() * counted[name]
+                self.loss_rows[name] += counted[name]
             self.loss_sum["combined"] += total.item() * len(index)
         self.rows += len(index)
 
     def state(self) -> tuple:
-        return self.parts, self.index, self.loss_sum, self.rows
+        return self.parts, self.index, self.loss_sum, self.loss_rows, self.rows
 
     def merge(self, states: list[tuple]) -> Collector:
         """Every worker's collector in one (in rank order: every rank computes identical metrics)."""
         merged = Collector(self.config, self.meta)
-        for parts, index, loss_sum, rows in states:
+        for parts, index, loss_sum, loss_rows, rows in states:
             for name, values in parts.items():
                 merged.parts[name].extend(values)
             merged.index.extend(index)
             for name, value in loss_sum.items():
                 merged.loss_sum[name] += value
+            for name, value in loss_rows.items():
+                merged.loss_rows[name] += value
             merged.rows += rows
         return merged
 
@@ -74,7 +78,8 @@ class Collector:
             target = table[feature.name][index] if table is not None else None
             scores = OUTPUTS[feature.type].metrics(feature, self.meta["outputs"][feature.name], target, out[feature.name])
             if with_loss:
-                scores = {"loss": self.loss_sum[feature.name] / max(1, self.rows), **scores}
+                rows = self.loss_rows[feature.name]
+                scores = {"loss": self.loss_sum[feature.name] / rows if rows else float("nan"), **scores}
             result[feature.name] = scores
         if with_loss:
             result["combined"] = {"loss": self.loss_sum["combined"] / max(1, self.rows)}
@@ -98,9 +103,12 @@ class ECDTask:
         tokens = batches.token_count(inputs)
         logits = model(to_device(inputs, device))
         if not with_targets:
-            return Out(torch.zeros(()), len(index), tokens, (logits, None, None))
+            return Out(torch.zeros(()), len(index), tokens, (logits, None, None, None))
         total, terms = loss_terms(self.config, self.meta, logits, to_device(targets, device))
-        return Out(total, len(index), tokens, (logits, terms, total))
+        # an output's loss is a mean over the rows whose label it knows (a category label outside the classes is
+        # -1 and ignored), so the split's loss weighs each batch by those rows
+        counted = {name: len(index) if t.is_floating_point() else int((t >= 0).sum()) for name, t in targets.items()}
+        return Out(total, len(index), tokens, (logits, terms, total, counted))
 
     def accumulator(self) -> Collector:
         return Collector(self.config, self.meta)
