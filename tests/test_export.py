@@ -73,16 +73,58 @@ def test_hf_export_loads_in_plain_transformers_with_the_same_outputs(request, tm
         assert [hf.config.id2label[i] for i in probabilities.argmax(1)] == expected[f"{name}_predictions"].astype(str).tolist()
 
 
+@pytest.mark.parametrize("output", ["category", "binary", "number"])
+def test_mean_pooled_model_exports_a_sentence_transformers_folder(tiny_bert, tmp_path, output):
+    """tunefork's default pooling has no stock transformers class: the export is a sentence-transformers folder
+    (Transformer → Pooling(mean) → Dense) that loads without trust_remote_code and gives tunefork's outputs."""
+    from sentence_transformers import SentenceTransformer
+
+    from tunefork.cli import main
+
+    run = _train(tiny_bert, "mean", output, tmp_path / "runs")
+    assert main(["export", "--model_path", str(run), "--format", "hf", "--output", str(tmp_path / "st")]) == 0
+    modules = json.loads((tmp_path / "st" / "modules.json").read_text())
+    assert [m["type"].rsplit(".", 1)[1] for m in modules] == ["Transformer", "Pooling", "Dense"]
+    assert not list((tmp_path / "st").rglob("*.py"))  # nothing for trust_remote_code to run
+
+    reader = SentenceTransformer(str(tmp_path / "st"), device="cpu", local_files_only=True)
+    logits = reader.encode(TEXTS, batch_size=16, convert_to_numpy=True).astype(np.float64)
+    expected, name = _tunefork(run), TARGET[output]
+    if output == "number":
+        np.testing.assert_allclose(logits[:, 0], expected[f"{name}_predictions"], atol=1e-5, rtol=0)
+        return
+    meta = json.loads((run / "model" / "training_set_metadata.json").read_text())["outputs"][name]
+    labels = meta.get("vocab") or meta["labels"]
+    probabilities = np.exp(logits - logits.max(1, keepdims=True))
+    probabilities /= probabilities.sum(1, keepdims=True)
+    theirs = expected[[f"{name}_probabilities_{label}" for label in labels]].to_numpy()
+    np.testing.assert_allclose(probabilities, theirs, atol=1e-5, rtol=0)
+
+
+def test_sentence_transformers_folder_is_checked_without_the_library_too(tiny_bert, tmp_path, monkeypatch):
+    """Where sentence-transformers is not installed the export still writes the folder, checked by plain
+    transformers + the same pooling + the Dense weights read back from their file."""
+    import sys
+
+    from tunefork import export
+
+    run = _train(tiny_bert, "max", "category", tmp_path / "runs")
+    monkeypatch.setitem(sys.modules, "sentence_transformers", None)  # import fails as if not installed
+    out = export.export(run, "hf", tmp_path / "st")
+    assert json.loads((out / "1_Pooling" / "config.json").read_text())["pooling_mode_max_tokens"] is True
+    assert "largest difference" in (out / "README.md").read_text()
+
+
 @pytest.mark.parametrize("case, message", [
-    ("mean", "reduce_output: cls_pooled"),
+    ("sum", "reduce_output: cls_pooled"),
     ("fc", "num_fc_layers"),
     ("llama", "cannot be represented"),
 ])
 def test_hf_export_refuses_what_transformers_cannot_represent(request, tmp_path, capsys, case, message):
     from tunefork.cli import main
 
-    if case == "mean":
-        run = _train(request.getfixturevalue("tiny_bert"), "mean", "category", tmp_path)
+    if case == "sum":  # neither a stock classifier nor sentence-transformers pools by a sum
+        run = _train(request.getfixturevalue("tiny_bert"), "sum", "category", tmp_path)
     elif case == "fc":
         run = _train(request.getfixturevalue("tiny_bert"), "cls_pooled", "category", tmp_path, decoder={"num_fc_layers": 1, "fc_output_size": 8})
     else:

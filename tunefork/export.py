@@ -12,15 +12,15 @@ computes, so the export is limited to those cases and checks itself on probe tex
   score(h + δ) = W h + W δ with W δ = b (δ the least-norm solution; W has full row rank). Llama's RMSNorm has no bias,
   so a Llama head with a bias cannot be written as a stock class and is refused.
 
-Everything else — tunefork's default masked-mean pooling (no stock class pools that way), fc layers, several inputs —
-is refused with the reason and the change that makes it exportable. Category heads keep their classes
-(`id2label`); a binary head becomes two logits [0, z], whose softmax is tunefork's [1 − σ(z), σ(z)]; a number head
-has its normalisation folded into the weights, so the logit is the prediction itself.
+tunefork's default masked-mean pooling (and max), which no stock class computes, becomes a sentence-transformers
+folder (`export_st.py`, checked the same way); sum pooling, fc layers, several inputs are refused with the change to
+make. Category heads keep their classes (`id2label`); a binary head becomes two logits [0, z], whose softmax is
+tunefork's [1 − σ(z), σ(z)]; a number head has its normalisation folded in, so the logit is the prediction itself.
 
 **onnx** exports the forward pass (token ids + mask in, logits and probabilities or predictions out, dynamic axes),
 checked by onnxruntime against PyTorch on probe texts when onnxruntime is there.
 
-A `model_type: llm` model exports as **hf** only (optimum converts that to ONNX): full safetensors weights (adapter
+A `model_type: llm` model exports as **hf** only (`export_llm.py`; optimum converts that to ONNX): full weights (adapter
 merged with `--merge-adapter`), tokenizer, `generation_config.json`, checked by next-token logits on probe prompts.
 """
 
@@ -161,7 +161,7 @@ def export(model_path, fmt: str, output, *, merge_adapter: bool = False) -> Path
         if fmt != "hf":
             raise ExportError(f"a model_type: llm model exports as --format hf only (optimum converts that folder to "
                               f"{fmt}); '{fmt}' is not written here")
-        write = _hf_llm
+        from tunefork.export_llm import write
     else:
         write = _hf if fmt == "hf" else _onnx
     staging = output.with_name(output.name + ".partial")
@@ -179,32 +179,6 @@ def export(model_path, fmt: str, output, *, merge_adapter: bool = False) -> Path
 
 
 # ----------------------------------------------------------------------------------------------------- hf
-
-
-def _hf_llm(model, config, meta, tokenizer, folder: Path, merge_adapter: bool) -> None:
-    import torch
-    from transformers import AutoModelForCausalLM, GenerationConfig
-
-    from tunefork.adapters import wrapper as adapters
-    from tunefork.models import llm
-
-    if adapters.is_peft(model) and not merge_adapter:
-        raise ExportError("this model is a base model plus an adapter: --merge-adapter writes full weights that "
-                          "AutoModelForCausalLM loads (the adapter alone is already in model/adapter, in peft's format)")
-    batch = tokenizer(PROBES, return_tensors="pt", padding=True)
-    with torch.inference_mode():
-        reference = llm.logits(model.eval(), batch)
-        plain = llm.merge(model).eval()
-        kwargs = config.generation.kwargs()
-        plain.generation_config = GenerationConfig(**{k: v for k, v in kwargs.items() if v is not None},
-                                                   pad_token_id=meta["pad_token_id"], eos_token_id=tokenizer.eos_token_id)
-        llm.save_full(plain, folder)
-        tokenizer.save_pretrained(folder)
-        reloaded = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-        real = batch["attention_mask"].bool()  # padded positions attend to nothing: not part of the comparison
-        difference = float((llm.logits(reloaded, batch) - reference)[real].abs().max())
-    if difference > 1e-3:  # merging adds the low-rank product into fp32 weights: rounding, nothing more
-        raise ExportError(f"the exported model's logits differ from tunefork's by {difference:.2e}; nothing was written")
 
 
 def _hf(model, config, meta, tokenizers, folder: Path, merge_adapter: bool) -> None:
@@ -228,7 +202,7 @@ def _hf(model, config, meta, tokenizers, folder: Path, merge_adapter: bool) -> N
         raise ExportError("preprocessing.lowercase changes the text before the tokenizer, which an exported tokenizer "
                           "would not repeat; use a lowercasing tokenizer instead and retrain")
     if getattr(out, "clip", None):
-        raise ExportError(f"output '{out.name}' clips its predictions, which a transformers regression head cannot do")
+        raise ExportError(f"output '{out.name}' clips its predictions, which an exported linear head cannot do")
     encoder = model.text_encoders()[feature.name]
     transformer = _transformer(encoder, merge_adapter)
     pooling, decoder = meta["pooling"][feature.name], is_decoder_only(transformer.config)
@@ -245,7 +219,10 @@ def _hf(model, config, meta, tokenizers, folder: Path, merge_adapter: bool) -> N
     else:
         shift, scale = number._scale(fitted_out)
         W, b, labels = W * scale, b * scale + shift, [out.name]
-
+    from tunefork import export_st
+    if pooling in export_st.POOLINGS:  # no stock classifier pools this way: a sentence-transformers folder
+        export_st.write(model, config, meta, transformer, tokenizer, pooling, (W, b, labels), folder)
+        return
     hf_config = transformer.config.__class__.from_dict(transformer.config.to_dict())
     hf_config.num_labels = len(labels)
     hf_config.id2label = dict(enumerate(labels))

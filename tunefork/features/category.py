@@ -148,8 +148,7 @@ def metrics(feature, meta: dict, target: np.ndarray, out: dict) -> dict:
     }
     top_k = min(feature.top_k, n)
     if 1 < top_k < n:
-        best = np.argsort(-probabilities, axis=1)[:, :top_k]
-        result["hits_at_k"] = float(np.mean((best == target[:, None]).any(1))) if len(target) else float("nan")
+        result["hits_at_k"] = m.hits_at_k(target, probabilities, top_k)
     if n == 2:
         result["roc_auc"] = m.roc_auc(target == 1, probabilities[:, 1])
     if not known.all():

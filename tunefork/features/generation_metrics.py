@@ -1,21 +1,26 @@
-"""Scores of generated text against a reference: exact match, ROUGE-L and corpus BLEU, as small pure functions.
+"""Scores of generated text against one reference per row: exact match, ROUGE-L and corpus BLEU.
 
-Written here (about 60 lines) rather than pulled from `rouge-score` / `sacrebleu`, which would add dependencies for
-three formulas; the tests pin them on hand-computed cases. Both ROUGE-L and BLEU read the same tokens: the text
-lower-cased, split into runs of word characters and single punctuation marks ("Paris." → "paris", ".").
+ROUGE-L is Google's `rouge-score` (the reimplementation of ROUGE-1.5.5 that Hugging Face `evaluate` calls) and BLEU
+is `sacrebleu` (Post 2018, the implementation papers report), each with its defaults, so the numbers compare with
+numbers published elsewhere (README, Metrics):
+
+- ROUGE-L: `RougeScorer(["rougeL"], use_stemmer=False)`, the F-measure of the longest common subsequence, averaged
+  over rows. Its tokenizer lower-cases and keeps runs of ASCII letters and digits only ("Paris." and "paris ." agree;
+  "café" loses its "é"); a row with an empty side scores 0, even when both are empty.
+- BLEU: `sacrebleu.corpus_bleu` with its default signature `nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp`: n-gram
+  counts added over the corpus, up to 4-grams, exponential smoothing of zero counts, case-sensitive, reported on a
+  0–1 scale (sacrebleu's score / 100) like every other tunefork metric.
+- exact match stays a line of Python: the share of rows equal after stripping surrounding whitespace. A library
+  (`evaluate`'s exact_match) would add a dependency for the same comparison.
+
+Both libraries are imported inside the functions: rouge-score loads nltk, which takes seconds.
 """
 
 from __future__ import annotations
 
-import math
-import re
-from collections import Counter
+import logging
 
-_TOKEN = re.compile(r"\w+|[^\w\s]")
-
-
-def tokens(text: str) -> list[str]:
-    return _TOKEN.findall(str(text).lower())
+log = logging.getLogger("tunefork.evaluate")
 
 
 def exact_match(predictions: list[str], references: list[str]) -> float:
@@ -25,62 +30,44 @@ def exact_match(predictions: list[str], references: list[str]) -> float:
     return sum(p.strip() == r.strip() for p, r in zip(predictions, references, strict=True)) / len(references)
 
 
-def lcs_length(a: list[str], b: list[str]) -> int:
-    """Longest common subsequence by dynamic programming, one row of the table kept (O(len(a)·len(b)) time)."""
-    if len(a) < len(b):
-        a, b = b, a
-    previous = [0] * (len(b) + 1)
-    for x in a:
-        current = [0]
-        for j, y in enumerate(b):
-            current.append(previous[j] + 1 if x == y else max(previous[j + 1], current[j]))
-        previous = current
-    return previous[-1]
+def _scorer():
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
 
 
 def rouge_l(prediction: str, reference: str) -> float:
-    """ROUGE-L F1 of one pair (Lin 2004): LCS-based precision P = lcs/|pred|, recall R = lcs/|ref|, F = 2PR/(P+R)."""
-    pred, ref = tokens(prediction), tokens(reference)
-    if not pred or not ref:
-        return float(pred == ref)  # two empty texts agree; one empty text shares nothing
-    lcs = lcs_length(pred, ref)
-    if lcs == 0:
-        return 0.0
-    precision, recall = lcs / len(pred), lcs / len(ref)
-    return 2 * precision * recall / (precision + recall)
+    """ROUGE-L F-measure of one pair (Lin 2004), as rouge-score computes it."""
+    return float(_scorer().score(str(reference), str(prediction))["rougeL"].fmeasure)
+
+
+def _beyond_ascii(text: str) -> bool:
+    return any(c.isalnum() and not c.isascii() for c in text)
 
 
 def mean_rouge_l(predictions: list[str], references: list[str]) -> float:
     if not references:
         return float("nan")
-    return sum(rouge_l(p, r) for p, r in zip(predictions, references, strict=True)) / len(references)
-
-
-def _ngrams(words: list[str], n: int) -> Counter:
-    return Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
+    scorer = _scorer()
+    pairs = list(zip(map(str, predictions), map(str, references), strict=True))
+    dropped = sum(_beyond_ascii(p) or _beyond_ascii(r) for p, r in pairs)
+    if dropped:  # rouge-score's tokenizer would silently score such rows on what is left of them
+        log.warning("ROUGE-L: %d of %d rows have letters outside ASCII, which rouge-score's tokenizer drops; "
+                    "their ROUGE-L reads only the ASCII letters and digits (BLEU and exact match read all)",
+                    dropped, len(pairs))
+    return sum(scorer.score(r, p)["rougeL"].fmeasure for p, r in pairs) / len(pairs)
 
 
 def corpus_bleu(predictions: list[str], references: list[str], max_n: int = 4) -> float:
-    """Corpus BLEU (Papineni et al. 2002), one reference per row, no smoothing.
+    """sacrebleu's corpus BLEU with its defaults (max_n maps to its `max_ngram_order`), on a 0–1 scale."""
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
+    if not references:
+        return float("nan")
+    from sacrebleu.metrics import BLEU
 
-    p_n = Σ clipped n-gram matches / Σ predicted n-grams, over the whole corpus (not averaged per row);
-    BLEU = BP · exp(mean over n ≤ max_n of log p_n), BP = exp(1 − r/c) when the predictions' total length c is
-    shorter than the references' r, else 1. Any p_n of zero makes BLEU zero, as in the original definition.
-    """
-    matches, totals = [0] * max_n, [0] * max_n
-    c = r = 0
-    for prediction, reference in zip(predictions, references, strict=True):
-        pred, ref = tokens(prediction), tokens(reference)
-        c, r = c + len(pred), r + len(ref)
-        for n in range(1, max_n + 1):
-            ours, theirs = _ngrams(pred, n), _ngrams(ref, n)
-            matches[n - 1] += sum(min(count, theirs[gram]) for gram, count in ours.items())
-            totals[n - 1] += max(len(pred) - n + 1, 0)
-    if c == 0 or min(matches) == 0:
-        return 0.0
-    log_precision = sum(math.log(m / t) for m, t in zip(matches, totals, strict=True)) / max_n
-    brevity = 1.0 if c > r else math.exp(1 - r / c)
-    return brevity * math.exp(log_precision)
+    bleu = BLEU(max_ngram_order=max_n)
+    return bleu.corpus_score([str(p) for p in predictions], [[str(r) for r in references]]).score / 100
 
 
 def text_scores(predictions: list[str], references: list[str]) -> dict[str, float]:
