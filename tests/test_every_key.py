@@ -405,7 +405,7 @@ LLM = {
                                                                       "negative": NEVER}}}]}),
     "output_features[category].decoder.match{}.value": Case(".", {"output_features": [
         {"name": "output", "type": "category", "decoder": {"match": {"positive": NEVER, "negative": NEVER}}}]}),
-    "output_features[category].preprocessing.fallback_label": Case("neither"),
+    "output_features[category].preprocessing.fallback_label": Case("positive"),  # the default is the commoner, negative
     "prompt.template": Case("Review: {instruction}\nSentiment:"),
     "prompt.task": Case("Say whether the review is positive."),
     "generation.max_new_tokens": Case(8, {"trainer": {"type": "none"}}),  # fine-tuned, it stops at once
@@ -422,7 +422,7 @@ LLM = {
     "trainer.batch_size": Case(16),
     "trainer.group_by_length": Case(False),
     "trainer.enable_gradient_checkpointing": Case(True),
-    "preprocessing.global_max_sequence_length": Case(8),
+    "preprocessing.global_max_sequence_length": Case(40),  # room for max_new_tokens 4 and a 32-token prompt
     "backend[local].cache_dir": Case("@tmp/cache"),
 }
 CASES = {"ecd": {k: v for k, v in ECD.items() if v is not None}, "llm": LLM}

@@ -796,3 +796,263 @@ def test_h18c_a_validation_split_with_unseen_values_trains_and_says_so(caplog):
     scores = result.statistics["validation"]["sentiment"]
     assert set(scores["unseen_labels"]) == {2} and all(math.isfinite(v) for v in scores["loss"])
     assert "unseen_labels" not in result.statistics["training"]["sentiment"]
+
+
+# ------------------------------------------------------- issue 18: LLM prompts, LLM config names, serve bounds
+# Scope: a prompt template must read the input and not the output; an LLM feature name is a folder name; an LLM
+# fallback_label must be a label; max_new_tokens is capped by the sequence limit at plan time and a prompt keeps at
+# least MIN_PROMPT_TOKENS (or is refused for its row); every prompt/output cut is counted; serve cuts characters
+# before tokenizing, limits characters per field, admits a bounded number of requests, and gives memory back.
+
+def _llm_cfg(base, **sections) -> dict:
+    return {"model_type": "llm", "base_model": str(base), "input_features": [{"name": "instruction", "type": "text"}],
+            "output_features": [{"name": "output", "type": "text"}], "generation": {"max_new_tokens": 4},
+            "prompt": {"template": "Q: {instruction}\nA:"}, **sections}
+
+
+def _llm_cli(args: list[str]):
+    import contextlib
+    import io
+    import types
+
+    from tunefork import cli
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = cli.main(["--quiet", *args])
+    return types.SimpleNamespace(returncode=code, stderr=err.getvalue())
+
+
+def _one_line(out, code: int = 2) -> str:
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == code and len(lines) == 1 and lines[0].startswith("error: "), out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
+    return lines[0]
+
+
+LLM_TEMPLATES = [
+    ("reads only the output", "Answer: {output}", "placeholder {output} reads the output column"),
+    ("reads the output beside the input", "{instruction} => {output}", "placeholder {output} reads the output column"),
+    ("reads no input feature", "Context: {context}\nAnswer:", "prompt.template reads no input feature: add {instruction}"),
+]
+
+
+@pytest.mark.parametrize("case, template, message", LLM_TEMPLATES, ids=[c[0] for c in LLM_TEMPLATES])
+def test_llm_template_must_read_the_input_and_not_the_output(case, template, message, tmp_path):
+    import yaml
+
+    path = tmp_path / "llm.yaml"
+    path.write_text(yaml.safe_dump(_llm_cfg("m", prompt={"template": template})))
+    line = _one_line(_llm_cli(["check-config", str(path)]))
+    assert message in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["llm.yaml"]  # nothing written
+
+
+@pytest.mark.parametrize("where", ["input_features", "output_features"])
+@pytest.mark.parametrize("name", ["../escape", "a/b", "..", "x\\y"])
+def test_llm_feature_names_cannot_escape_the_model_folder(where, name):
+    raw = _llm_cfg("m")
+    raw[where][0]["name"] = name
+    with pytest.raises(ConfigError, match=r"cannot be a folder name") as error:
+        config.load(raw)
+    assert str(error.value).startswith(f"{where}[0].name: ")
+
+
+def test_llm_fallback_label_that_is_not_a_label_is_one_line(tmp_path, tiny_llama):
+    import pandas as pd
+    import yaml
+
+    path = tmp_path / "llm.yaml"
+    path.write_text(yaml.safe_dump(_llm_cfg(tiny_llama, output_features=[
+        {"name": "output", "type": "category", "preprocessing": {"fallback_label": "positve"}}])))
+    data = tmp_path / "data.csv"
+    pd.DataFrame({"instruction": ["good film", "bad film"] * 10, "output": ["positive", "negative"] * 10}).to_csv(data, index=False)
+    line = _one_line(_llm_cli(["train", "-c", str(path), "--dataset", str(data), "--output_directory", str(tmp_path / "runs")]))
+    assert line == ("error: output_features[0].preprocessing.fallback_label: 'positve' is not a label of 'output' "
+                    "(labels: negative, positive) (did you mean 'positive'?)")
+    assert not (tmp_path / "runs").exists()
+    # with decoder.match the labels are known from the config alone
+    raw = _llm_cfg("m", output_features=[{"name": "output", "type": "category", "preprocessing": {"fallback_label": "c"},
+                                          "decoder": {"match": {"a": {"value": "a"}, "b": {"value": "b"}}}}])
+    with pytest.raises(ConfigError, match=r"fallback_label 'c' is not one of the decoder.match labels \(a, b\)"):
+        config.load(raw)
+
+
+def test_llm_max_new_tokens_is_capped_at_plan_time_and_the_prompt_keeps_its_minimum(tiny_llama, caplog):
+    import logging
+
+    import pandas as pd
+
+    from tunefork import Model, hardware, plan
+    from tunefork.config.llm import MIN_PROMPT_TOKENS
+
+    cfg = _llm_cfg(tiny_llama, generation={"max_new_tokens": 10**6}, preprocessing={"global_max_sequence_length": 96})
+    decided = plan.resolve_inference(config.load(cfg), hardware.detect(), context_length=256)
+    assert decided["max_new_tokens"] == 96 - MIN_PROMPT_TOKENS == 64
+    assert decided.decisions["max_new_tokens"].reason == (
+        "generation.max_new_tokens 1000000 would leave the prompt 0 of the 96-token sequence limit: capped to 64, so "
+        "that a prompt keeps at least 32 tokens")
+    assert decided["prompt_tokens_at_generation"] == 32
+    near = plan.resolve_inference(config.load({**cfg, "generation": {"max_new_tokens": 95}}), hardware.detect(), context_length=256)
+    assert near["max_new_tokens"] == 64  # near the limit too: the prompt is not cut to its last token
+    model = Model(cfg, quiet=True)
+    frame = pd.DataFrame({"instruction": ["the plot of the film was " * 40, "a short one"]})
+    with caplog.at_level(logging.WARNING, logger="tunefork"):
+        out = model.predict(frame)  # finishes: at most 64 new tokens, never past the context
+    assert len(out) == 2 and model.last_generation["prompts_truncated"] == 1
+    assert model.last_generation["generated_tokens"] <= 2 * 64
+    assert any("capped to 64" in r.getMessage() for r in caplog.records)
+    assert any("truncated: 1 of 2 prompts lost their start to fit 32 tokens" in r.getMessage() for r in caplog.records)
+
+
+def test_llm_prompt_that_cannot_keep_its_minimum_is_refused_naming_the_row(tiny_llama):
+    import pandas as pd
+
+    from tunefork import Model
+    from tunefork.errors import DataError
+
+    cfg = _llm_cfg(tiny_llama, generation={"max_new_tokens": 8}, preprocessing={"global_max_sequence_length": 20})
+    model = Model(cfg, quiet=True)
+    assert model.fitted.plan["max_new_tokens"] == 8  # a limit under 33 tokens cannot leave 32: nothing capped
+    short = pd.DataFrame({"instruction": ["ok"]})
+    assert len(model.predict(short)) == 1  # a prompt that fits whole in the 12 tokens left is answered
+    frame = pd.DataFrame({"instruction": ["ok", "the plot of the film was " * 10]})
+    with pytest.raises(DataError) as error:
+        model.predict(frame)
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith("the dataset DataFrame: row 1: its prompt would keep only its last 12 tokens")
+    assert "fewer than the 32 a prompt keeps" in message
+
+
+def test_llm_truncation_in_training_is_counted_and_reported(tiny_llama, tmp_path, capsys):
+    import json
+
+    import pandas as pd
+
+    from tunefork import Model
+
+    frame = pd.DataFrame({"instruction": ["the plot of the film was " * 20, "short", "a film"] * 4,
+                          "output": ["fine", "good " * 60, "ok"] * 4})
+    cfg = _llm_cfg(tiny_llama, preprocessing={"global_max_sequence_length": 48, "split": {"probabilities": [1.0, 0.0, 0.0]}},
+                   output_features=[{"name": "output", "type": "text", "preprocessing": {"max_sequence_length": 16}}])
+    result = Model(cfg, progress=False).train(frame, output_directory=tmp_path / "runs")
+    written = json.loads((result.output_directory / "efficiency.json").read_text())
+    # 4 long prompts cut to 47 tokens leave their output one token; 4 long outputs lose their end to the output limit
+    assert written["truncation"]["training"] == {"rows": 12, "prompts_cut": 4, "outputs_cut": 8}
+    assert "truncated (training): 4 of 12 prompts lost their start and 8 outputs their end" in capsys.readouterr().err
+
+
+# ---- serve
+
+@pytest.fixture(scope="module")
+def hostile_run(tiny_bert, tmp_path_factory):
+    from tunefork import Model
+
+    cfg = {"input_features": [{"name": "review", "type": "text", "preprocessing": {"max_sequence_length": 32},
+                               "encoder": {"type": "auto_transformer", "pretrained_model_name_or_path": str(tiny_bert)}}],
+           "output_features": [{"name": "sentiment", "type": "category"}], "trainer": {"epochs": 1, "batch_size": 16}}
+    return Model(cfg, progress=False, quiet=True).train(_frame(), output_directory=tmp_path_factory.mktemp("runs")).output_directory
+
+
+def test_text_is_cut_in_characters_before_it_is_tokenized(tiny_bert):
+    import pandas as pd
+
+    from tunefork.data import clipping
+    from tunefork.features import text
+
+    tokenizer = text.load_tokenizer(type("Encoder", (), {"pretrained_model_name_or_path": str(tiny_bert),
+                                                         "pretrained_kwargs": None, "trust_remote_code": False})())
+    feature = type("Feature", (), {"source": "review", "preprocessing": type("P", (), {"lowercase": False})()})()
+    meta = {"max_sequence_length": 32}
+    seen = []
+
+    def spy(texts, **kwargs):
+        seen.extend(len(t) for t in texts)
+        return tokenizer(texts, **kwargs)
+
+    huge = "a great and moving film " * 300_000  # 7.2 MB
+    ids = text.transform(pd.Series([huge, "short"]), feature, meta, spy)
+    assert max(seen) <= clipping.bound(32) == 2048  # never the 7 MB
+    whole = tokenizer([huge[:100_000], "short"], truncation=True, max_length=32)["input_ids"]
+    assert [ids.row(i).tolist() for i in range(2)] == whole  # the same tokens as truncating the whole text
+
+
+def _serve_client(run_dir, **limits):
+    from fastapi.testclient import TestClient
+
+    from tunefork import serve
+
+    return TestClient(serve.app(run_dir, **limits))
+
+
+def test_serve_refuses_a_field_over_max_field_chars_naming_it(hostile_run):
+    client = _serve_client(hostile_run, max_field_chars=1000)
+    assert client.post("/predict", json={"review": "a" * 1000}).status_code == 200
+    response = client.post("/predict", json={"review": "a" * 1001})
+    assert response.status_code == 422
+    assert response.json()["message"] == "review: String should have at most 1000 characters"
+    batch = client.post("/batch_predict", json=[{"review": "ok"}, {"review": "b" * 2000}])
+    assert batch.status_code == 422 and batch.json()["message"].startswith("1.review: String should have at most 1000")
+
+
+def test_serve_over_max_pending_requests_is_503_with_retry_after(hostile_run):
+    import threading
+
+    from fastapi.testclient import TestClient
+
+    from tunefork import serve
+
+    application = serve.app(hostile_run, max_pending=1)
+    service, entered, release = application.state.service, threading.Event(), threading.Event()
+    predict = service.predict
+
+    def slow(rows):
+        entered.set()
+        release.wait(30)
+        return predict(rows)
+
+    service.predict = slow
+    with TestClient(application) as client:
+        first = {}
+        worker = threading.Thread(target=lambda: first.update(r=client.post("/predict", json={"review": "good"})))
+        worker.start()
+        assert entered.wait(30)
+        busy = client.post("/predict", json={"review": "good"})
+        assert client.get("/health").status_code == 200  # never refused
+        release.set()
+        worker.join(30)
+    assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+    assert busy.json()["message"].startswith("busy: 1 prediction requests are in progress")
+    assert first["r"].status_code == 200
+    assert client.post("/predict", json={"review": "good"}).status_code == 200  # the slot was given back
+
+
+def _rss_mb() -> float:
+    try:
+        import psutil
+
+        return psutil.Process().memory_info().rss / 2**20
+    except ImportError:
+        import os
+
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def test_serve_memory_returns_to_baseline_after_large_requests(hostile_run):
+    """Three rounds of three 7 MB texts (under a raised field limit, so they reach the model): the resident set after
+    them is within 100 MB of the one after a first small request — the tolerance covers allocator noise and pages
+    the 7 MB bodies leave behind, and is far below the 1.7 GB the unbounded tokenizer kept."""
+    import time
+
+    client = _serve_client(hostile_run, max_field_chars=8_000_000, max_body_bytes=16 * 2**20)
+    huge = "a great and moving film " * 300_000
+    assert client.post("/predict", json={"review": huge}).status_code == 200  # warm: first allocations happen here
+    baseline = _rss_mb()
+    for _ in range(3):
+        for _ in range(3):
+            began = time.perf_counter()
+            assert client.post("/predict", json={"review": huge}).status_code == 200
+            assert time.perf_counter() - began < 5  # not seconds of tokenizing under the lock
+    assert _rss_mb() - baseline < 100, (baseline, _rss_mb())

@@ -93,6 +93,17 @@ def parser() -> argparse.ArgumentParser:
     return root
 
 
+def _positive_count(text: str) -> int:
+    """argparse type of a limit that must be a whole number above zero."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number above 0, got {text!r}")
+    return value
+
+
 def _product_flags(parsers: dict) -> None:
     p = parsers["init-config"]
     p.add_argument("--dataset", required=True, help="the data to infer feature types from (a sample is read)")
@@ -104,6 +115,10 @@ def _product_flags(parsers: dict) -> None:
     p.add_argument("-H", "--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
     p.add_argument("-p", "--port", type=int, default=8000)
     p.add_argument("--max_request_mb", type=float, default=8.0, help="largest request body accepted (default 8 MB)")
+    p.add_argument("--max_field_chars", type=_positive_count, default=100_000,
+                   help="most characters in one text field of a request; longer is a 422 (default 100000)")
+    p.add_argument("--max_pending", type=_positive_count, default=16,
+                   help="prediction requests admitted at once; more get 503 with Retry-After (default 16)")
     p.add_argument("-l", "--logging_level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     p = parsers["visualize"]
     p.add_argument("-v", "--visualization", required=True,
@@ -145,7 +160,7 @@ def _product(args) -> int:
         from tunefork import serve
 
         serve.run(args.model_path, args.host, args.port, max_body_bytes=int(args.max_request_mb * 2**20),
-                  log_level=args.logging_level)
+                  max_field_chars=args.max_field_chars, max_pending=args.max_pending, log_level=args.logging_level)
     elif args.command == "visualize":
         from tunefork import visualize
 

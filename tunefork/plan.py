@@ -273,6 +273,7 @@ def _cache_embeddings(feature) -> tuple[bool, str]:
 def _llm(plan: _Draft, config, facts: DataFacts, hardware) -> None:
     _check_quantization(config, hardware)
     plan.decide("max_sequence_length", *sequence_limit(config, facts.context_length))
+    _generation(plan, config)
     if config.trainer.type == "finetune":
         _adalora(plan, config)
 
@@ -294,6 +295,36 @@ def sequence_limit(config, context_length: int | None) -> tuple[int, str]:
     if context_length is not None:
         return context_length, "the model's context length"
     return 2048, "neither global_max_sequence_length nor a context length in the model config: 2048"
+
+
+def generation_limit(config, total: int) -> tuple[int, str]:
+    """`generation.max_new_tokens`, capped so that a prompt keeps `MIN_PROMPT_TOKENS` of the sequence limit `total`.
+
+    Uncapped, a max_new_tokens near the limit leaves the prompt its last token or two (the model answers without its
+    input), and one past it generates past the positions the model has. Capping (rather than refusing) keeps a config
+    that asks for "as much as fits" working, and the reason says by how much. A limit of 32 tokens or fewer cannot
+    leave a prompt 32 tokens; generation then keeps at least one prompt token, and a prompt that does not fit whole in
+    what is left is refused for its row at generation (`recipes.llm.Fitted.generate`)."""
+    from tunefork.config.llm import MIN_PROMPT_TOKENS
+
+    asked = config.generation.max_new_tokens
+    floor = MIN_PROMPT_TOKENS if total > MIN_PROMPT_TOKENS else 1
+    most = total - floor
+    if most < 1:
+        raise ConfigError([f"preprocessing.global_max_sequence_length: a sequence limit of {total} token leaves no "
+                           f"room for a prompt and a generated token"])
+    if asked <= most:
+        return asked, "generation.max_new_tokens"
+    return most, (f"generation.max_new_tokens {asked} would leave the prompt {max(0, total - asked)} of the {total}-token "
+                  f"sequence limit: capped to {most}, so that a prompt keeps at least {floor} token{'s' if floor > 1 else ''}")
+
+
+def _generation(plan: _Draft, config) -> None:
+    total = plan["max_sequence_length"]
+    plan.decide("max_new_tokens", *generation_limit(config, total))
+    room = total - plan["max_new_tokens"]
+    plan.decide("prompt_tokens_at_generation", room,
+                "max_sequence_length less max_new_tokens: a longer prompt loses its start, and is counted")
 
 
 def _precision(asked: bool, hardware) -> tuple[str, str]:
@@ -321,4 +352,5 @@ def resolve_inference(config, hardware, *, context_length: int | None = None, ba
     plan.decide("precision", *_precision(config.trainer.use_mixed_precision, hardware))
     if llm:
         plan.decide("max_sequence_length", *sequence_limit(config, context_length))
+        _generation(plan, config)
     return plan.frozen()

@@ -11,6 +11,11 @@ generated text (`<output>_response`, plus `<output>_predictions` for a category 
 Request bodies are validated against a model built from the input features, so a missing field or a wrong type is a
 422 that names the field; a model's NaN or infinity becomes null instead of breaking the JSON (Ludwig answers 500);
 bodies over a size limit are refused before they are read; and the server binds 127.0.0.1 unless told otherwise.
+
+Work is bounded by the request, not by what a client sends: a text field over `max_field_chars` characters is a 422
+naming the field; a text within it is cut to its model's limit in characters before it is tokenized
+(`data.clipping`); and at most `max_pending` prediction requests are admitted at once (one computes, under the lock,
+while the others wait with their bodies in memory) — one more is answered 503 with Retry-After.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations (`request: Request`, imported
@@ -26,6 +31,13 @@ from tunefork.errors import TuneforkError
 
 log = logging.getLogger("tunefork.serve")
 MAX_BODY_BYTES = 8 * 2**20
+# 100,000 characters: ~25,000 tokens of prose, beyond any encoder's 512 positions and most LLM prompts; a field over it
+# is refused (422) rather than read, and `--max_field_chars` raises it for long-context models.
+MAX_FIELD_CHARS = 100_000
+# Prediction requests admitted at once: one computes, the rest wait for the lock holding their parsed bodies (each up
+# to max_body_bytes), so this bounds the memory queued work can take; more is answered 503 with Retry-After.
+MAX_PENDING = 16
+RETRY_AFTER_SECONDS = 1
 # Missing-value strategies that fill a cell with one constant: only for these may a request send null.
 CONSTANT_FILLS = ("fill_with_const", "fill_with_mode", "fill_with_mean", "fill_with_false")
 JSON_TYPES = ("application/json",)
@@ -51,21 +63,22 @@ def fingerprint(model_folder: Path) -> str:
     return digest.hexdigest()
 
 
-def row_model(config):
+def row_model(config, max_field_chars: int = MAX_FIELD_CHARS):
     """A pydantic model of one input row: one field per input feature (an LLM: per column its prompt reads), keyed by
-    its dataset column."""
-    from pydantic import ConfigDict, Field, create_model
+    its dataset column; every string at most `max_field_chars` characters."""
+    from pydantic import ConfigDict, Field, StringConstraints, create_model
 
+    text = Annotated[str, StringConstraints(max_length=max_field_chars)]
     if config.model_type == "llm":  # a missing cell is an empty string in the prompt, as in training
-        fields = {f"field_{i}": (str | None, Field(..., alias=column, description="prompt column"))
+        fields = {f"field_{i}": (text | None, Field(..., alias=column, description="prompt column"))
                   for i, column in enumerate(config.columns())}
         return create_model("Row", __config__=ConfigDict(extra="ignore", populate_by_name=False), **fields)
 
     kinds = {
-        "text": str,
-        "category": str | int,  # categories read from a CSV of numbers arrive as ints
+        "text": text,
+        "category": text | int,  # categories read from a CSV of numbers arrive as ints
         "number": Annotated[float, Field(allow_inf_nan=False)],
-        "binary": bool | str,  # true/false, 0/1, or one of the two labels seen in training
+        "binary": bool | text,  # true/false, 0/1, or one of the two labels seen in training
     }
     fields = {}
     for i, feature in enumerate(config.input_features):
@@ -100,14 +113,14 @@ def _output_columns(config, meta: dict) -> dict[str, dict]:
 class Service:
     """The loaded model and the one lock its forward passes share (they saturate the cores; interleaving slows both)."""
 
-    def __init__(self, model_path):
+    def __init__(self, model_path, max_field_chars: int = MAX_FIELD_CHARS):
         from tunefork.api import Model
         from tunefork.models import folder
 
         self.folder = folder.check(Path(model_path))
         self.model = Model.load(self.folder)
         self.config, self.meta = self.model.config, self.model.meta
-        self.Row = row_model(self.config)
+        self.Row = row_model(self.config, max_field_chars)
         self.fingerprint = fingerprint(self.folder)
         self.lock = threading.Lock()
 
@@ -164,7 +177,8 @@ def _errors(exc, prefix: tuple = ()) -> list[dict]:
     return list(merged.values())
 
 
-def app(model_path, *, max_body_bytes: int = MAX_BODY_BYTES):
+def app(model_path, *, max_body_bytes: int = MAX_BODY_BYTES, max_field_chars: int = MAX_FIELD_CHARS,
+        max_pending: int = MAX_PENDING):
     """The FastAPI application serving the model folder (or run directory) at `model_path`."""
     from fastapi import FastAPI
     from fastapi.responses import JSONResponse
@@ -179,11 +193,12 @@ def app(model_path, *, max_body_bytes: int = MAX_BODY_BYTES):
         def __init__(self, errors: list[dict]):
             self.errors = errors
 
-    service = Service(model_path)
+    service = Service(model_path, max_field_chars)
     api = FastAPI(title="tunefork model server", version=service.fingerprint[:12], default_response_class=Response,
                   description=f"Serving {service.folder}")
     api.state.service = service
     api.add_middleware(BodyLimit, limit=max_body_bytes)
+    api.add_middleware(Admission, limit=max_pending)  # added last, so it runs first: refused before a byte is read
 
     @api.exception_handler(Invalid)
     async def _invalid(request, exc: Invalid):
@@ -334,12 +349,40 @@ class BodyLimit:
         await self.app(scope, counted, send)
 
 
+class Admission:
+    """ASGI middleware: at most `limit` prediction requests (POST) in the server at once — computing, waiting for the
+    model's lock, or sending their body; one more is answered 503 with Retry-After, before its body is read.
+
+    A non-blocking semaphore rather than a queue: a client told to retry holds no memory here, where a queue would
+    hold every waiting body; /health and /metadata are never refused."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.slots = app, threading.BoundedSemaphore(limit)
+        self.limit = limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope.get("method") != "POST":
+            return await self.app(scope, receive, send)
+        if not self.slots.acquire(blocking=False):
+            from starlette.responses import JSONResponse
+
+            message = f"busy: {self.limit} prediction requests are in progress; retry in {RETRY_AFTER_SECONDS} s"
+            refusal = JSONResponse({"message": message, "detail": [{"loc": [], "msg": message, "type": "busy"}]},
+                                   status_code=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+            return await refusal(scope, receive, send)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.slots.release()
+
+
 def run(model_path, host: str = "127.0.0.1", port: int = 8000, *, max_body_bytes: int = MAX_BODY_BYTES,
-        log_level: str = "info") -> None:
+        max_field_chars: int = MAX_FIELD_CHARS, max_pending: int = MAX_PENDING, log_level: str = "info") -> None:
     """Serve until interrupted. Loopback by default: exposing a model to a network is a decision, not a default."""
     import uvicorn
 
-    application = app(model_path, max_body_bytes=max_body_bytes)
+    application = app(model_path, max_body_bytes=max_body_bytes, max_field_chars=max_field_chars,
+                      max_pending=max_pending)
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s: reachable from other machines, with no authentication", host)
     uvicorn.run(application, host=host, port=port, log_level=log_level, workers=1)

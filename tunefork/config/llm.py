@@ -23,11 +23,16 @@ from pydantic import Field, field_validator, model_validator
 
 from tunefork.adapters.registry import Adapter
 from tunefork.config.backend import Backend, LocalBackend
+from tunefork.config.features import FeatureBase
 from tunefork.config.schema import Preprocessing
 from tunefork.config.trainer import Trainer
 from tunefork.sections import Section, tagged
 
 SAMPLE, TASK = "__sample__", "__task__"
+# The fewest prompt tokens generation may leave a prompt (all of it when shorter). A prompt cut to its last token or
+# two is answered without its input; 32 tokens keep a template's cue and the end of its input. `plan` lowers
+# generation.max_new_tokens so that a prompt keeps this many, and refuses a row that would keep fewer.
+MIN_PROMPT_TOKENS = 32
 # Ludwig's default template when only `prompt.task` is given (ludwig/prompt.py, DEFAULT_ZERO_SHOT_PROMPT_TEMPLATE).
 DEFAULT_TASK_TEMPLATE = "SAMPLE INPUT: {__sample__}\n\nUSER: Complete the following task: {__task__}\n\nASSISTANT:\n"
 
@@ -46,13 +51,8 @@ class LLMTextPreprocessing(Section):
         "null: only preprocessing.global_max_sequence_length applies.")
 
 
-class LLMFeature(Section):
-    name: str = Field(min_length=1)
-    column: str | None = Field(None, description="Dataset column; defaults to the feature's name.")
-
-    @property
-    def source(self) -> str:
-        return self.column or self.name
+class LLMFeature(FeatureBase):
+    """A name and a column, under the ECD features' rule: the name is a folder name, so no '/', '\\' or '..'."""
 
 
 class LLMTextInput(LLMFeature):
@@ -110,6 +110,15 @@ class LLMCategoryOutput(LLMFeature):
     decoder: CategoryExtractor = CategoryExtractor()
     preprocessing: LLMCategoryPreprocessing = LLMCategoryPreprocessing()
 
+    @model_validator(mode="after")
+    def _fallback_is_a_label(self):
+        """With decoder.match the labels are known now; otherwise `llm_output.fit` checks against the data's."""
+        fallback, match = self.preprocessing.fallback_label, self.decoder.match
+        if fallback is not None and match and fallback not in match:
+            raise ValueError(f"preprocessing.fallback_label '{fallback}' is not one of the decoder.match labels "
+                             f"({', '.join(match)})")
+        return self
+
 
 # -------------------------------------------------------------------------------------------------- sections
 
@@ -117,7 +126,8 @@ class LLMCategoryOutput(LLMFeature):
 class Prompt(Section):
     template: str | None = Field(
         None, description="What the model reads. `{column}` inserts any dataset column, `{__sample__}` the input "
-        "feature, `{__task__}` prompt.task; write `{{` and `}}` for literal braces. null: the input text as is (or "
+        "feature, `{__task__}` prompt.task; write `{{` and `}}` for literal braces. It must read the input feature and "
+        "must not read the output column. null: the input text as is (or "
         "Ludwig's default task template when a task is given).")
     task: str | None = Field(None, description="An instruction inserted at `{__task__}`.")
 
@@ -141,7 +151,8 @@ class Generation(Section):
     """transformers' GenerationConfig fields under Ludwig's names. Greedy unless `do_sample` (Ludwig samples by
     default; greedy makes predictions repeatable, which evaluation and save → load checks rely on)."""
 
-    max_new_tokens: int = Field(32, gt=0, description="Most tokens generated after the prompt (Ludwig's default).")
+    max_new_tokens: int = Field(32, gt=0, description="Most tokens generated after the prompt (Ludwig's default). "
+                                "Capped by the plan so that a prompt keeps 32 tokens of the sequence limit.")
     min_new_tokens: int | None = Field(None, ge=0)
     do_sample: bool = Field(False, description="Sample with temperature / top_k / top_p instead of greedy decoding.")
     temperature: float = Field(0.1, gt=0, description="Softmax temperature when sampling (Ludwig's default 0.1).")
@@ -243,10 +254,25 @@ class LLMConfig(Section):
                 self.adapter.postprocessor.merge_adapter_into_base_model:
             raise ValueError("adapter.postprocessor.merge_adapter_into_base_model cannot merge into quantized base "
                              "weights; turn one of them off")
+        self._template_reads_the_input_not_the_output()
         field = self.trainer.validation_field
         if field not in ("combined", out.name):
             raise ValueError(f"trainer.validation_field '{field}' is neither 'combined' nor the output feature ({out.name})")
         return self
+
+    def _template_reads_the_input_not_the_output(self) -> None:
+        """A template must read the input feature (else every answer is learnt from the other columns alone) and must
+        not read the output column (else the model is shown the answer it is trained to write)."""
+        template = self.prompt.text()
+        if template is None:  # the input text is the prompt
+            return
+        fields, inp, out = placeholders(template), self.input, self.output
+        if out.source in fields:
+            raise ValueError(f"prompt.template: placeholder {{{out.source}}} reads the output column, so the model "
+                             f"would be shown the answer it learns to write; remove it")
+        if SAMPLE not in fields and inp.source not in fields:
+            raise ValueError(f"prompt.template reads no input feature: add {{{inp.source}}} (or {{{SAMPLE}}}), the "
+                             f"input feature '{inp.name}'")
 
     @property
     def input(self) -> LLMTextInput:

@@ -9,7 +9,10 @@ the ones it produces at predict time.
 Length limits, in order: the input feature's `max_sequence_length` cuts the prompt, keeping its end (where the
 template's cue, e.g. "### Response:", sits); the output's cuts the output, keeping its start; then
 `global_max_sequence_length` cuts the output's end, and the prompt's start if the prompt alone is too long, always
-leaving one output token.
+leaving one output token. At generation the prompt keeps what `generation.max_new_tokens` leaves of that limit (the
+plan caps max_new_tokens so that this is at least `MIN_PROMPT_TOKENS`). Every cut is recorded per row (`Encoded.cut`,
+and the flags `encode_prompts` returns) so that it is counted and reported, never silent; characters are cut before
+tokenizing (`data.clipping`), so a huge prompt costs what its kept end costs.
 """
 
 from __future__ import annotations
@@ -20,10 +23,12 @@ import numpy as np
 import pandas as pd
 
 from tunefork.config.llm import SAMPLE, TASK, placeholders
+from tunefork.data import clipping
 from tunefork.data.tensors import TokenIds
 from tunefork.errors import DataError
 
 IGNORE = -100  # torch's cross_entropy ignore_index: positions that carry no loss
+PROMPT_CUT, OUTPUT_CUT = 1, 2  # bits of `Encoded.cut`
 
 
 def check_columns(config, frame: pd.DataFrame, with_output: bool) -> None:
@@ -64,12 +69,16 @@ class Limits:
     total: int  # global_max_sequence_length, or the model's context length
 
 
-def encode_prompts(tokenizer, prompts: list[str], limits: Limits, reserve: int = 0) -> list[list[int]]:
-    """Prompt ids, cut to the input limit and to `total - reserve` (room kept for generated or output tokens)."""
-    ids = tokenizer(prompts, add_special_tokens=True)["input_ids"]
+def encode_prompts(tokenizer, prompts: list[str], limits: Limits, reserve: int = 0) -> tuple[list[list[int]], np.ndarray]:
+    """Prompt ids, cut to the input limit and to `total - reserve` (room kept for generated or output tokens), keeping
+    their end; and which rows were cut (bool per row)."""
     room = max(1, limits.total - reserve)
     keep = min(limits.prompt or room, room)
-    return [row[-keep:] if len(row) > keep else row for row in ids]
+    clipped = [clipping.keep_tail(prompt, keep) for prompt in prompts]
+    ids = tokenizer(clipped, add_special_tokens=True)["input_ids"]
+    cut = np.fromiter((len(row) > keep or short is not whole for row, short, whole in zip(ids, clipped, prompts, strict=True)),
+                      dtype=bool, count=len(ids))
+    return [row[-keep:] if len(row) > keep else row for row in ids], cut
 
 
 @dataclass(frozen=True)
@@ -78,6 +87,7 @@ class Encoded:
 
     ids: TokenIds
     prompt_lengths: np.ndarray
+    cut: np.ndarray | None = None  # per row: PROMPT_CUT | OUTPUT_CUT bits (None: not recorded)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -90,24 +100,37 @@ class Encoded:
         """As a `Table` (ids + prompt lengths), for the preprocessing cache."""
         from tunefork.data.tensors import Table
 
-        return Table({"ids": self.ids, "prompt_lengths": self.prompt_lengths})
+        cut = self.cut if self.cut is not None else np.zeros(len(self), dtype=np.int8)
+        return Table({"ids": self.ids, "prompt_lengths": self.prompt_lengths, "cut": cut})
 
     @classmethod
     def from_table(cls, table) -> Encoded:
-        return cls(table["ids"], table["prompt_lengths"])
+        return cls(table["ids"], table["prompt_lengths"], table.columns.get("cut"))
+
+    def truncation(self) -> dict:
+        """How many rows lost the start of their prompt or the end of their output."""
+        cut = self.cut if self.cut is not None else np.zeros(len(self), dtype=np.int8)
+        return {"rows": len(self), "prompts_cut": int(np.count_nonzero(cut & PROMPT_CUT)),
+                "outputs_cut": int(np.count_nonzero(cut & OUTPUT_CUT))}
 
 
 def encode(tokenizer, prompts: list[str], outputs: list[str], limits: Limits) -> Encoded:
-    prompt_ids = encode_prompts(tokenizer, prompts, limits, reserve=1)
-    output_ids = tokenizer(outputs, add_special_tokens=False)["input_ids"]
+    prompt_ids, prompt_cut = encode_prompts(tokenizer, prompts, limits, reserve=1)
+    # an output keeps its start: at most its limit (or the whole sequence limit) of characters' worth is tokenized
+    kept = [clipping.keep_head(o, limits.output or limits.total) for o in outputs]
+    output_ids = tokenizer(kept, add_special_tokens=False)["input_ids"]
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []  # learn to stop
     rows, prompt_lengths = [], []
-    for p, o in zip(prompt_ids, output_ids, strict=True):
+    cut = np.where(prompt_cut, PROMPT_CUT, 0).astype(np.int8)
+    for i, (p, o) in enumerate(zip(prompt_ids, output_ids, strict=True)):
+        whole = len(o) + len(eos)
         o = (o[: limits.output] if limits.output else o) + eos
         o = o[: limits.total - len(p)]
+        if len(o) < whole or kept[i] is not outputs[i]:
+            cut[i] |= OUTPUT_CUT
         rows.append(p + o)
         prompt_lengths.append(len(p))
-    return Encoded(TokenIds.from_rows(rows), np.asarray(prompt_lengths, dtype=np.int64))
+    return Encoded(TokenIds.from_rows(rows), np.asarray(prompt_lengths, dtype=np.int64), cut)
 
 
 def batch(encoded: Encoded, index: np.ndarray, pad_id: int) -> dict:

@@ -14,7 +14,7 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 
-from tunefork.errors import DataError, TuneforkError
+from tunefork.errors import ConfigError, DataError, TuneforkError, did_you_mean
 from tunefork.features import metrics as m
 from tunefork.features.generation_metrics import text_scores
 
@@ -36,6 +36,9 @@ def fit(config, training: pd.DataFrame | None) -> dict:
     if len(labels) < 2:
         raise DataError(f"category output '{feature.source}' has {len(labels)} label; classification needs at least 2")
     fallback = feature.preprocessing.fallback_label
+    if fallback is not None and fallback not in labels:  # it would be predicted, yet no metric could count it
+        raise ConfigError([f"output_features[0].preprocessing.fallback_label: '{fallback}' is not a label of "
+                           f"'{feature.source}' (labels: {', '.join(labels[:12])}){did_you_mean(fallback, labels)}"])
     if fallback is None:
         fallback = max(labels, key=lambda label: (counts[label], -labels.index(label)))
     return {"labels": labels, "fallback_label": fallback}

@@ -1,4 +1,5 @@
-"""Text inputs: the encoder's own tokenizer, truncation to `max_sequence_length`, padding per batch."""
+"""Text inputs: the encoder's own tokenizer, truncation to `max_sequence_length` (characters cut first, so a huge text
+costs what its kept part costs), padding per batch."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from tunefork import hf
+from tunefork.data import clipping
 from tunefork.data.tensors import TokenIds
 from tunefork.errors import DataError, TuneforkError
 
@@ -45,12 +47,12 @@ def fit(values: pd.Series, feature, tokenizer) -> dict:
 def transform(values: pd.Series, feature, meta: dict, tokenizer) -> TokenIds:
     if len(values) == 0:
         return TokenIds.from_rows([])
-    texts = values.astype(str)
+    length = meta["max_sequence_length"]
+    # cut characters first: the tokenizer would otherwise tokenize the whole text before truncating (data.clipping)
+    texts = values.astype(str).map(lambda text: clipping.keep_head(text, length))
     if feature.preprocessing.lowercase:
         texts = texts.str.lower()
-    encoded = tokenizer(
-        texts.tolist(), truncation=True, max_length=meta["max_sequence_length"], add_special_tokens=True
-    )["input_ids"]
+    encoded = tokenizer(texts.tolist(), truncation=True, max_length=length, add_special_tokens=True)["input_ids"]
     if any(len(row) == 0 for row in encoded):
         raise DataError(f"text column '{feature.source}': a row tokenizes to nothing")
     return TokenIds.from_rows(encoded)

@@ -12,6 +12,7 @@ model is loaded on first use (zero-shot).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 
 import pandas as pd
@@ -21,7 +22,8 @@ from tunefork.data import prompts
 from tunefork.errors import DataError, TuneforkError
 from tunefork.features import llm_output
 
-CACHE_VERSION = 1
+log = logging.getLogger("tunefork")
+CACHE_VERSION = 2  # 2: each row records whether its prompt or output was cut
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,16 @@ class LLMRecipe:
         return llm.build(self.config, total_steps=steps)
 
     def ready(self, model, prepared: Prepared, plan, resolve, console, phases, measure: bool):
+        """Says, before training, what the data and the plan cut: prompts and outputs that lost tokens to the length
+        limits (also in efficiency.json), and a max_new_tokens the plan capped."""
+        for split, encoded in prepared.tables.items():
+            counts = encoded.truncation()
+            if counts["prompts_cut"] or counts["outputs_cut"]:
+                console.note(f"truncated ({split}): {counts['prompts_cut']} of {counts['rows']} prompts lost their "
+                             f"start and {counts['outputs_cut']} outputs their end to the length limits "
+                             f"(max_sequence_length {plan['max_sequence_length']})")
+        if plan["max_new_tokens"] != self.config.generation.max_new_tokens:
+            console.note(f"max_new_tokens: {plan['max_new_tokens']} — {plan.decisions['max_new_tokens'].reason}")
         return prepared, plan
 
     def task(self, prepared: Prepared, plan):
@@ -138,7 +150,8 @@ class LLMRecipe:
         return Fitted(self.config, model, prepared.meta, prepared.tokenizers)
 
     def efficiency(self, prepared: Prepared, plan) -> dict:
-        return {"preprocessing_cache_hit": prepared.cache_hit}
+        return {"preprocessing_cache_hit": prepared.cache_hit,
+                "truncation": {split: encoded.truncation() for split, encoded in prepared.tables.items()}}
 
     def loaded(self, model, meta: dict, tokenizers) -> Fitted:
         """A model read from a model folder (`models.folder.load`)."""
@@ -182,6 +195,9 @@ class Fitted:
 
             self._plan = plan_mod.resolve_inference(self.config, hardware.detect(),
                                                     context_length=self.meta["context_length"])
+            if self._plan["max_new_tokens"] != self.config.generation.max_new_tokens:
+                log.warning("max_new_tokens: %s — %s", self._plan["max_new_tokens"],
+                            self._plan.decisions["max_new_tokens"].reason)
         return self._plan
 
     def generate(self, frame: pd.DataFrame) -> list[str]:
@@ -189,12 +205,19 @@ class Fitted:
         from tunefork.training.loop import autocast
 
         plan, config = self.plan, self.config
+        limits_ = prompts.Limits(**self.meta["limits"])
+        ids, cut = prompts.encode_prompts(self.tokenizers, prompts.render(config, frame), limits_,
+                                          reserve=plan["max_new_tokens"])
+        _refuse_cut_below_minimum(frame, cut, limits_, plan)
+        if cut.any():
+            log.warning("truncated: %d of %d prompts lost their start to fit %d tokens (max_sequence_length %d less "
+                        "max_new_tokens %d)", cut.sum(), len(cut), plan["prompt_tokens_at_generation"],
+                        plan["max_sequence_length"], plan["max_new_tokens"])
         llm.place(self.model, plan["device"])
-        ids = prompts.encode_prompts(self.tokenizers, prompts.render(config, frame), prompts.Limits(**self.meta["limits"]),
-                                     reserve=config.generation.max_new_tokens)
-        out = llm.generate(self.model, self.tokenizers, ids, config.generation, plan["eval_batch_size"], plan["device"],
+        generation = config.generation.model_copy(update={"max_new_tokens": plan["max_new_tokens"]})
+        out = llm.generate(self.model, self.tokenizers, ids, generation, plan["eval_batch_size"], plan["device"],
                            autocast(plan))
-        self.last_generation = {"rows": len(ids), "prompt_tokens": sum(map(len, ids)),
+        self.last_generation = {"rows": len(ids), "prompt_tokens": sum(map(len, ids)), "prompts_truncated": int(cut.sum()),
                                 "generated_tokens": out["generated_tokens"], "generate_seconds": out["seconds"]}
         return out["responses"]
 
@@ -211,7 +234,9 @@ class Fitted:
         if len(frame) == 0:
             raise DataError(f"{frame.attrs.get('source', 'dataset')}: no row has a '{self.config.output.source}' value to score")
         predictions = pd.DataFrame(llm_output.columns(self.config, self.meta, responses), index=frame.index)
-        return statistics(self.config, self.meta, loss, responses, references), predictions
+        scores = statistics(self.config, self.meta, loss, responses, references)
+        scores[self.config.output.name]["prompts_truncated"] = self.last_generation["prompts_truncated"]  # not silent
+        return scores, predictions
 
     def scored(self, frame: pd.DataFrame):
         """(TokenLoss, responses, references, labelled rows): what evaluate scores, as sums and rows that parts of a
@@ -238,3 +263,19 @@ class Fitted:
     def report_points(self, tables: dict) -> dict:
         return {}
 
+
+def _refuse_cut_below_minimum(frame: pd.DataFrame, cut, limits_: prompts.Limits, plan) -> None:
+    """A prompt keeps at least `MIN_PROMPT_TOKENS` (all of it when shorter). The plan caps max_new_tokens so that it
+    can whenever the sequence limit allows; under a limit of 33 tokens or fewer, a prompt that would be cut to fewer
+    is refused, naming its row, rather than answered without its input. A cut the input feature's own
+    max_sequence_length asks for is the user's choice, and only counted."""
+    from tunefork.config.llm import MIN_PROMPT_TOKENS
+
+    room = plan["prompt_tokens_at_generation"]
+    if room >= MIN_PROMPT_TOKENS or not cut.any() or (limits_.prompt is not None and limits_.prompt <= room):
+        return
+    row = frame.index[int(cut.argmax())]
+    raise DataError(f"{frame.attrs.get('source', 'dataset')}: row {row}: its prompt would keep only its last {room} "
+                    f"tokens (max_sequence_length {plan['max_sequence_length']} less generation.max_new_tokens "
+                    f"{plan['max_new_tokens']}), fewer than the {MIN_PROMPT_TOKENS} a prompt keeps; shorten the prompt, "
+                    f"lower max_new_tokens, or raise preprocessing.global_max_sequence_length")
