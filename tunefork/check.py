@@ -11,8 +11,8 @@ Beyond the schema (`config.load`) that means:
   lacks). The adapter sections' own `check(model, where)` say so; the model they look at is a skeleton built from
   the config on the meta device (`from_config` under `torch.device("meta")`), so no weight is read or allocated.
 
-Only explicit sequence lengths are refused: a default (256 for ECD text) is still cut to the model's limit with a
-note, as before, since the user asked for nothing the model cannot do.
+Only sequence lengths the user chose are refused: the default (256 for ECD text) is still cut to the model's limit
+with a note, as before, since the user asked for nothing the model cannot do.
 
 torch and transformers are imported only when a model's config is read, so `import tunefork.check` stays light.
 """
@@ -57,9 +57,13 @@ def _fresh_adapter(adapter):
 
 
 def _ecd_lengths(feature, i: int) -> list[tuple[str, int]]:
-    set_ = feature.preprocessing.model_fields_set
-    return ([(f"input_features[{i}].preprocessing.max_sequence_length", feature.preprocessing.max_sequence_length)]
-            if "max_sequence_length" in set_ else [])
+    """The text feature's max_sequence_length when the user chose it. The default's value counts as the default
+    even when written out, so a rendered config (render-config, or the one a run saves and a resume reloads) checks
+    as its source did."""
+    preprocessing = feature.preprocessing
+    default = type(preprocessing).model_fields["max_sequence_length"].default
+    return ([(f"input_features[{i}].preprocessing.max_sequence_length", preprocessing.max_sequence_length)]
+            if preprocessing.max_sequence_length != default else [])
 
 
 def _llm_lengths(config) -> list[tuple[str, int]]:
