@@ -107,11 +107,9 @@ def train(recipe, console, data: Data, options: Options):
 
 
 def _train(recipe, console, data: Data, options: Options):
-    from tunefork import backends, tracking
+    from tunefork import backends, check, tracking
     from tunefork import report as report_mod
     from tunefork.data import cache
-
-    from tunefork import check
 
     config, phases, seed = recipe.config, Phases(), options.random_seed
     check.check(config)  # what needs no data (metric names, prompt columns, the model's config.json) fails first
