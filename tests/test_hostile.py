@@ -1056,3 +1056,286 @@ def test_serve_memory_returns_to_baseline_after_large_requests(hostile_run):
             assert client.post("/predict", json={"review": huge}).status_code == 200
             assert time.perf_counter() - began < 5  # not seconds of tokenizing under the lock
     assert _rss_mb() - baseline < 100, (baseline, _rss_mb())
+
+
+# ------------------------------------------------ issue 18, points 7 and 8: one line for every failure (exit 1 when
+# the machine refuses: disk full, permissions; exit 2 for the user's mistakes), damaged caches and checkpoints
+# recovered, serve's 422 for unusable JSON, and check-config checking everything that needs no data.
+
+def _e_cli(*argv):
+    """`tunefork` in-process: (exit code, stderr lines, stderr)."""
+    import contextlib
+    import io
+
+    from tunefork import cli
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = cli.main([str(a) for a in argv])
+    return code, err.getvalue().strip().splitlines(), err.getvalue()
+
+
+def _e_one_line(out, code: int, starts: str) -> None:
+    got, lines, text = out
+    assert got == code, text[-2000:]
+    assert len(lines) == 1 and lines[0].startswith(starts), text[-2000:]
+    assert "Traceback" not in text
+
+
+def _stray(folder) -> list:
+    """Temporary files or folders left anywhere under `folder`."""
+    return [p for p in folder.rglob("*") if ".tmp" in p.name] if folder.exists() else []
+
+
+def _yaml(tmp_path, raw: dict, name="config.yaml"):
+    import yaml
+
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _ecd(tiny_bert, encoder=None, preprocessing=None, **sections) -> dict:
+    return {"input_features": [{"name": "review", "type": "text", "preprocessing": preprocessing or {"max_sequence_length": 16},
+                                "encoder": {"type": "auto_transformer", "pretrained_model_name_or_path": str(tiny_bert),
+                                            **(encoder or {})}}],
+            "output_features": [{"name": "sentiment", "type": "category"}],
+            "trainer": {"epochs": 1, "batch_size": 8}, **sections}
+
+
+def _llm(tiny_llama, **sections) -> dict:
+    return {"model_type": "llm", "base_model": str(tiny_llama), "input_features": [{"name": "review", "type": "text"}],
+            "output_features": [{"name": "sentiment", "type": "text"}], "prompt": {"template": "Review: {review}\nSentiment:"},
+            "generation": {"max_new_tokens": 2}, **sections}
+
+
+CHECK_CONFIG = [
+    ("adaption_prompt on BERT", "ecd", {"encoder": {"adapter": {"type": "adaption_prompt"}}},
+     "error: input_features[0].encoder.adapter.type: adaption_prompt works only on the architectures peft supports"),
+    ("target_modules the model lacks", "ecd", {"encoder": {"adapter": {"type": "lora", "target_modules": ["q_proj"]}}},
+     "error: input_features[0].encoder.adapter.target_modules: 'q_proj' matches no module of this bert model"),
+    ("max_sequence_length past the positions", "ecd", {"preprocessing": {"max_sequence_length": 512}},
+     "error: input_features[0].preprocessing.max_sequence_length: 512 is more than the 128 positions the model"),
+    ("validation_metric typo", "ecd", {"trainer": {"validation_metric": "accuracyy", "validation_field": "sentiment"}},
+     "error: trainer.validation_metric: 'accuracyy' is not reported for 'sentiment' (one of: loss, accuracy"),
+    ("LLM target_modules of BERT", "llm", {"adapter": {"type": "lora", "target_modules": ["query"]}, "trainer": {"type": "finetune"}},
+     "error: adapter.target_modules: 'query' matches no module of this llama model; its module names are: "),
+    ("LLM context too short", "llm", {"preprocessing": {"global_max_sequence_length": 1000}},
+     "error: preprocessing.global_max_sequence_length: 1000 is more than the 256 positions the model"),
+    ("LLM prompt reads the answer", "llm", {"prompt": {"template": "{review} => {sentiment}"}},
+     "error: prompt.template: {sentiment} is the output feature's column"),
+    ("missing local model", "ecd", {"encoder": {"pretrained_model_name_or_path": "/nonexistent/model"}},
+     "error: input_features[0].encoder.pretrained_model_name_or_path '/nonexistent/model': no such folder"),
+]
+
+
+@pytest.mark.parametrize("case, kind, change, message", CHECK_CONFIG, ids=[c[0] for c in CHECK_CONFIG])
+def test_h18e_check_config_reads_the_model_config(case, kind, change, message, tmp_path, tiny_bert, tiny_llama):
+    import time
+
+    if kind == "ecd":
+        raw = _ecd(tiny_bert, change.get("encoder"), change.get("preprocessing"), **{k: v for k, v in change.items()
+                                                                                       if k not in ("encoder", "preprocessing")})
+    else:
+        raw = _llm(tiny_llama, **change)
+    path = _yaml(tmp_path, raw)
+    started = time.perf_counter()
+    out = _e_cli("check-config", path)
+    assert time.perf_counter() - started < 10  # no data, no weights: seconds at most, even on a busy machine
+    _e_one_line(out, 2, message)
+    # train runs the same checks first: the same line, before the (missing) dataset is even looked at
+    out = _e_cli("--quiet", "train", "-c", path, "--dataset", tmp_path / "absent.csv", "--output_directory", tmp_path / "runs")
+    _e_one_line(out, 2, message)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_h18e_check_config_without_the_hub_skips_only_the_model_checks(tmp_path, capsys):
+    from tunefork import cli
+
+    path = _yaml(tmp_path, _ecd("some-org/some-model"))
+    assert cli.main(["check-config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{path}: valid (not checked against the model: ") and "some-org/some-model" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "-c", "c.yaml", "--dataset", "d.csv", "--random_seed", "-1"], "error: --random_seed: -1 is not a seed"),
+    (["train", "-c", "c.yaml", "--dataset", "d.csv", "--random_seed", str(2**32)], "error: --random_seed: 4294967296 is not"),
+    (["serve", "-m", "model", "-p", "99999"], "error: -p/--port: 99999 is not a TCP port (1 to 65535)"),
+], ids=["seed -1", "seed 2**32", "port 99999"])
+def test_h18e_out_of_range_numbers_are_one_line(argv, message, tmp_path):
+    _e_one_line(_e_cli(*argv), 2, message)
+
+
+def test_h18e_output_or_cache_path_that_is_a_file_is_one_line_exit_1(tmp_path, tiny_bert):
+    data = tmp_path / "data.csv"
+    _frame().to_csv(data, index=False)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    path = _yaml(tmp_path, _ecd(tiny_bert, backend={"type": "local", "cache_dir": str(blocker / "cache")}))
+    _e_one_line(_e_cli("--quiet", "train", "-c", path, "--dataset", data, "--output_directory", tmp_path / "runs"), 1,
+              f"error: {blocker / 'cache' / 'preprocessed'}")
+    assert not (tmp_path / "runs").exists() and blocker.read_text() == "not a folder"
+    out = _e_cli("--quiet", "train", "-c", _yaml(tmp_path, _ecd(tiny_bert), "ok.yaml"), "--dataset", data,
+               "--output_directory", blocker / "runs")
+    _e_one_line(out, 1, f"error: {blocker}")
+    assert "a part of the path is a file, not a folder" in out[1][0]
+
+
+def _tables():
+    from tunefork.data.tensors import Table, TokenIds
+
+    return {"training": Table({"x": np.arange(50.0), "t": TokenIds.from_rows([[1, 2, 3]] * 50)})}
+
+
+def test_h18e_a_damaged_cache_entry_is_dropped_and_recomputed(tmp_path, caplog):
+    from tunefork.data import cache
+
+    entry = tmp_path / "preprocessed" / "key"
+    cache.store(entry, {"m": 1}, _tables())
+    assert cache.load(entry, ["training"])[0] == {"m": 1}
+    npz = entry / "training.npz"
+    npz.write_bytes(npz.read_bytes()[: npz.stat().st_size // 2])  # truncated, as by a crash or a full disk
+    with caplog.at_level("WARNING", logger="tunefork"):
+        assert cache.load(entry, ["training"]) is None
+    assert "is damaged" in caplog.text and "recomputing" in caplog.text
+    assert not entry.exists()  # dropped: the next run recomputes and stores it again
+    cache.store(entry, {"m": 2}, _tables())
+    assert cache.load(entry, ["training"])[0] == {"m": 2} and not _stray(tmp_path)
+
+
+def test_h18e_a_damaged_embedding_file_is_dropped(tmp_path, caplog):
+    from tunefork.data.tensors import TokenIds
+    from tunefork.encoders import embeddings
+
+    columns = {"training": TokenIds.from_rows([[1, 2], [3]])}
+    path = tmp_path / "vectors.npz"
+    embeddings._write_atomic(path, tmp_path / "v.tmp.npz", lambda tmp: np.savez(
+        tmp, vectors=np.ones((2, 4), np.float32), **{"index::training": np.array([0, 1])}))
+    assert embeddings._load_cached(path, columns)["training"].vectors.shape == (2, 4)
+    path.write_bytes(path.read_bytes()[:100])
+    with caplog.at_level("WARNING", logger="tunefork"):
+        assert embeddings._load_cached(path, columns) is None
+    assert "is damaged" in caplog.text and not path.exists() and not _stray(tmp_path)
+
+
+_FULL_DISK_AFTER_FIRST_CHECKPOINT = """
+import resource, signal, sys
+from tunefork import cli
+from tunefork.training import checkpoint
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG, as ENOSPC would
+save = checkpoint.Checkpoints.save
+
+def save_then_fill_the_disk(self, *args, **kwargs):
+    target = save(self, *args, **kwargs)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))  # the disk is full from now on
+    return target
+
+checkpoint.Checkpoints.save = save_then_fill_the_disk
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_h18e_full_disk_during_a_checkpoint_keeps_the_previous_one_and_resumes(tmp_path, tiny_bert):
+    import json
+    import os
+
+    data = tmp_path / "data.csv"
+    _frame(80).to_csv(data, index=False)
+    path = _yaml(tmp_path, _ecd(tiny_bert, {"trainable": True}, trainer={"epochs": 3, "batch_size": 16}))
+    script = tmp_path / "full_disk.py"
+    script.write_text(_FULL_DISK_AFTER_FIRST_CHECKPOINT)
+    runs = tmp_path / "runs"
+    done = subprocess.run([sys.executable, str(script), "--quiet", "train", "-c", str(path), "--dataset", str(data),
+                           "--output_directory", str(runs)], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    run = runs / "experiment_run"
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert len(lines) == 1 and "Traceback" not in done.stderr
+    assert lines[0].startswith(f"error: {run / 'checkpoints' / 'step-8'}: cannot write checkpoint step-8 (file too large")
+    assert lines[0].endswith(f"the previous checkpoint (step-4) is intact: free some space and continue with "
+                             f"--model_resume_path {run}")
+    pointer = json.loads((run / "checkpoints" / "pointer.json").read_text())
+    assert pointer == {"last": "step-4", "best": "step-4"} and not _stray(run)
+    code, lines, text = _e_cli("--quiet", "train", "--model_resume_path", run, "--dataset", data)
+    assert code == 0, text[-2000:]
+    assert (run / "model" / "model.safetensors").is_file()
+
+
+def _checkpoints(folder):
+    """A checkpoint folder holding a best (step-1) and a newer last (step-2) checkpoint of a one-layer model."""
+    import torch
+
+    from tunefork.training import checkpoint
+
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    writer = checkpoint.Checkpoints(folder)
+    for step, best in ((1, True), (2, False)):
+        writer.save(dict(model.state_dict()), optimizer, scheduler, None, {"step": step}, {}, {}, is_best=best)
+    return checkpoint
+
+
+def test_h18e_resume_falls_back_to_the_other_kept_checkpoint(tmp_path, caplog):
+    from tunefork.errors import TuneforkError
+
+    checkpoint = _checkpoints(tmp_path)
+    assert checkpoint.load(tmp_path)["progress"] == {"step": 2}
+    tensors = tmp_path / "step-2" / "tensors.safetensors"
+    tensors.write_bytes(tensors.read_bytes()[:64])
+    with caplog.at_level("WARNING", logger="tunefork"):
+        assert checkpoint.load(tmp_path)["progress"] == {"step": 1}
+    assert "step-2 is damaged" in caplog.text and "resuming from step-1" in caplog.text
+    (tmp_path / "step-1" / "state.json").unlink()  # both gone: one sentence, no traceback
+    with pytest.raises(TuneforkError, match=r"no checkpoint can be read \(step-2: .*; step-1: .*\); the run cannot be resumed"):
+        checkpoint.load(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def h18e_run(tiny_bert, tmp_path_factory):
+    from tunefork import Model
+
+    result = Model(_ecd(tiny_bert), quiet=True).train(_frame(), output_directory=tmp_path_factory.mktemp("h18e"))
+    return result.output_directory
+
+
+@pytest.mark.parametrize("body, where", [
+    ('{"review": "\\ud800 great", "length": 3}', "review"),
+    ('[{"review": "fine", "length": 3}, {"review": "\\udfff"}]', "1.review"),
+    ("[" * 100_000 + "]" * 100_000, "body"),
+    ('{"review": ' + "[" * 40 + "]" * 40 + "}", "body"),
+], ids=["lone surrogate", "surrogate in a batch", "100,000 deep", "40 deep"])
+def test_h18e_serve_refuses_unusable_json_with_422(body, where, h18e_run):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from tunefork import serve
+
+    client = TestClient(serve.app(h18e_run, max_body_bytes=1 << 20), raise_server_exceptions=False)
+    route = "/batch_predict" if body.startswith("[") else "/predict"
+    answer = client.post(route, content=body.encode(), headers={"content-type": "application/json"})
+    assert answer.status_code == 422, answer.text[:500]
+    assert answer.json()["message"].startswith(f"{where}: ")
+
+
+def test_h18e_visualize_an_llm_run_is_one_line_or_works(tmp_path, tiny_llama):
+    from tunefork import Model
+
+    cfg = _llm(tiny_llama, adapter={"type": "lora", "r": 2, "target_modules": ["q_proj"]},
+               trainer={"type": "finetune", "epochs": 1, "batch_size": 8})
+    run = Model(cfg, quiet=True).experiment(_frame(40), output_directory=tmp_path / "runs")[0].output_directory
+    out_dir = tmp_path / "pictures"
+    for kind in ("confusion_matrix", "roc_curves"):
+        out = _e_cli("visualize", "-v", kind, "-r", run, "-od", out_dir, "-gt", tmp_path / "none.csv")
+        expected = "error: no category or binary output" if kind == "confusion_matrix" else "error: "
+        _e_one_line(out, 2, expected)
+        assert "model_type llm" in out[1][0] or kind == "roc_curves"
+    assert not out_dir.exists()
+    code, _, text = _e_cli("visualize", "-v", "compare_performance", "-r", run, "-od", out_dir)
+    assert code == 0, text
+    assert [p.name for p in out_dir.iterdir()] == ["compare_performance_sentiment.png"]

@@ -177,12 +177,31 @@ def _product(args) -> int:
     return 0
 
 
+def _check_numbers(args) -> None:
+    """Flags argparse takes as any int that the libraries below would refuse with a traceback: numpy seeds are
+    0..2**32-1 and TCP ports 1..65535 (port 0 would bind a random port nobody is told about)."""
+    from tunefork.errors import TuneforkError
+
+    seed, port = getattr(args, "random_seed", None), getattr(args, "port", None)
+    if seed is not None and not 0 <= seed < 2**32:
+        raise TuneforkError(f"--random_seed: {seed} is not a seed (a whole number from 0 to {2**32 - 1})")
+    if port is not None and not 1 <= port <= 65535:
+        raise TuneforkError(f"-p/--port: {port} is not a TCP port (1 to 65535)")
+
+
 def _run(args) -> int:
-    if args.command in ("check-config", "render-config"):
-        from tunefork import config
+    _check_numbers(args)
+    if args.command == "check-config":
+        from tunefork import check, config
 
         loaded = config.load(args.config)
-        print(config.render(loaded) if args.command == "render-config" else f"{args.config}: valid")
+        skipped = check.check(loaded, strict=False)  # the model's config.json too, when it can be read
+        print(f"{args.config}: valid" + (f" (not checked against the model: {skipped})" if skipped else ""))
+        return 0
+    if args.command == "render-config":
+        from tunefork import config
+
+        print(config.render(config.load(args.config)))
         return 0
     if args.command in ("init-config", "serve", "visualize", "export"):
         return _product(args)
@@ -292,11 +311,29 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: `tunefork {args.command}` needs {package}: pip install 'tunefork[{EXTRAS[package]}]'", file=sys.stderr)
         return 2
+    except Exception as exc:  # the machine refused (exit 1), not the user's mistake (2); anything else is a bug
+        failure = _environment_failure(exc)
+        if args.debug or failure is None:
+            raise
+        print(f"error: {failure}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     finally:  # the flag is this command's: a later Model.load in the same process asks for itself
         safety.allow_remote_code(False)
+
+
+def _environment_failure(exc: BaseException):
+    """`exc` as one sentence when the machine refused a file operation (disk full, permissions, a read-only or
+    file-in-the-way path), else None (a bug: it keeps its traceback). Where a module knows what it was writing it
+    raises EnvironmentFailure itself, with advice; this catches the rest (the final save, the run directory)."""
+    from tunefork.errors import EnvironmentFailure, environment_failure, os_error
+
+    if isinstance(exc, EnvironmentFailure):
+        return exc
+    error = os_error(exc)
+    return environment_failure(exc, None if error is not None and error.filename else "write a file")
 
 
 def _quiet_libraries() -> None:

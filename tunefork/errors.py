@@ -25,6 +25,46 @@ class ConfigError(TuneforkError):
         super().__init__(errors[0] + more)
 
 
+class EnvironmentFailure(Exception):
+    """The machine refused what a correct request needs: a full disk, a missing permission, a read-only or
+    file-in-the-way path. Not a `TuneforkError` (the user's request was fine), so the CLI exits 1, not 2; it is
+    still one sentence, naming the path and what to do about it. `environment_failure` makes one from an OSError."""
+
+
+ENVIRONMENT_ERRNOS = {  # errno name → what it means for a path, in the user's words
+    "ENOSPC": "no space left on the device", "EFBIG": "file too large for the disk or its size limit",
+    "EDQUOT": "disk quota exceeded", "EACCES": "permission denied", "EPERM": "operation not permitted",
+    "EROFS": "read-only file system", "ENOTDIR": "a part of the path is a file, not a folder",
+    "EISDIR": "is a folder, not a file", "EEXIST": "a file is in the way of a folder", "EIO": "input/output error",
+}
+
+
+def os_error(exc: BaseException) -> OSError | None:
+    """The OSError behind `exc`: itself, or the one safetensors reports only in its text ("I/O error: File too
+    large (os error 27)"); None for anything else."""
+    import re
+
+    if isinstance(exc, OSError):
+        return exc
+    found = re.search(r"\(os error (\d+)\)", str(exc))
+    return OSError(int(found.group(1)), str(exc)) if type(exc).__name__ == "SafetensorError" and found else None
+
+
+def environment_failure(exc: BaseException, doing: str | None = None, path=None) -> EnvironmentFailure | None:
+    """`exc` as an EnvironmentFailure ("<path>: cannot <doing> (<reason>)", or "<path>: <reason>" without `doing`),
+    or None when it is not an OSError whose errno is in `ENVIRONMENT_ERRNOS` (a missing file, say, is the caller's
+    to explain). `path` names the file when the error does not (numpy's and safetensors' errors carry none)."""
+    import errno as errno_mod
+
+    error = os_error(exc)
+    name = errno_mod.errorcode.get(error.errno or 0) if error is not None else None
+    if name not in ENVIRONMENT_ERRNOS:
+        return None
+    path = error.filename or path
+    where, reason = f"{path}: " if path else "", ENVIRONMENT_ERRNOS[name]
+    return EnvironmentFailure(f"{where}cannot {doing} ({reason})" if doing else f"{where}{reason}")
+
+
 class DataError(TuneforkError):
     """A dataset that cannot be read or does not fit the config (names the file and column)."""
 

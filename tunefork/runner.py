@@ -108,11 +108,12 @@ def train(recipe, console, data: Data, options: Options):
 
 
 def _train(recipe, console, data: Data, options: Options):
-    from tunefork import backends, tracking
+    from tunefork import backends, check, tracking
     from tunefork import report as report_mod
     from tunefork.data import cache
 
     config, phases, seed = recipe.config, Phases(), options.random_seed
+    check.check(config)  # what needs no data (metric names, prompt columns, the model's config.json) fails first
     resumed = RunDirectory.stopped(options.model_resume_path) if options.model_resume_path else None
     with phases("resume"):
         resume, seed = _resume_point(resumed, seed, config) if resumed else (None, seed)

@@ -233,9 +233,15 @@ def _routes(api, service: Service, Response, Invalid, max_body_bytes: int) -> No
         if kind not in JSON_TYPES:
             raise HTTPException(415, f"send JSON (application/json), not {kind or 'an untyped body'}")
         try:
-            return json.loads(await request.body())
+            body = json.loads(await request.body())
         except (ValueError, UnicodeDecodeError) as exc:
             raise Invalid([{"loc": [], "msg": f"the body is not valid JSON ({exc})", "type": "json_invalid"}]) from None
+        except RecursionError:  # json's parser recurses per level: a deep enough body exhausts the stack
+            raise Invalid([_too_deep()]) from None
+        problem = _unusable_json(body)
+        if problem is not None:
+            raise Invalid([problem])
+        return body
 
     async def predictions(rows: list[dict]):
         return await run_in_threadpool(service.predict, rows)
@@ -290,6 +296,40 @@ def _routes(api, service: Service, Response, Invalid, max_body_bytes: int) -> No
         rows = _rows(await body_json(request), Invalid)
         frame = await predictions([validate(row, (i,)) for i, row in enumerate(rows)])
         return Response({"columns": list(frame.columns), "index": list(range(len(frame))), "data": frame.to_numpy().tolist()})
+
+
+MAX_JSON_DEPTH = 32  # a batch of rows is 3 levels deep; anything past this is abuse, not data
+
+
+def _too_deep() -> dict:
+    return {"loc": [], "msg": f"the body nests deeper than {MAX_JSON_DEPTH} levels", "type": "json_invalid"}
+
+
+def _unusable_json(body) -> dict | None:
+    """What valid JSON can still hold that no model input can: a string with a lone surrogate ("\\ud800" is a legal
+    escape but no Unicode text; the tokenizer and the answer's encoder would fail on it, a 500) and nesting past
+    MAX_JSON_DEPTH. The walk is iterative, so a deep body costs no recursion; the error never quotes the string."""
+    stack = [(body, 1, ())]
+    while stack:
+        value, depth, loc = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            return _too_deep()
+        if isinstance(value, dict):
+            stack.extend((item, depth + 1, (*loc, key)) for key, item in value.items())
+            keys = [key for key in value if isinstance(key, str)]
+        elif isinstance(value, list):
+            stack.extend((item, depth + 1, (*loc, i)) for i, item in enumerate(value))
+            keys = []
+        else:
+            keys = [value] if isinstance(value, str) else []
+        for text in keys:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                where = [part if isinstance(part, int) else part.encode("utf-8", "replace").decode() for part in loc]
+                return {"loc": where, "msg": "a string holds a lone surrogate (\\ud800-\\udfff), which is not "
+                        "Unicode text; send UTF-8", "type": "string_unicode"}
+    return None
 
 
 def _rows(body, Invalid) -> list:

@@ -21,7 +21,8 @@ from tunefork.errors import TuneforkError
 SPLIT_COLORS = {"training": "#4C72B0", "validation": "#DD8452", "test": "#55A868"}
 PALETTE = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C"]
 VISUALIZATIONS = ("learning_curves", "confusion_matrix", "compare_performance", "roc_curves")
-COMPARED = ("accuracy", "macro_f1", "roc_auc", "hits_at_k", "mean_absolute_error", "root_mean_squared_error", "r2")
+COMPARED = ("accuracy", "macro_f1", "roc_auc", "hits_at_k", "mean_absolute_error", "root_mean_squared_error", "r2",
+            "exact_match", "rouge_l", "bleu")  # the last three: a causal LM's generations, scored on the test split
 
 
 def _figure(width: float, height: float):
@@ -212,9 +213,19 @@ def _read_json(path: Path) -> dict:
 
 
 def output_meta(run: Path) -> dict:
-    """Output feature metadata (class names) from a run directory's model folder; {} if there is none."""
+    """Output feature metadata (class names) from a run directory's model folder; {} if there is none (a causal
+    LM's metadata has no per-output section: its outputs are generated text)."""
     path = run / "model" / "training_set_metadata.json"
-    return json.loads(path.read_text())["outputs"] if path.is_file() else {}
+    return (json.loads(path.read_text()).get("outputs") or {}) if path.is_file() else {}
+
+
+def _none_of(runs: list[Path], what: str) -> TuneforkError:
+    """The error when no output of `runs` has `what`, naming causal-LM runs, which never do."""
+    llm = [str(r) for r in runs if (r / "model" / "training_set_metadata.json").is_file()
+           and json.loads((r / "model" / "training_set_metadata.json").read_text()).get("model_type") == "llm"]
+    why = (f" ({', '.join(llm)}: model_type llm, whose output is generated text; learning_curves and "
+           f"compare_performance draw its runs)") if llm else ""
+    return TuneforkError(f"no category or binary output {what} in these runs{why}")
 
 
 def tick_names(labels: list[str], n: int) -> list[str]:
@@ -247,6 +258,7 @@ def _outputs(statistics: dict, wanted: str | None) -> list[str]:
 
 def _save(fig, folder: Path, name: str, fmt: str) -> Path:
     path = folder / f"{name}.{fmt}"
+    folder.mkdir(parents=True, exist_ok=True)
     path.write_bytes(encode(fig, fmt))
     return path
 
@@ -261,8 +273,7 @@ def render(visualization: str, runs: list[Path], output_directory: Path, *, file
     if model_names and len(model_names) != len(runs):
         raise TuneforkError(f"--model_names has {len(model_names)} names for {len(runs)} run directories")
     names = model_names or [r.name for r in runs]
-    output_directory = Path(output_directory)
-    output_directory.mkdir(parents=True, exist_ok=True)
+    output_directory = Path(output_directory)  # made by the first `_save`: a refused request leaves no folder
     training = {n: _read_json(r / "training_statistics.json") for n, r in zip(names, runs, strict=True)}
     outputs = _outputs(next(iter(training.values())), output_feature_name)
     written = []
@@ -283,7 +294,7 @@ def render(visualization: str, runs: list[Path], output_directory: Path, *, file
                 fig = confusion_matrix(matrix, class_names(meta.get(output, {}), len(matrix)), f"{name} · {output} · test")
                 written.append(_save(fig, output_directory, f"confusion_matrix_{name}_{output}", file_format))
         if not written:
-            raise TuneforkError("no category or binary output with a confusion matrix in these runs")
+            raise _none_of(runs, "with a confusion matrix")
     elif visualization == "compare_performance":
         have_test = all((r / "test_statistics.json").is_file() for r in runs)
         source = "test" if have_test else "best validation"
@@ -341,7 +352,7 @@ def _roc(runs, names, outputs, folder: Path, fmt: str, ground_truth, positive_la
             fig = roc_curves(curves, f"{output} · positive class '{positive}'")
             written.append(_save(fig, folder, f"roc_curves_{output}", fmt))
     if not written:
-        raise TuneforkError("no category or binary output to draw ROC curves for")
+        raise _none_of(runs, "to draw ROC curves for")
     return written
 
 

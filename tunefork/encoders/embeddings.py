@@ -5,6 +5,9 @@ token ids (within and across splits) are encoded once, batches are length-sorted
 batch grows while it still pays off. The vectors are stored under a key covering everything that changes them:
 model identity and weights fingerprint, tokenizer, max_sequence_length, pooling, precision and the token ids
 themselves (which covers the dataset's content).
+
+The cache files follow the preprocessing cache's rules (`data.cache`): a damaged file is dropped with a warning and
+recomputed, and a refused write leaves no temporary file and is one sentence with exit 1.
 """
 
 from __future__ import annotations
@@ -43,19 +46,55 @@ def weights_fingerprint(encoder_module, source: str, cache_dir: Path) -> str:
     folder = Path(source)
     files = sorted(p for p in folder.glob("*") if p.suffix in (".safetensors", ".bin", ".gguf", ".pt")) if folder.is_dir() else []
     if files:
+        from tunefork.data import cache
+
         memo_path = cache_dir / "weights_fingerprints.json"
-        memo = json.loads(memo_path.read_text()) if memo_path.is_file() else {}
+        memo = {}
+        if memo_path.is_file():
+            try:
+                memo = dict(json.loads(memo_path.read_text()))
+            except (*cache.DAMAGE, TypeError) as exc:  # only a memo: hashing again costs time, not correctness
+                cache.drop(memo_path, exc)
         digest = hashlib.blake2b(json.dumps([(p.name, _file_digest(p, memo)) for p in files]).encode(), digest_size=16).hexdigest()
-        memo_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(memo))
-        tmp.replace(memo_path)
+        _write_atomic(memo_path, memo_path.with_suffix(".tmp"), lambda tmp: tmp.write_text(json.dumps(memo)))
         return digest
     digest = hashlib.blake2b(digest_size=16)  # a hub id or a model built in memory: hash the tensors themselves
     for name, tensor in sorted(encoder_module.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def _write_atomic(path: Path, tmp: Path, write) -> None:
+    """`write(tmp)`, then rename it to `path`; a refused write removes `tmp` and is one sentence (exit 1)."""
+    from tunefork.data import cache
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(tmp)
+        tmp.replace(path)
+    except Exception as exc:
+        if tmp.parent.is_dir():
+            tmp.unlink(missing_ok=True)
+        failure = cache.refused(exc, path)
+        if failure is None:
+            raise
+        raise failure from None
+
+
+def _load_cached(path: Path, columns: dict[str, TokenIds]) -> dict[str, Embeddings] | None:
+    """The cached vectors at `path` per split, or None: absent, or damaged (then dropped)."""
+    from tunefork.data import cache
+
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            vectors = stored["vectors"]
+            return {s: Embeddings(vectors[stored[f"index::{s}"]], columns[s].lengths) for s in columns}
+    except (*cache.DAMAGE, IndexError) as exc:
+        cache.drop(path, exc)
+        return None
 
 
 def distinct_rows(columns: dict[str, TokenIds]) -> tuple[TokenIds, dict[str, np.ndarray]]:
@@ -135,18 +174,15 @@ def embed(columns: dict[str, TokenIds], encoder_module, key_parts: dict, cache_d
     """Per split, the pooled embeddings of each row; (embeddings, cache hit)."""
     key = cache_key({**key_parts, "tokens": tokens_digest(columns)})
     path = cache_dir / "embeddings" / f"{key}.npz" if cache_dir is not None else None
-    if path is not None and path.is_file():
-        with np.load(path, allow_pickle=False) as stored:
-            vectors = stored["vectors"]
-            return {s: Embeddings(vectors[stored[f"index::{s}"]], columns[s].lengths) for s in columns}, True
+    cached = _load_cached(path, columns) if path is not None else None
+    if cached is not None:
+        return cached, True
     unique, index = distinct_rows(columns)
     vectors = encode(encoder_module, unique, pad_id, left_padding, device, autocast)
     log.info("encoded %d distinct texts (of %d rows)", len(unique), sum(len(c) for c in columns.values()))
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.stem + ".tmp.npz")
-        np.savez(tmp, vectors=vectors, **{f"index::{s}": i for s, i in index.items()})
-        tmp.replace(path)
+        _write_atomic(path, path.with_name(path.stem + ".tmp.npz"),
+                      lambda tmp: np.savez(tmp, vectors=vectors, **{f"index::{s}": i for s, i in index.items()}))
     return {s: Embeddings(vectors[i], columns[s].lengths) for s, i in index.items()}, False
 
 
