@@ -376,7 +376,7 @@ def test_predict_labels_no_row_from_nan_scores(tmp_path, overflowing_model):
     for output in ("sentiment", "score", "recommended"):
         assert predicted[f"{output}_predictions"].isna().tolist() == [False, True, False], output
         assert predicted[f"{output}_error"].isna().tolist() == [True, False, True], output
-        assert "NaN or infinite" in predicted.loc[1, f"{output}_error"]
+        assert "scores for this row are not finite" in predicted.loc[1, f"{output}_error"]
 
 
 def test_serve_labels_no_row_from_nan_scores(overflowing_model):
@@ -390,7 +390,7 @@ def test_serve_labels_no_row_from_nan_scores(overflowing_model):
     assert answer.status_code == 200
     body = answer.json()
     for output in ("sentiment", "score", "recommended"):
-        assert body[f"{output}_predictions"] is None and "NaN or infinite" in body[f"{output}_error"]
+        assert body[f"{output}_predictions"] is None and "not finite" in body[f"{output}_error"]
     fine = client.post("/predict", json={"length": 7}).json()
     assert fine["sentiment_predictions"] in ("positive", "negative") and "sentiment_error" not in fine
 

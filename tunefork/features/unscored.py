@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-REASON = "the model's scores for this row are NaN or infinite (an input overflowed it); no prediction"
+REASON = "the model's scores for this row are not finite (e.g. an input too large for it); no prediction"
 
 
 def finite_rows(logits) -> np.ndarray:
