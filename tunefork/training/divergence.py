@@ -41,7 +41,7 @@ class Watch:
 
     def _last(self) -> str:
         if self.last is None:
-            return "no step before it had a finite loss"
+            return "no earlier step of this session had a finite loss"  # a resumed run's earlier steps are not kept
         step, loss = self.last
         return f"the last finite loss was {loss:.6g}, at step {step}"
 
