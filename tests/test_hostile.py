@@ -1339,3 +1339,200 @@ def test_h18e_visualize_an_llm_run_is_one_line_or_works(tmp_path, tiny_llama):
     code, _, text = _e_cli("visualize", "-v", "compare_performance", "-r", run, "-od", out_dir)
     assert code == 0, text
     assert [p.name for p in out_dir.iterdir()] == ["compare_performance_sentiment.png"]
+
+
+# --------------------------------------------------------------- issue 18, points 3 and 4: divergence, resume config
+# A diverged run fails in one line and writes no model; non-finite config numbers are config errors; predict and serve
+# label no row from NaN scores; a resume refuses a config that changes the arithmetic of the resumed steps.
+
+NUMBERS = {"input_features": [{"name": "length", "type": "number"}],
+           "output_features": [{"name": "sentiment", "type": "category"}, {"name": "score", "type": "number", "clip": [0, 5]},
+                               {"name": "recommended", "type": "binary"}],
+           "trainer": {"epochs": 2, "batch_size": 8, "steps_per_checkpoint": 2, "early_stop": -1}}
+
+
+def _b_cli(*args):
+    """The CLI in-process: (exit code, stderr)."""
+    import contextlib
+    import io
+
+    from tunefork import cli
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = cli.main(["--quiet", *args])
+    return code, err.getvalue()
+
+
+def _b_one_error_line(stderr: str) -> str:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in stderr, stderr[-2000:]
+    return lines[0]
+
+
+def _b_yaml(path, cfg):
+    import yaml
+
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_a_diverged_run_fails_keeping_its_checkpoints(tmp_path, tiny_bert):
+    cfg = config.read_yaml(_config_file(tmp_path, tiny_bert))
+    cfg["input_features"][0]["encoder"]["trainable"] = True
+    cfg["trainer"].update(learning_rate=1.0e9, steps_per_checkpoint=1)  # a checkpoint after step 1, NaN at step 2
+    data = tmp_path / "data.csv"
+    _frame().to_csv(data, index=False)
+    code, stderr = _b_cli("train", "-c", str(_b_yaml(tmp_path / "config.yaml", cfg)), "--dataset", str(data),
+                        "--output_directory", str(tmp_path / "runs"))
+    line = _b_one_error_line(stderr)
+    assert code == 2
+    assert "training diverged at step 2: the loss is nan (the last finite loss was " in line and "at step 1)" in line
+    assert "lower trainer.learning_rate (now 1e+09)" in line and "trainer.gradient_clipping" in line
+    run = tmp_path / "runs" / "experiment_run"
+    # step 1's weights already score NaN, so no evaluation was an improvement: the checkpoint is called the last one
+    assert line.endswith(f"; no model was saved; its last checkpoint (step-1; no evaluation had a finite score) is kept "
+                         f"in {run / 'checkpoints'}") or "best checkpoint so far (step-1: " in line
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "description.json", "resolved_config.yaml"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["pointer.json", "step-1"]
+
+
+def test_a_run_that_diverges_before_any_checkpoint_leaves_nothing(tmp_path):
+    from tunefork import Model
+    from tunefork.errors import DivergedError
+
+    cfg = {**NUMBERS, "trainer": {**NUMBERS["trainer"], "learning_rate": 1.0e30, "steps_per_checkpoint": 0}}
+    with pytest.raises(DivergedError, match=r"at step 2: the loss is inf .*; no checkpoint had been written, so nothing "
+                                            r"was saved$"):
+        Model(cfg, quiet=True).train(tiny.sentiment_frame(60, seed=5), output_directory=tmp_path / "runs")
+    assert not any((tmp_path / "runs").iterdir())  # the run directory it had created is gone
+
+
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan"])
+def test_non_finite_config_numbers_are_config_errors(tmp_path, value):
+    path = tmp_path / "config.yaml"
+    path.write_text(f"input_features: [{{name: length, type: number}}]\noutput_features: [{{name: score, type: number}}]\n"
+                    f"trainer: {{learning_rate: {value}}}\n")
+    code, stderr = _b_cli("check-config", str(path))
+    assert code == 2
+    assert _b_one_error_line(stderr).startswith("error: trainer.learning_rate: Input should be a finite number (got ")
+
+
+@pytest.fixture()
+def overflowing_model(tmp_path):
+    """A trained number → (category, number, binary) model whose heads are scaled by 1e30: a `length` of 1e10
+    overflows float32 to an infinite logit (NaN probabilities), while ordinary lengths still score."""
+    from safetensors.torch import load_file, save_file
+
+    from tunefork import Model
+
+    result = Model(NUMBERS, quiet=True).train(tiny.sentiment_frame(60, seed=5), output_directory=tmp_path / "runs")
+    weights_file = result.output_directory / "model" / "model.safetensors"
+    weights = load_file(str(weights_file))
+    save_file({k: v * 1e30 if k.endswith(".weight") else v for k, v in weights.items()}, str(weights_file))
+    return result.output_directory / "model"
+
+
+def test_predict_labels_no_row_from_nan_scores(tmp_path, overflowing_model):
+    import pandas as pd
+
+    data = tmp_path / "new.csv"
+    pd.DataFrame({"length": [5.0, 1e10, 9.0]}).to_csv(data, index=False)
+    code, stderr = _b_cli("predict", "-m", str(overflowing_model), "--dataset", str(data), "--output_directory",
+                        str(tmp_path / "out"))
+    assert code == 0 and "Traceback" not in stderr
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["predictions.csv"]
+    predicted = pd.read_csv(tmp_path / "out" / "predictions.csv")
+    for output in ("sentiment", "score", "recommended"):
+        assert predicted[f"{output}_predictions"].isna().tolist() == [False, True, False], output
+        assert predicted[f"{output}_error"].isna().tolist() == [True, False, True], output
+        assert "scores for this row are not finite" in predicted.loc[1, f"{output}_error"]
+
+
+def test_serve_labels_no_row_from_nan_scores(overflowing_model):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from tunefork import serve
+
+    client = TestClient(serve.app(overflowing_model))
+    answer = client.post("/predict", json={"length": 1e10})
+    assert answer.status_code == 200
+    body = answer.json()
+    for output in ("sentiment", "score", "recommended"):
+        assert body[f"{output}_predictions"] is None and "not finite" in body[f"{output}_error"]
+    fine = client.post("/predict", json={"length": 7}).json()
+    assert fine["sentiment_predictions"] in ("positive", "negative") and "sentiment_error" not in fine
+
+
+@pytest.fixture()
+def stopped_run(tmp_path, monkeypatch):
+    """A run stopped after its checkpoints (as if killed before it finished): (run directory, data file)."""
+    from tunefork import Model
+    from tunefork.rundir import RunDirectory
+
+    class Stop(Exception):
+        pass
+
+    def stop(*args, **kwargs):
+        raise Stop
+
+    data = tmp_path / "data.csv"
+    tiny.sentiment_frame(60, seed=5).to_csv(data, index=False)
+    with monkeypatch.context() as patch:
+        patch.setattr(RunDirectory, "finish", stop)
+        with pytest.raises(Stop):
+            Model(NUMBERS, quiet=True).train(str(data), output_directory=tmp_path / "runs")
+    run = tmp_path / "runs" / "experiment_run"
+    assert (run / "checkpoints" / "pointer.json").is_file() and not (run / "model").exists()
+    return run, data
+
+
+def test_resume_refuses_a_different_learning_rate(tmp_path, stopped_run):
+    import json
+
+    run, data = stopped_run
+    before = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    changed = {**NUMBERS, "trainer": {**NUMBERS["trainer"], "learning_rate": 0.1, "epochs": 3}}
+    code, stderr = _b_cli("train", "-c", str(_b_yaml(tmp_path / "other.yaml", changed)), "--dataset", str(data),
+                        "--model_resume_path", str(run))
+    line = _b_one_error_line(stderr)
+    assert code == 2
+    assert f"error: {run}: the config differs from the run being resumed in trainer.learning_rate (0.001 → 0.1); " in line
+    assert "trainer.epochs" not in line.split("; only")[0]  # growing epochs alone would be accepted
+    assert {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()} == before  # nothing written
+    assert "resumed" not in json.loads((run / "description.json").read_text())
+
+
+def test_resume_refuses_more_epochs_under_a_decaying_schedule(tmp_path, stopped_run):
+    run, data = stopped_run
+    # the run's own schedule is constant; a decay spread over the new total is itself a change, and named as one
+    changed = {**NUMBERS, "trainer": {**NUMBERS["trainer"], "epochs": 3, "learning_rate_scheduler": {"decay": "cosine"}}}
+    code, stderr = _b_cli("train", "-c", str(_b_yaml(tmp_path / "other.yaml", changed)), "--dataset", str(data),
+                        "--model_resume_path", str(run))
+    line = _b_one_error_line(stderr)
+    assert code == 2
+    assert ("trainer.epochs (2 → 3: trainer.learning_rate_scheduler.decay: cosine spans the total steps); "
+            "trainer.learning_rate_scheduler.decay (null → \"cosine\")") in line
+
+
+def test_resume_with_more_epochs_continues_and_records_it(tmp_path, stopped_run):
+    import json
+
+    import yaml
+
+    run, data = stopped_run
+    more = {**NUMBERS, "trainer": {**NUMBERS["trainer"], "epochs": 3, "early_stop": 10}}
+    code, stderr = _b_cli("train", "-c", str(_b_yaml(tmp_path / "more.yaml", more)), "--dataset", str(data),
+                        "--model_resume_path", str(run))
+    assert code == 0, stderr[-2000:]
+    assert (run / "model").is_dir() and not (run / "checkpoints").exists()
+    statistics = json.loads((run / "training_statistics.json").read_text())
+    assert statistics["evaluations"][-1]["epoch"] == 3
+    description = json.loads((run / "description.json").read_text())
+    assert description["config"]["trainer"]["epochs"] == 3
+    assert description["resumed"] == [{"changed": {"trainer.early_stop": {"from": -1, "to": 10},
+                                                   "trainer.epochs": {"from": 2, "to": 3}}}]
+    assert yaml.safe_load((run / "resolved_config.yaml").read_text())["config"]["trainer"]["epochs"] == 3
+    saved = json.loads((run / "model" / "model_hyperparameters.json").read_text())
+    assert saved["trainer"]["epochs"] == 3

@@ -162,7 +162,9 @@ def test_nan_predictions_become_null_instead_of_a_500(run_dir):
     assert answer.status_code == 200
     assert answer.json()["score_predictions"] is None and answer.json()["sentiment_probabilities_positive"] is None
     batch = client.post("/batch_predict", json=[ROW, ROW])
-    assert batch.status_code == 200 and batch.json()["data"][0][-1] is None
+    assert batch.status_code == 200
+    row = dict(zip(batch.json()["columns"], batch.json()["data"][0], strict=True))
+    assert row["score_predictions"] is None and row["sentiment_predictions"] is None and "not finite" in row["score_error"]
     assert "NaN" not in batch.text
 
 

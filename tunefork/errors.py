@@ -73,6 +73,15 @@ class ModelFolderError(TuneforkError):
     """A model directory that is missing, incomplete or unsafe to load."""
 
 
+class DivergedError(TuneforkError):
+    """Training stopped because its loss (or its weights) became NaN or infinite. `best` is the history's best
+    evaluation so far (`History.best`: step, split, metric, value) or None; the run lifecycle adds what was kept."""
+
+    def __init__(self, message: str, best: dict | None = None):
+        self.best = best
+        super().__init__(message)
+
+
 def did_you_mean(word, choices) -> str:
     """` (did you mean 'x'?)` for the closest of `choices` to `word`, or "" when none is close."""
     close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)

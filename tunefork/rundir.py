@@ -162,6 +162,17 @@ class RunDirectory:
             changed = sorted(k for k in set(recorded) | set(fingerprints) if recorded.get(k) != fingerprints.get(k))
             raise DataError(f"{self.path}: the {', '.join(changed)} data differ from the run being resumed; pass the same data")
 
+    def resumed(self, config_dict: dict, plan, changed: dict) -> None:
+        """Record a resume, so the run's records do not contradict each other: description.json's config becomes the
+        one the run continues with, and its `resumed` list gains the keys that changed ({path: {from, to}}, the safe
+        ones `tunefork.resume` lets through; empty when none did); resolved_config.yaml gets that config and plan."""
+        description = self.description()
+        description["config"] = config_dict
+        description.setdefault("resumed", []).append(
+            {"changed": {path: {"from": old, "to": new} for path, (old, new) in changed.items()}})
+        write_json(self.path / DESCRIPTION, description)
+        write_yaml(self.path / RESOLVED, {"config": config_dict, "plan": plan.to_dict()})
+
     # ------------------------------------------------------------------------------------------------ the end
     def finish(self, fitted, statistics: dict, efficiency: dict, report=None) -> None:
         """The final state: model/ (written whole, then renamed into place), the records, the report; the

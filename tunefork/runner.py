@@ -9,7 +9,9 @@ resuming, backends, the plan, checkpoints, trackers, the efficiency record and t
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +20,7 @@ import pandas as pd
 from tunefork import config as config_mod
 from tunefork import plan as plan_mod
 from tunefork.data import read, split
-from tunefork.errors import TuneforkError
+from tunefork.errors import DivergedError, TuneforkError
 from tunefork.rundir import RunDirectory, check_names, remote_code
 from tunefork.training.efficiency import Phases
 
@@ -84,18 +86,22 @@ def _sample(frame: pd.DataFrame, sampling, seed: int) -> pd.DataFrame:
     return out
 
 
-def _resume_point(run: RunDirectory, seed: int, config) -> tuple[dict, int]:
-    """The last checkpoint of a stopped run, and the seed it was started with."""
-    from tunefork import backends
+def _resume_point(run: RunDirectory, seed: int, config) -> tuple[dict, int, dict]:
+    """The last checkpoint of a stopped run, the seed it was started with, and the safe changes of `config` over the
+    run's own (`tunefork.resume`: any other change is refused, before any data is read)."""
+    from tunefork import backends, resume
     from tunefork.training import checkpoint
 
-    resume = checkpoint.load(run.checkpoints) or backends.resume_point(config, run.path)
-    if resume is None:
+    changed = resume.check(run.path, run.description()["config"], config_mod.to_dict(config))
+    for path, (old, new) in changed.items():
+        log.info("resuming with %s %s (the run had %s)", path, new, old)
+    point = checkpoint.load(run.checkpoints) or backends.resume_point(config, run.path)
+    if point is None:
         raise TuneforkError(f"{run.path}: no checkpoint was written before the run stopped; start it again instead")
     original = run.description()["random_seed"]
     if original != seed:
         log.info("resuming with the run's random_seed %s", original)
-    return resume, original
+    return point, original, changed
 
 
 def train(recipe, console, data: Data, options: Options):
@@ -116,7 +122,7 @@ def _train(recipe, console, data: Data, options: Options):
     check.check(config)  # what needs no data (metric names, prompt columns, the model's config.json) fails first
     resumed = RunDirectory.stopped(options.model_resume_path) if options.model_resume_path else None
     with phases("resume"):
-        resume, seed = _resume_point(resumed, seed, config) if resumed else (None, seed)
+        resume, seed, changed = _resume_point(resumed, seed, config) if resumed else (None, seed, {})
     files = backends.file_set(config, data.dataset)  # a folder or glob: Ray Data reads it, never one pandas frame
     frames = {}
     if files is None:
@@ -148,6 +154,7 @@ def _train(recipe, console, data: Data, options: Options):
     run = resumed
     if run is not None:
         run.check_same_data(prepared.fingerprints)
+        run.resumed(config_mod.to_dict(config), plan, changed)  # its records follow the config it continues with
     elif not options.skip_save_model:  # everything is validated: from here on the run directory exists
         run = RunDirectory.create(options.output_directory, options.experiment_name, options.model_name,
                                   config_mod.to_dict(config), plan, prepared.fingerprints,
@@ -159,6 +166,8 @@ def _train(recipe, console, data: Data, options: Options):
     with phases("fit"):
         try:
             history, distributed, seconds = _fit(recipe, model, prepared, plan, seed, board, run, resume, workers)
+        except DivergedError as exc:
+            raise _diverged(exc, run, created=resumed is None) from exc
         finally:
             board.close()
     model = recipe.finish(model, console)
@@ -194,6 +203,28 @@ def _fit(recipe, model, prepared, plan, seed, board, run, resume, workers):
     history = fit(task, model, prepared.tables, recipe.config, plan, seed, report=board, checkpoints=checkpoints,
                   resume=resume)
     return history, None, checkpoints.seconds if checkpoints is not None else None
+
+
+def _diverged(exc: DivergedError, run: RunDirectory | None, created: bool) -> DivergedError:
+    """A diverged run writes no model/ and no final records. Its checkpoints stay, and the best one so far is named.
+
+    Not offered for resuming: a resume is exact, so with the same config it diverges again at the same step, and a
+    new learning rate is a change a resume refuses (`tunefork.resume`). A run directory this call created that holds
+    no checkpoint yet is removed, as a run that fails before training leaves none."""
+    from tunefork.training import checkpoint
+
+    pointer = run.checkpoints / checkpoint.POINTER if run is not None else None
+    if pointer is not None and pointer.is_file():
+        names, scored = json.loads(pointer.read_text()), exc.best
+        if scored is not None and names["best"] == f"step-{scored['step']}":
+            kept = (f"the best checkpoint so far ({names['best']}: {scored['split']} {scored['field']} "
+                    f"{scored['metric']} {scored['value']:.6g}) is kept")
+        else:  # no evaluation had a finite score: the pointer's "best" is merely the first checkpoint
+            kept = f"its last checkpoint ({names['last']}; no evaluation had a finite score) is kept"
+        return DivergedError(f"{exc}; no model was saved; {kept} in {run.checkpoints}", exc.best)
+    if run is not None and created:
+        shutil.rmtree(run.path, ignore_errors=True)
+    return DivergedError(f"{exc}; no checkpoint had been written, so nothing was saved", exc.best)
 
 
 def _efficiency(recipe, prepared, plan, phases, history, distributed) -> dict:

@@ -23,9 +23,14 @@ from tunefork.errors import did_you_mean
 
 
 class Section(BaseModel):
-    """A frozen config section. A key the section does not define is an error, never silently dropped."""
+    """A frozen config section. A key the section does not define is an error, never silently dropped.
 
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    `allow_inf_nan=False`: YAML reads `.inf` and `.nan` as floats, and no setting means anything with them (a learning
+    rate of infinity diverges at the first step); every float field of every section refuses them, nested ones
+    (`betas`, `clip`, class weights) included.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod

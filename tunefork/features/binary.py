@@ -7,6 +7,7 @@ import pandas as pd
 
 from tunefork.errors import DataError
 from tunefork.features import metrics as m
+from tunefork.features import unscored
 from tunefork.features.category import label_strings
 
 TRUE = {"true", "yes", "y", "1", "1.0", "t", "on", "positive"}
@@ -71,7 +72,9 @@ def loss(feature, meta: dict, logits, target):
 
 def predict(feature, meta: dict, logits) -> dict[str, np.ndarray]:
     p = logits.squeeze(-1).float().sigmoid().cpu().numpy()
-    return {"probabilities": np.stack([1 - p, p], axis=1), "predictions": p >= feature.threshold}
+    # `finite` from the logit, not p: sigmoid(inf) is a finite 1.0, yet an infinite logit is an overflow
+    return {"probabilities": np.stack([1 - p, p], axis=1), "predictions": p >= feature.threshold,
+            "finite": unscored.finite_rows(logits)}
 
 
 def metrics(feature, meta: dict, target: np.ndarray, out: dict) -> dict:
@@ -86,10 +89,11 @@ def metrics(feature, meta: dict, target: np.ndarray, out: dict) -> dict:
 
 
 def columns(feature, meta: dict, out: dict) -> dict[str, np.ndarray]:
+    """A row whose logit is NaN or infinite gets a null prediction and `<output>_error` (`features.unscored`)."""
     labels = np.asarray(meta["labels"], dtype=object)
-    return {
+    return unscored.mark(feature, out, {
         f"{feature.name}_predictions": labels[out["predictions"].astype(int)],
         f"{feature.name}_probabilities_{meta['labels'][0]}": out["probabilities"][:, 0],
         f"{feature.name}_probabilities_{meta['labels'][1]}": out["probabilities"][:, 1],
         f"{feature.name}_probability": out["probabilities"].max(1),
-    }
+    })

@@ -17,6 +17,7 @@ import pandas as pd
 
 from tunefork.errors import DataError
 from tunefork.features import metrics as m
+from tunefork.features import unscored
 
 UNK = "<UNK>"
 NUMERAL = re.compile(r"[-+]?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?")
@@ -129,8 +130,9 @@ def loss(feature, meta: dict, logits, target):
 
 
 def predict(feature, meta: dict, logits) -> dict[str, np.ndarray]:
+    """`finite`: rows whose logits are all finite; the others (an input overflowed the model) get no label."""
     probabilities = logits.float().softmax(-1).cpu().numpy()
-    return {"probabilities": probabilities, "predictions": probabilities.argmax(-1)}
+    return {"probabilities": probabilities, "predictions": probabilities.argmax(-1), "finite": unscored.finite_rows(logits)}
 
 
 def metrics(feature, meta: dict, target: np.ndarray, out: dict) -> dict:
@@ -157,9 +159,11 @@ def metrics(feature, meta: dict, target: np.ndarray, out: dict) -> dict:
 
 
 def columns(feature, meta: dict, out: dict) -> dict[str, np.ndarray]:
+    """A row whose scores are NaN or infinite is not labelled (argmax of NaN is class 0): its prediction is null
+    and `<output>_error` says why (`features.unscored`)."""
     vocab = np.asarray(meta["vocab"], dtype=object)
     cols = {f"{feature.name}_predictions": vocab[out["predictions"]]}
     for i, label in enumerate(meta["vocab"]):
         cols[f"{feature.name}_probabilities_{label}"] = out["probabilities"][:, i]
     cols[f"{feature.name}_probability"] = out["probabilities"].max(1)
-    return cols
+    return unscored.mark(feature, out, cols)

@@ -7,6 +7,7 @@ import pandas as pd
 
 from tunefork.errors import DataError
 from tunefork.features import metrics as m
+from tunefork.features import unscored
 
 
 def _numbers(values: pd.Series, feature) -> np.ndarray:
@@ -98,8 +99,8 @@ def predict(feature, meta: dict, logits) -> dict[str, np.ndarray]:
     shift, scale = _scale(meta)
     values = logits.squeeze(-1).float().cpu().numpy().astype(np.float64) * scale + shift  # float32 would overflow past 3e38
     if feature.clip is not None:
-        values = np.clip(values, *feature.clip)
-    return {"predictions": values}
+        values = np.clip(values, *feature.clip)  # an infinite value would become a bound here: `finite` keeps it
+    return {"predictions": values, "finite": unscored.finite_rows(logits)}
 
 
 def metrics(feature, meta: dict, target: np.ndarray, out: dict) -> dict:
@@ -108,4 +109,5 @@ def metrics(feature, meta: dict, target: np.ndarray, out: dict) -> dict:
 
 
 def columns(feature, meta: dict, out: dict) -> dict[str, np.ndarray]:
-    return {f"{feature.name}_predictions": out["predictions"]}
+    """A row whose output is NaN or infinite (before any clip) gets a null prediction and `<output>_error`."""
+    return unscored.mark(feature, out, {f"{feature.name}_predictions": out["predictions"]})

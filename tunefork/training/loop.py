@@ -3,6 +3,8 @@
     autocast → loss × (micro-batch units / effective-batch units) → backward → clip → optimizer step → adapter step →
     zero_grad → scheduler step → (every N steps) evaluate → best weights, early stop, reduce on plateau → checkpoint
 
+A NaN or infinite step loss stops the run before that step's optimizer step (`training.divergence`).
+
 What differs between a classifier and a causal LM is a small `task` each recipe supplies (`training.ecd.ECDTask`,
 `training.llm.LLMTask`), plain methods, no hooks:
 
@@ -32,6 +34,7 @@ from tqdm.auto import tqdm
 from tunefork.adapters.steps import AdapterSteps
 from tunefork.plan import Plan, higher_is_better
 from tunefork.training import batches, optim
+from tunefork.training.divergence import Watch
 from tunefork.training.history import History
 
 log = logging.getLogger("tunefork.train")
@@ -187,6 +190,7 @@ class _Run:
     rng: np.random.Generator
     history: History
     progress: Progress
+    watch: Watch | None = None  # divergence: every step's loss, and the weights handed back
     best_state: dict | None = None
     best_adapter_state: object = None
 
@@ -227,9 +231,10 @@ def fit(task, model, tables: dict, config, plan: Plan, seed: int, report=None, c
             bar.update(len(order[i]))
             if not last:
                 continue
+            shown = run.dist.sum(group_loss) / max(1, group_units)  # all-reduced: every rank sees the same value
+            run.watch.loss(progress.step + 1, shown, run.history.best)  # NaN or inf: stop before the step
             _step(run)
             progress.batch = i + 1
-            shown = run.dist.sum(group_loss) / max(1, group_units)
             lr = run.scheduler.get_last_lr()[0]
             bar.set_postfix(loss=f"{shown:.4f}", lr=f"{lr:.2e}", refresh=False)
             if report is not None and hasattr(report, "step"):  # per-step loss and lr for experiment trackers
@@ -258,6 +263,7 @@ def fit(task, model, tables: dict, config, plan: Plan, seed: int, report=None, c
         run.dist.load(run.model, run.best_state)
         if run.best_adapter_state is not None:
             run.adapters.restore(run.best_adapter_state)
+    run.watch.weights(run.params, run.dist, run.progress.step, run.history.best)
     return run.history
 
 
@@ -275,7 +281,8 @@ def _start(task, model, tables, config, plan, seed, report, checkpoints, resume,
                             plan["evaluate_every_steps"] or plan["steps_per_epoch"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     run = _Run(task, model, tables, config, plan, dist, report, checkpoints, params, optimizer, scheduler,
-               dist.scaler(plan["precision"]), adapters, rng, History(trainer.evaluate_training_set), Progress())
+               dist.scaler(plan["precision"]), adapters, rng, History(trainer.evaluate_training_set), Progress(),
+               Watch(config, plan))
     if resume is not None:
         _restore(run, resume)
     return run
