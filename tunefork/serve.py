@@ -27,6 +27,7 @@ import threading
 from pathlib import Path
 from typing import Annotated
 
+from tunefork import serve_limits
 from tunefork.errors import TuneforkError
 
 log = logging.getLogger("tunefork.serve")
@@ -37,7 +38,6 @@ MAX_FIELD_CHARS = 100_000
 # Prediction requests admitted at once: one computes, the rest wait for the lock holding their parsed bodies (each up
 # to max_body_bytes), so this bounds the memory queued work can take; more is answered 503 with Retry-After.
 MAX_PENDING = 16
-RETRY_AFTER_SECONDS = 1
 # Missing-value strategies that fill a cell with one constant: only for these may a request send null.
 CONSTANT_FILLS = ("fill_with_const", "fill_with_mode", "fill_with_mean", "fill_with_false")
 JSON_TYPES = ("application/json",)
@@ -197,8 +197,8 @@ def app(model_path, *, max_body_bytes: int = MAX_BODY_BYTES, max_field_chars: in
     api = FastAPI(title="tunefork model server", version=service.fingerprint[:12], default_response_class=Response,
                   description=f"Serving {service.folder}")
     api.state.service = service
-    api.add_middleware(BodyLimit, limit=max_body_bytes)
-    api.add_middleware(Admission, limit=max_pending)  # added last, so it runs first: refused before a byte is read
+    api.add_middleware(serve_limits.BodyLimit, limit=max_body_bytes)
+    api.add_middleware(serve_limits.Admission, limit=max_pending)  # added last, so it runs first: refused before a byte is read
 
     @api.exception_handler(Invalid)
     async def _invalid(request, exc: Invalid):
@@ -237,8 +237,8 @@ def _routes(api, service: Service, Response, Invalid, max_body_bytes: int) -> No
         except (ValueError, UnicodeDecodeError) as exc:
             raise Invalid([{"loc": [], "msg": f"the body is not valid JSON ({exc})", "type": "json_invalid"}]) from None
         except RecursionError:  # json's parser recurses per level: a deep enough body exhausts the stack
-            raise Invalid([_too_deep()]) from None
-        problem = _unusable_json(body)
+            raise Invalid([serve_limits.too_deep()]) from None
+        problem = serve_limits.unusable_json(body)
         if problem is not None:
             raise Invalid([problem])
         return body
@@ -298,40 +298,6 @@ def _routes(api, service: Service, Response, Invalid, max_body_bytes: int) -> No
         return Response({"columns": list(frame.columns), "index": list(range(len(frame))), "data": frame.to_numpy().tolist()})
 
 
-MAX_JSON_DEPTH = 32  # a batch of rows is 3 levels deep; anything past this is abuse, not data
-
-
-def _too_deep() -> dict:
-    return {"loc": [], "msg": f"the body nests deeper than {MAX_JSON_DEPTH} levels", "type": "json_invalid"}
-
-
-def _unusable_json(body) -> dict | None:
-    """What valid JSON can still hold that no model input can: a string with a lone surrogate ("\\ud800" is a legal
-    escape but no Unicode text; the tokenizer and the answer's encoder would fail on it, a 500) and nesting past
-    MAX_JSON_DEPTH. The walk is iterative, so a deep body costs no recursion; the error never quotes the string."""
-    stack = [(body, 1, ())]
-    while stack:
-        value, depth, loc = stack.pop()
-        if depth > MAX_JSON_DEPTH:
-            return _too_deep()
-        if isinstance(value, dict):
-            stack.extend((item, depth + 1, (*loc, key)) for key, item in value.items())
-            keys = [key for key in value if isinstance(key, str)]
-        elif isinstance(value, list):
-            stack.extend((item, depth + 1, (*loc, i)) for i, item in enumerate(value))
-            keys = []
-        else:
-            keys = [value] if isinstance(value, str) else []
-        for text in keys:
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError:
-                where = [part if isinstance(part, int) else part.encode("utf-8", "replace").decode() for part in loc]
-                return {"loc": where, "msg": "a string holds a lone surrogate (\\ud800-\\udfff), which is not "
-                        "Unicode text; send UTF-8", "type": "string_unicode"}
-    return None
-
-
 def _rows(body, Invalid) -> list:
     """The rows of a batch body in any of its three layouts."""
     if isinstance(body, list):
@@ -355,65 +321,6 @@ def _rows(body, Invalid) -> list:
     if not rows:
         raise Invalid([{"loc": [], "msg": "the batch has no rows", "type": "too_short"}])
     return rows
-
-
-class BodyLimit:
-    """ASGI middleware: a body over `limit` bytes is answered 413 — by its Content-Length before anything is read,
-    or as soon as a chunked body passes the limit."""
-
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        from fastapi import HTTPException
-        from starlette.responses import PlainTextResponse
-
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None:
-            if not declared.isdigit():
-                return await PlainTextResponse("invalid Content-Length", 400)(scope, receive, send)
-            if int(declared) > self.limit:
-                return await PlainTextResponse(f"body over {self.limit} bytes", 413)(scope, receive, send)
-        seen = 0
-
-        async def counted():
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise HTTPException(413, f"body over {self.limit} bytes")
-            return message
-
-        await self.app(scope, counted, send)
-
-
-class Admission:
-    """ASGI middleware: at most `limit` prediction requests (POST) in the server at once — computing, waiting for the
-    model's lock, or sending their body; one more is answered 503 with Retry-After, before its body is read.
-
-    A non-blocking semaphore rather than a queue: a client told to retry holds no memory here, where a queue would
-    hold every waiting body; /health and /metadata are never refused."""
-
-    def __init__(self, app, limit: int):
-        self.app, self.slots = app, threading.BoundedSemaphore(limit)
-        self.limit = limit
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope.get("method") != "POST":
-            return await self.app(scope, receive, send)
-        if not self.slots.acquire(blocking=False):
-            from starlette.responses import JSONResponse
-
-            message = f"busy: {self.limit} prediction requests are in progress; retry in {RETRY_AFTER_SECONDS} s"
-            refusal = JSONResponse({"message": message, "detail": [{"loc": [], "msg": message, "type": "busy"}]},
-                                   status_code=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
-            return await refusal(scope, receive, send)
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            self.slots.release()
 
 
 def run(model_path, host: str = "127.0.0.1", port: int = 8000, *, max_body_bytes: int = MAX_BODY_BYTES,

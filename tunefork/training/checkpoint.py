@@ -132,7 +132,10 @@ class Checkpoints:
             raise
         for old in self.folder.iterdir():  # keep the last and the best only
             if old.is_dir() and old.name not in (pointer["last"], pointer["best"]):
-                shutil.rmtree(old, ignore_errors=True)
+                # renamed out of the way first (one atomic step), then deleted: a run killed while deleting leaves a
+                # hidden folder no resume reads, never a step-N folder missing half its files
+                doomed = old if old.name.startswith(".") else old.rename(self.folder / f".{old.name}.old")
+                shutil.rmtree(doomed, ignore_errors=True)
         return target
 
 

@@ -30,17 +30,9 @@ import json
 import shutil
 from pathlib import Path
 
-from tunefork.errors import TuneforkError
+from tunefork.export.common import TOLERANCE, ExportError, encode, probe_batch, reference
 
 FORMATS = ("hf", "onnx")
-PROBES = ["a", "hello world", "the film was great and the cast was wonderful", "dull , tedious and far too long ?"]
-TOLERANCE = 1e-5
-
-
-class ExportError(TuneforkError):
-    """A model this export format cannot represent exactly (says why and what to change)."""
-
-
 def _transformer(encoder, merge_adapter: bool):
     """The bare transformer inside a text encoder, ready to be written out.
 
@@ -53,50 +45,6 @@ def _transformer(encoder, merge_adapter: bool):
             raise ExportError("this model has an adapter: export it with --merge-adapter so its weights are merged in")
         encoder.merge_adapter()
     return encoder.transformer
-
-
-def _probe_batch(tokenizer, meta: dict):
-    """Probe texts tokenized the way tunefork does (its max length, its padding side, its pad id)."""
-    import torch
-
-    rows = [tokenizer(t, truncation=True, max_length=meta["max_sequence_length"])["input_ids"] for t in PROBES]
-    width = max(map(len, rows))
-    ids = torch.full((len(rows), width), meta["pad_token_id"], dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        cols = slice(width - len(row), width) if meta["padding_side"] == "left" else slice(0, len(row))
-        ids[i, cols], mask[i, cols] = torch.tensor(row), 1
-    return ids, mask
-
-
-def _encode(encoder, input_ids, attention_mask):
-    """`TransformerEncoder.encode` without its data-dependent branch (torch.export cannot trace `if tensor.all()`):
-    position ids are always counted from the mask where the encoder would count them on left padding. On right
-    padding or none that gives every real token the position it has anyway, so the vectors are the same; the export
-    checks this against the real forward pass before writing anything."""
-    from tunefork.encoders.pooling import pool
-
-    kwargs = {"position_ids": (attention_mask.cumsum(-1) - 1).clamp(min=0)} if encoder.positions_from_mask else {}
-    out = encoder.transformer(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-    hidden = out.last_hidden_state[:, encoder.virtual_tokens:] if encoder.virtual_tokens else out.last_hidden_state
-    return pool(hidden, attention_mask, encoder.pooling, getattr(out, "pooler_output", None))
-
-
-def _reference(model, config, meta: dict, args) -> list:
-    """What tunefork itself computes for `args` (the model's own forward and output modules), as numpy arrays in
-    the export's output order: the yardstick both formats are checked against."""
-    import torch
-
-    from tunefork.features import OUTPUTS
-
-    inputs = {f.name: {"input_ids": args[2 * i], "attention_mask": args[2 * i + 1]} for i, f in enumerate(config.input_features)}
-    with torch.no_grad():
-        logits = model(inputs)
-    out = []
-    for f in config.output_features:
-        predicted = OUTPUTS[f.type].predict(f, meta["outputs"][f.name], logits[f.name])
-        out += [logits[f.name].float().numpy(), predicted["predictions" if f.type == "number" else "probabilities"]]
-    return out
 
 
 class Forward:
@@ -118,7 +66,7 @@ class Forward:
                                  if f.type == "number" else None) for f in config.output_features]
 
             def forward(self, *tensors):
-                vectors = [_encode(self.model.encoders[module_key(name)], tensors[2 * i], tensors[2 * i + 1])
+                vectors = [encode(self.model.encoders[module_key(name)], tensors[2 * i], tensors[2 * i + 1])
                            for i, name in enumerate(self.text)]
                 hidden = self.model.combiner(dict(zip((f.name for f in self.model.config.input_features), vectors, strict=True)))
                 results = []
@@ -161,7 +109,7 @@ def export(model_path, fmt: str, output, *, merge_adapter: bool = False) -> Path
         if fmt != "hf":
             raise ExportError(f"a model_type: llm model exports as --format hf only (optimum converts that folder to "
                               f"{fmt}); '{fmt}' is not written here")
-        from tunefork.export_llm import write
+        from tunefork.export.llm import write
     else:
         write = _hf if fmt == "hf" else _onnx
     staging = output.with_name(output.name + ".partial")
@@ -219,7 +167,7 @@ def _hf(model, config, meta, tokenizers, folder: Path, merge_adapter: bool) -> N
     else:
         shift, scale = number._scale(fitted_out)
         W, b, labels = W * scale, b * scale + shift, [out.name]
-    from tunefork import export_st
+    from tunefork.export import sentence_folder as export_st
     if pooling in export_st.POOLINGS:  # no stock classifier pools this way: a sentence-transformers folder
         export_st.write(model, config, meta, transformer, tokenizer, pooling, (W, b, labels), folder)
         return
@@ -297,8 +245,8 @@ def _compare(model, config, meta, tokenizer, classifier, kind: str) -> float:
     """Largest difference between tunefork's and the exported model's outputs on a padded probe batch."""
     import torch
 
-    ids, mask = _probe_batch(tokenizer, meta["inputs"][config.input_features[0].name])
-    ours = _reference(model, config, meta, (ids, mask))[1]
+    ids, mask = probe_batch(tokenizer, meta["inputs"][config.input_features[0].name])
+    ours = reference(model, config, meta, (ids, mask))[1]
     with torch.no_grad():
         logits = classifier(input_ids=ids, attention_mask=mask).logits.double()
     theirs = logits.squeeze(-1) if kind == "number" else logits.softmax(-1)
@@ -341,7 +289,7 @@ def _onnx(model, config, meta, tokenizers, folder: Path, merge_adapter: bool) ->
     input_names = [n for t in texts for n in ((f"{t}_input_ids", f"{t}_attention_mask") if not single else ("input_ids", "attention_mask"))]
     output_names = [f"{f.name}_{part}" for f in config.output_features
                     for part in ("logits", "predictions" if f.type == "number" else "probabilities")]
-    args = tuple(t for name in texts for t in _probe_batch(tokenizers[name], meta["inputs"][name]))
+    args = tuple(t for name in texts for t in probe_batch(tokenizers[name], meta["inputs"][name]))
     forward = Forward(model, config, meta)
     batch = torch.export.Dim("batch")
     sequence = {name: torch.export.Dim(f"{name}_sequence") for name in texts}  # each text has its own length
@@ -349,7 +297,7 @@ def _onnx(model, config, meta, tokenizers, folder: Path, merge_adapter: bool) ->
     path = folder / "model.onnx"
     torch.onnx.export(forward, args, str(path), input_names=input_names, output_names=output_names,
                       dynamic_shapes=shapes, dynamo=True, external_data=False, verbose=False)
-    difference = _check_onnx(path, _reference(model, config, meta, args), args, input_names)
+    difference = _check_onnx(path, reference(model, config, meta, args), args, input_names)
     if difference is not None and difference > TOLERANCE:
         raise ExportError(f"onnxruntime differs from PyTorch by {difference:.2e} on probe texts; nothing was written")
     for name in texts:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tunefork.export import PROBES, TOLERANCE, ExportError, _probe_batch, _reference
+from tunefork.export.common import PROBES, TOLERANCE, ExportError, probe_batch, reference
 
 POOLINGS = {"mean": "pooling_mode_mean_tokens", "max": "pooling_mode_max_tokens"}
 MODULES = [
@@ -68,7 +68,7 @@ def write(model, config, meta, transformer, tokenizer, pooling: str, head: tuple
     save_file({"linear.weight": W.float().contiguous(), "linear.bias": b.float().contiguous()},
               str(folder / "2_Dense" / "model.safetensors"))
 
-    ours = _reference(model, config, meta, _probe_batch(tokenizer, fitted))[1]
+    ours = reference(model, config, meta, probe_batch(tokenizer, fitted))[1]
     logits = _load_back(folder, pooling)
     theirs = logits.squeeze(-1) if out.type == "number" else logits.softmax(-1)
     difference = float(abs(ours - theirs.numpy()).max())

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tunefork.export import PROBES, ExportError
+from tunefork.export.common import PROBES, ExportError
 
 
 def write(model, config, meta, tokenizer, folder: Path, merge_adapter: bool) -> None:
