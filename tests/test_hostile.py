@@ -568,7 +568,7 @@ def _warnings(caplog, needle: str) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and needle in r.getMessage()]
 
 
-def _cli(capsys, *argv):
+def _c_cli(capsys, *argv):
     from tunefork import cli
 
     code = cli.main(["--quiet", *map(str, argv)])
@@ -652,7 +652,7 @@ def test_h18c_drop_row_predictions_carry_the_input_row(tmp_path, capsys, caplog)
     rows.loc[[2, 5], "length"] = ""
     rows.to_csv(data, index=False)
     caplog.clear()
-    code, _, err = _cli(capsys, "predict", "-m", result.output_directory, "--dataset", data,
+    code, _, err = _c_cli(capsys, "predict", "-m", result.output_directory, "--dataset", data,
                         "--output_directory", tmp_path / "out")
     assert code == 0 and "Traceback" not in err
     assert _warnings(caplog, "rows dropped") == [
@@ -661,7 +661,7 @@ def test_h18c_drop_row_predictions_carry_the_input_row(tmp_path, capsys, caplog)
     written = pd.read_csv(tmp_path / "out" / "predictions.csv")
     assert written["row"].tolist() == [0, 1, 3, 4, 6, 7, 8, 9]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["predictions.csv"]
-    code, _, err = _cli(capsys, "evaluate", "-m", result.output_directory, "--dataset", data,
+    code, _, err = _c_cli(capsys, "evaluate", "-m", result.output_directory, "--dataset", data,
                         "--output_directory", tmp_path / "eval")
     statistics = json.loads((tmp_path / "eval" / "test_statistics.json").read_text())
     assert code == 0 and statistics["combined"]["dropped_rows"] == 2
@@ -758,7 +758,7 @@ def test_h18c_yaml_errors_are_one_line_in_milliseconds(case, text, message, comm
         text = yaml.safe_dump(raw)
     path.write_text(text)
     started = time.perf_counter()
-    code, out, err = _cli(capsys, command, path)
+    code, out, err = _c_cli(capsys, command, path)
     assert time.perf_counter() - started < 2.0
     assert code == 2 and out == "" and "Traceback" not in err
     assert err.count("\n") == 1 and err.startswith("error: ") and message in err
@@ -1123,7 +1123,7 @@ CHECK_CONFIG = [
     ("LLM context too short", "llm", {"preprocessing": {"global_max_sequence_length": 1000}},
      "error: preprocessing.global_max_sequence_length: 1000 is more than the 256 positions the model"),
     ("LLM prompt reads the answer", "llm", {"prompt": {"template": "{review} => {sentiment}"}},
-     "error: prompt.template: {sentiment} is the output feature's column"),
+     "error: prompt.template: placeholder {sentiment} reads the output column"),
     ("missing local model", "ecd", {"encoder": {"pretrained_model_name_or_path": "/nonexistent/model"}},
      "error: input_features[0].encoder.pretrained_model_name_or_path '/nonexistent/model': no such folder"),
 ]

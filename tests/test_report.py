@@ -178,7 +178,14 @@ def test_training_writes_its_report_without_matplotlib(tiny_bert, tmp_path):
     tiny.sentiment_frame(60, seed=3).to_csv(tmp_path / "data.csv", index=False)
     config = _config(tiny_bert, epochs=1)
     config["output_features"] = config["output_features"][:1]
-    code = ("import sys\nsys.modules['matplotlib'] = None  # import matplotlib now fails\n"
+    # a base install: no matplotlib to import, and no distribution metadata for it (what torchmetrics looks up)
+    code = ("import importlib.metadata as md, sys\nsys.modules['matplotlib'] = None  # import matplotlib now fails\n"
+            "real = md.version\n"
+            "def version(name):\n"
+            "    if name.lower() == 'matplotlib':\n"
+            "        raise md.PackageNotFoundError(name)\n"
+            "    return real(name)\n"
+            "md.version = version\n"
             "from tunefork import Model\n"
             f"result = Model({config!r}, progress=False, quiet=True).train({str(tmp_path / 'data.csv')!r}, "
             f"output_directory={str(tmp_path / 'results')!r})\n"

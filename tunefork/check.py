@@ -31,7 +31,6 @@ def check(config, strict: bool = True) -> str | None:
     skipped and the reason is returned. A local path that cannot be read is an error either way."""
     plan_mod._check_validation_metric(config)  # the same sentence `resolve` would give after preprocessing
     if config.model_type == "llm":
-        _prompt_columns(config)
         models = [("base_model", config.base_model, config.pretrained_kwargs, config.trust_remote_code, True,
                    _llm_lengths(config), _fresh_adapter(config.adapter), "adapter")]
     else:
@@ -81,22 +80,6 @@ def _check_lengths(hf_config, source, lengths: list[tuple[str, int]]) -> None:
         if limit is not None and value > limit:
             raise ConfigError([f"{key}: {value} is more than the {limit} positions the model '{source}' can embed; "
                                f"use at most {limit}"])
-
-
-def _prompt_columns(config) -> None:
-    from tunefork.config.llm import TASK, placeholders
-
-    template = config.prompt.text()
-    if template is None:
-        return
-    fields = placeholders(template)
-    answer = config.output.source
-    if answer in fields:
-        raise ConfigError([f"prompt.template: {{{answer}}} is the output feature's column; the model would be shown "
-                           f"the answer it is to learn, so remove it from the template"])
-    if not [name for name in fields if name != TASK]:
-        raise ConfigError([f"prompt.template: reads no column, only {{{TASK}}}; add {{__sample__}} or "
-                           f"{{{config.input.source}}} so each row gets its own prompt"])
 
 
 def _read_config(source, kwargs, trust, where, strict: bool, skipped: list):

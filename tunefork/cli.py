@@ -271,15 +271,20 @@ def _output(args, name: str, write, folder: bool = False):
     an earlier one (unless --overwrite): the run directory's `_N` rule picks the name, reserved before writing.
     Returns (the path, what `write` returned)."""
     import shutil
+    from pathlib import Path
 
     from tunefork import rundir
 
-    path = rundir.output_file(args.output_directory, name, overwrite=args.overwrite, folder=folder)
+    directory = Path(args.output_directory)
+    made = not directory.exists()
+    path = rundir.output_file(directory, name, overwrite=args.overwrite, folder=folder)
     try:
         return path, write(path)
     except BaseException:
         if not args.overwrite:  # the empty file or folder reserved for it: ours
             shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        if made and not any(directory.iterdir()):  # and the output directory this command made, left empty
+            directory.rmdir()
         raise
 
 

@@ -39,6 +39,7 @@ log = logging.getLogger("tunefork.ray")
 ERROR = ray_data.ERROR
 HIDDEN = "__tunefork|"  # scoring columns: read by the driver, never written
 OUT, TARGET, LOSS, REFERENCE = f"{HIDDEN}out|", f"{HIDDEN}target|", f"{HIDDEN}loss|", f"{HIDDEN}reference"
+SCORED, TRUNCATED = f"{HIDDEN}scored|", f"{HIDDEN}truncated"  # rows a loss counted (per output); prompts cut
 # A Ray batch holds a few of the model's evaluation batches: the length sort inside it still groups rows of similar
 # length, and a dataset is still cut into enough batches to keep every actor busy.
 EVAL_BATCHES_PER_CALL = 4
@@ -275,6 +276,8 @@ def _ecd_part(fitted, batch: pd.DataFrame) -> pd.DataFrame:
         frame[f"{TARGET}{feature.name}"] = np.asarray(table[feature.name]) if rows else np.zeros(0)
     for name, total in collector.loss_sum.items():
         frame[f"{LOSS}{name}"] = _first_row(float(total), rows)
+    for name, counted in collector.loss_rows.items():
+        frame[f"{SCORED}{name}"] = _first_row(int(counted), rows)
     return frame
 
 
@@ -296,7 +299,8 @@ def _ecd_statistics(config, meta: dict, hidden: list[pd.DataFrame]) -> dict:
                                     for key, found in values.items()}]
             targets[feature.name].append(block[f"{TARGET}{feature.name}"].to_numpy())
         losses = {c[len(LOSS):]: float(block[c].sum()) for c in block.columns if c.startswith(LOSS)}
-        states.append((parts, [np.arange(start, start + len(block))], losses, len(block)))
+        scored = {c[len(SCORED):]: int(block[c].sum()) for c in block.columns if c.startswith(SCORED)}
+        states.append((parts, [np.arange(start, start + len(block))], losses, scored, len(block)))
         start += len(block)
     collector = Collector(config, meta).merge(states)
     return collector.scores({name: np.concatenate(parts) for name, parts in targets.items()})
@@ -312,6 +316,7 @@ def _llm_part(fitted, batch: pd.DataFrame) -> pd.DataFrame:
     frame[REFERENCE] = pd.Series(references, dtype=object)
     frame[f"{LOSS}sum"] = _first_row(float(loss.total), len(labelled))
     frame[f"{LOSS}tokens"] = _first_row(int(loss.tokens), len(labelled))
+    frame[TRUNCATED] = _first_row(int((fitted.last_generation or {}).get("prompts_truncated", 0)), len(labelled))
     return frame
 
 
@@ -322,4 +327,5 @@ def _llm_statistics(config, meta: dict, predictions: pd.DataFrame, hidden: list[
     scoring = pd.concat(hidden, ignore_index=True)
     loss = TokenLoss(config.output.name, float(scoring[f"{LOSS}sum"].sum()), int(scoring[f"{LOSS}tokens"].sum()))
     responses = predictions[f"{config.output.name}_response"].astype(str).tolist()
-    return statistics(config, meta, loss, responses, scoring[REFERENCE].astype(str).tolist())
+    return statistics(config, meta, loss, responses, scoring[REFERENCE].astype(str).tolist(),
+                      int(scoring[TRUNCATED].sum()))

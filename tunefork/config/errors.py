@@ -7,6 +7,7 @@ for tagged unions (`input_features.0.text.encoder...`).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from tunefork.errors import ConfigError, did_you_mean
@@ -26,6 +27,11 @@ def yaml_path(loc: tuple, data: Any) -> str:
     return "".join(parts) or "config"
 
 
+def _shown(value) -> str:
+    """A value quoted on one line: as written when it is printable text, else its repr (a newline stays visible)."""
+    return f"'{value}'" if isinstance(value, str) and value.isprintable() else repr(value)
+
+
 def _describe(error: dict, path: str) -> str:
     kind, ctx = error["type"], error.get("ctx") or {}
     if kind == "unknown_key":
@@ -39,7 +45,7 @@ def _describe(error: dict, path: str) -> str:
         if kind == "union_tag_not_found":
             return f"{path}: missing 'type'"
         tag = ctx.get("tag")
-        return f"{path}.type: '{tag}' is not supported (one of: {', '.join(expected)}){did_you_mean(tag, expected)}"
+        return f"{path}.type: {_shown(tag)} is not supported (one of: {', '.join(expected)}){did_you_mean(tag, expected)}"
     if kind == "literal_error":
         expected = [e.strip().strip("'") for e in str(ctx.get("expected", "")).replace(" or ", ",").split(",")]
         got = error.get("input")
@@ -53,10 +59,12 @@ def _describe(error: dict, path: str) -> str:
         if not isinstance(given, (dict, str)):
             return f"{path}: expected a mapping with a 'type' (one of: {ctx['expected']}), got {given!r}"
         where = f"{path}.type" if isinstance(given, dict) else path
-        return f"{where}: '{tag}' is not supported (one of: {ctx['expected']}){did_you_mean(tag, expected)}"
+        return f"{where}: {_shown(tag)} is not supported (one of: {ctx['expected']}){did_you_mean(tag, expected)}"
     message = error["msg"]
     if message.startswith("Value error, "):
         message = message[len("Value error, "):]
+    if kind == "value_error" and path == "config" and re.match(r"[\w.\[\]]+: ", message):
+        return message  # a whole-config check that names its own key path
     return f"{path}: {message} (got {error.get('input')!r})" if kind != "value_error" else f"{path}: {message}"
 
 

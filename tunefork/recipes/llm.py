@@ -173,10 +173,12 @@ class LLMRecipe:
         return Fitted(config, llm.build(config).eval(), meta, tokenizer)
 
 
-def statistics(config, meta: dict, loss, responses: list[str], references: list[str]) -> dict:
-    """Evaluate's numbers: the token loss and perplexity (`training.llm.TokenLoss`), then the responses' scores."""
+def statistics(config, meta: dict, loss, responses: list[str], references: list[str], truncated: int) -> dict:
+    """Evaluate's numbers: the token loss and perplexity (`training.llm.TokenLoss`), the responses' scores, and how
+    many prompts generation had to cut (never silent)."""
     scores = loss.scores()[config.output.name]
     scores.update(llm_output.metrics(config, meta, responses, references))
+    scores["prompts_truncated"] = truncated
     return {config.output.name: scores, "combined": {"loss": scores["loss"]}}
 
 
@@ -234,9 +236,8 @@ class Fitted:
         if len(frame) == 0:
             raise DataError(f"{frame.attrs.get('source', 'dataset')}: no row has a '{self.config.output.source}' value to score")
         predictions = pd.DataFrame(llm_output.columns(self.config, self.meta, responses), index=frame.index)
-        scores = statistics(self.config, self.meta, loss, responses, references)
-        scores[self.config.output.name]["prompts_truncated"] = self.last_generation["prompts_truncated"]  # not silent
-        return scores, predictions
+        truncated = self.last_generation["prompts_truncated"] if self.last_generation else 0
+        return statistics(self.config, self.meta, loss, responses, references, truncated), predictions
 
     def scored(self, frame: pd.DataFrame):
         """(TokenLoss, responses, references, labelled rows): what evaluate scores, as sums and rows that parts of a
