@@ -112,7 +112,7 @@ def test_train_writes_a_run_directory(trained_run):
     for name in ("model/model.safetensors", "training_statistics.json", "efficiency.json", "resolved_config.yaml",
                  "description.json"):
         assert (trained_run / name).is_file()
-    assert not list(trained_run.parent.glob("*.partial"))
+    assert not list(trained_run.parent.glob(".*"))
     statistics = json.loads((trained_run / "training_statistics.json").read_text())
     assert len(statistics["validation"]["sentiment"]["accuracy"]) == 3
 

@@ -83,7 +83,7 @@ def test_run_directory_contents(trained):
                  "training_statistics.json", "description.json", "efficiency.json", "resolved_config.yaml"):
         assert name in files
     assert not [p for p in files if p.endswith((".bin", ".pt", ".pkl", ".tmp"))]  # safetensors only, nothing half-written
-    assert not list(out.glob("*.partial")) and not list(run.rglob("*.partial"))
+    assert not list(out.glob(".*")) and not list(run.rglob(".*"))
 
     saved = config.load(json.loads((run / "model/model_hyperparameters.json").read_text()))
     assert saved == config.load(multi_config(tiny_bert_path(run)))
@@ -195,7 +195,7 @@ def test_save_then_load_in_a_fresh_process_gives_identical_probabilities(trained
     rows.to_csv(tmp_path / "rows.csv", index=False)
     expected = model.predict(tmp_path / "rows.csv")
     saved = model.save(tmp_path / "saved")
-    assert (saved / "model.safetensors").is_file() and not list(tmp_path.glob("*.partial"))
+    assert (saved / "model.safetensors").is_file() and not list(tmp_path.glob(".*"))
     # one fresh interpreter loads both a model folder and a run directory (torch imports once)
     code = ("import sys; from tunefork import Model\n"
             "for i, folder in enumerate(sys.argv[2:]): Model.load(folder).predict(sys.argv[1]).to_parquet(f'{sys.argv[1]}.{i}.parquet')")

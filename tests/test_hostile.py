@@ -1536,3 +1536,49 @@ def test_resume_with_more_epochs_continues_and_records_it(tmp_path, stopped_run)
     assert yaml.safe_load((run / "resolved_config.yaml").read_text())["config"]["trainer"]["epochs"] == 3
     saved = json.loads((run / "model" / "model_hyperparameters.json").read_text())
     assert saved["trainer"]["epochs"] == 3
+
+
+# ------------------------------------------------------------------- issue 18 (7): a damaged model folder is one line
+
+DAMAGES = {
+    "truncated weights": lambda m: (m / "model.safetensors").write_bytes((m / "model.safetensors").read_bytes()[:200]),
+    "empty weights": lambda m: (m / "model.safetensors").write_bytes(b""),
+    "weights of another shape": "shape",
+    "broken config JSON": lambda m: (m / "model_hyperparameters.json").write_text('{"input_features": [', encoding="utf-8"),
+    "broken metadata JSON": lambda m: (m / "training_set_metadata.json").write_text("not json at all", encoding="utf-8"),
+}
+
+
+@pytest.fixture(scope="module")
+def sound_model(tiny_bert, tmp_path_factory):
+    from tunefork import Model
+
+    folder = tmp_path_factory.mktemp("sound")
+    cfg = config.read_yaml(_config_file(folder, tiny_bert))
+    return Model(cfg, quiet=True).train(_frame(), output_directory=folder / "runs").output_directory / "model"
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_a_damaged_model_folder_is_one_line(damage, sound_model, tmp_path, capsys):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from tunefork import cli
+
+    model = tmp_path / "model"
+    shutil.copytree(sound_model, model)
+    if DAMAGES[damage] == "shape":
+        tensors = load_file(str(model / "model.safetensors"))
+        name = next(k for k in tensors if k.startswith("heads."))
+        tensors[name] = tensors[name][..., :1].contiguous()
+        save_file(tensors, str(model / "model.safetensors"))
+    else:
+        DAMAGES[damage](model)
+    (tmp_path / "rows.csv").write_text("review,genre\na great film,drama\n")
+    code = cli.main(["predict", "-m", str(model), "--dataset", str(tmp_path / "rows.csv"),
+                     "--output_directory", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and "Traceback" not in err[0], err
+    assert "damaged" in err[0] or "does not fit" in err[0], err[0]
+    assert not (tmp_path / "out").exists()

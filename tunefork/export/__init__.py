@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from pathlib import Path
 
 from tunefork.export.common import TOLERANCE, ExportError, encode, probe_batch, reference
@@ -112,9 +113,9 @@ def export(model_path, fmt: str, output, *, merge_adapter: bool = False) -> Path
         from tunefork.export.llm import write
     else:
         write = _hf if fmt == "hf" else _onnx
-    staging = output.with_name(output.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    # a new hidden sibling of our own (never a fixed name that could be a user's folder), renamed into place at the end
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.exporting-", dir=output.parent))
     try:
         write(model, config, meta, tokenizers, staging, merge_adapter)
     except BaseException:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from tunefork import hf, safety
 from tunefork.adapters import wrapper as adapters
-from tunefork.errors import ModelFolderError, TuneforkError
+from tunefork.errors import ModelFolderError, TuneforkError, first_line
 
 WEIGHTS = "model.safetensors"
 CONFIG = "model_hyperparameters.json"
@@ -153,20 +153,25 @@ def save_ecd(folder: Path, model, config_dict: dict, meta: dict, tokenizers: dic
 
 
 def _load_ecd(folder: Path, config, meta: dict):
+    from safetensors import SafetensorError
     from safetensors.torch import load_file, load_model
 
     from tunefork.models.ecd import ECD
 
     model = ECD(config, meta, meta["pooling"], saved_dir=folder)
     skip = _adapted_prefixes(model)
-    if skip:
-        missing, unexpected = model.load_state_dict(load_file(str(folder / WEIGHTS)), strict=False)
-        missing = [k for k in missing if not k.startswith(skip)]
-        if missing or unexpected:
-            raise ModelFolderError(f"{folder}: {WEIGHTS} does not fit its config "
-                                   f"({(missing or unexpected)[0]} is {'missing' if missing else 'unexpected'})")
-    else:
-        load_model(model, str(folder / WEIGHTS))
+    try:
+        if skip:
+            missing, unexpected = model.load_state_dict(load_file(str(folder / WEIGHTS)), strict=False)
+            missing = [k for k in missing if not k.startswith(skip)]
+            if missing or unexpected:
+                raise ModelFolderError(f"{folder}: {WEIGHTS} does not fit its config "
+                                       f"({(missing or unexpected)[0]} is {'missing' if missing else 'unexpected'})")
+        else:
+            load_model(model, str(folder / WEIGHTS))
+    except (SafetensorError, RuntimeError, ValueError) as exc:  # truncated, empty, or tensors of another shape
+        raise ModelFolderError(f"{folder / WEIGHTS}: cannot be read ({first_line(exc)}); the model folder is "
+                               f"damaged: restore it or train again") from None
     tokenizers = {
         f.name: hf.load_tokenizer(folder / "tokenizers" / f.name, None, f.encoder.trust_remote_code, where="model folder")
         for f in config.input_features if f.type == "text"
@@ -257,7 +262,19 @@ def records(folder) -> tuple:
     from tunefork import config as config_mod
 
     folder = check(folder)
-    return config_mod.load(json.loads((folder / CONFIG).read_text())), json.loads((folder / METADATA).read_text())
+    return config_mod.load(_json(folder / CONFIG)), _json(folder / METADATA)
+
+
+def _json(path: Path) -> dict:
+    """A model folder's JSON record, or one line saying the folder is damaged."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ModelFolderError(f"{path}: not valid JSON ({first_line(exc)}); the model folder is damaged: restore "
+                               f"it or train again") from None
+    if not isinstance(data, dict):
+        raise ModelFolderError(f"{path}: holds {type(data).__name__}, not a mapping; the model folder is damaged")
+    return data
 
 
 def _trusting(config, trust: bool):
