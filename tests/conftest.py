@@ -88,3 +88,16 @@ def minilm_dir() -> Path:
     if not (folder / "config.json").is_file():
         pytest.skip(f"all-MiniLM-L6-v2 package found but {folder} holds no config.json")
     return folder
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """One small Ray cluster for a test module (2 CPUs, a small object store); tunefork finds Ray initialised and uses
+    it without stopping it."""
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'tunefork[ray]')")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("RAY_AUTH_MODE", "disabled")  # a throwaway local cluster: no token set-up in ~/.ray
+    ray.init(num_cpus=2, object_store_memory=512 * 2**20, include_dashboard=False, logging_level="WARNING")
+    yield
+    ray.shutdown()
+    patch.undo()

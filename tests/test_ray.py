@@ -27,17 +27,6 @@ TOLERANCE = 1e-4
 SPLITS = ("training", "validation", "test")
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    """One small cluster for the module; tunefork finds Ray initialised and uses it without stopping it."""
-    patch = pytest.MonkeyPatch()
-    patch.setenv("RAY_AUTH_MODE", "disabled")  # a throwaway local cluster: no token set-up in ~/.ray
-    ray.init(num_cpus=2, object_store_memory=512 * 2**20, include_dashboard=False, logging_level="WARNING")
-    yield
-    ray.shutdown()
-    patch.undo()
-
-
 def _frame(n: int = 150):
     """The tiny sentiment task with a fixed split column, so a folder and a DataFrame give the same three splits."""
     frame = tiny.sentiment_frame(n, seed=7)

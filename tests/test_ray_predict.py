@@ -27,17 +27,6 @@ ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'tune
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    """One small cluster for the module; tunefork finds Ray initialised and uses it without stopping it."""
-    patch = pytest.MonkeyPatch()
-    patch.setenv("RAY_AUTH_MODE", "disabled")  # a throwaway local cluster: no token set-up in ~/.ray
-    ray.init(num_cpus=2, object_store_memory=512 * 2**20, include_dashboard=False, logging_level="WARNING")
-    yield
-    ray.shutdown()
-    patch.undo()
-
-
-@pytest.fixture(scope="module")
 def rows() -> pd.DataFrame:
     return tiny.sentiment_frame(60, seed=3)
 

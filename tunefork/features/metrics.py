@@ -72,7 +72,7 @@ def roc_auc(y: np.ndarray, score: np.ndarray) -> float:
     import torch
     from torchmetrics.functional.classification import binary_auroc
 
-    score = torch.as_tensor(np.asarray(score, dtype=np.float64))
+    score = torch.as_tensor(np.array(score, dtype=np.float64))  # a copy: torch wants a writable array
     return float(binary_auroc(score, _long(y), thresholds=None))
 
 
