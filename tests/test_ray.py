@@ -245,3 +245,19 @@ def test_llm_on_two_workers_retraces_the_local_loss_curve(ray_cluster, tiny_llam
     assert wa.keys() == wb.keys()
     for key in wa:
         np.testing.assert_allclose(wb[key].numpy(), wa[key].numpy(), rtol=0, atol=TOLERANCE, err_msg=key)
+
+
+def test_a_run_that_diverges_on_ray_ends_once_as_a_divergence(ray_cluster, tiny_bert, tmp_path):
+    """Every worker sees the same all-reduced NaN loss and stops at the same step; the run ends with the driver's
+    DivergedError (a worker failure would have been retried `max_failures` times and come back as another error)."""
+    from tunefork.errors import DivergedError
+
+    config = _config(tiny_bert, 8, backend={"type": "ray", "trainer": {"num_workers": 2, "max_failures": 2}})
+    config["trainer"].update(learning_rate=1.0e9, gradient_clipping={"clipglobalnorm": None})
+    with pytest.raises(DivergedError, match=r"^training diverged at step \d+: the loss is") as caught:
+        _train(config, _frame(), tmp_path, "diverged")
+    assert "\n" not in str(caught.value)
+    run = tmp_path / "runs" / "experiment_diverged"
+    assert not (run / "model").exists()
+    if run.exists():  # a checkpoint was written before the loss broke: it is kept, and named in the message
+        assert (run / "checkpoints" / "pointer.json").is_file() and str(run / "checkpoints") in str(caught.value)

@@ -68,6 +68,8 @@ def fit(model, prepared, config, plan, seed: int, *, report, run_dir: Path | Non
         with result.checkpoint.as_directory() as folder:
             folder = Path(folder)
             final = json.loads((folder / ray_worker.RESULT).read_text())
+            if "diverged" in final:  # no weights to bring home: the checkpoints kept so far, and the reason
+                _diverged(final, folder, run_dir)
             weights = load_file(str(folder / ray_worker.WEIGHTS))
     finally:
         if temporary:
@@ -85,6 +87,17 @@ def fit(model, prepared, config, plan, seed: int, *, report, run_dir: Path | Non
         "launch_to_first_step_seconds": round(timing["first_step"] - timing["launched"], 3) if timing["first_step"] else None,
         "first_step_unix": timing["first_step"], "restarts": final["restarts"], "workers": final["workers"],
     }
+
+
+def _diverged(final: dict, folder: Path, run_dir: Path | None) -> None:
+    """Raise the workers' DivergedError on the driver, with rank 0's kept checkpoints copied into the run directory
+    (where `runner` names the best one, as for a local run)."""
+    from tunefork.errors import DivergedError
+
+    kept = folder / "checkpoints"
+    if run_dir is not None and kept.is_dir() and any(kept.iterdir()):
+        shutil.copytree(kept, Path(run_dir) / "checkpoints", dirs_exist_ok=True)
+    raise DivergedError(final["diverged"], best=final["best"])
 
 
 def _storage(backend, run_dir: Path | None) -> tuple[str, str, bool]:

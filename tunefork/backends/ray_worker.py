@@ -63,8 +63,14 @@ def train_function(spec: dict) -> None:
     if run.finished:  # lost after its final report: hand the same result back
         run.report_final_again()
         return
-    history = fit(recipe.task(prepared, plan), model, prepared.tables, config, plan, seed, report=run, checkpoints=run,
-                  resume=resume, distributed=dist)
+    from tunefork.errors import DivergedError
+
+    try:
+        history = fit(recipe.task(prepared, plan), model, prepared.tables, config, plan, seed, report=run,
+                      checkpoints=run, resume=resume, distributed=dist)
+    except DivergedError as exc:  # every rank sees the same all-reduced loss: all of them stop here, together
+        run.diverged(exc)
+        return
     run.finish(model, history)
 
 
@@ -207,6 +213,19 @@ class RayRun:
             "history": history.to_state(), "events": self.events, "timing": self.timing, "workers": peaks,
             "restarts": self.restarts,
         }))
+        self._report({"done": True, "restarts": self.restarts}, self.folder)
+
+    def diverged(self, exc) -> None:
+        """A run that diverged ends as a result, not as a worker failure: Ray would restart the group from the last
+        checkpoint `max_failures` times, and each restart would diverge again at the same step. The result carries
+        the message and the checkpoints kept so far, which the driver puts in the run directory."""
+        import ray.train
+
+        if self.rank != 0:
+            ray.train.report({"done": True})
+            return
+        (self.folder / RESULT).write_text(json.dumps({"diverged": str(exc), "best": exc.best, "events": self.events,
+                                                      "restarts": self.restarts}))
         self._report({"done": True, "restarts": self.restarts}, self.folder)
 
     def report_final_again(self) -> None:
