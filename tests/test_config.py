@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from tunefork import config
 from tunefork.config import ConfigError
-from tunefork.plan import _check_validation_metric
+from tunefork.plan import check_validation_metric
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = {"name": "review", "type": "text", "encoder": {"type": "auto_transformer", "pretrained_model_name_or_path": "m"}}
@@ -177,10 +177,10 @@ def test_validation_metric_must_be_reported_for_the_field(field, metric, message
     loaded = config.load(make(output_features=[LABEL, {"name": "score", "type": "number"}],
                               trainer={"validation_field": field, "validation_metric": metric}))
     if message is None:
-        _check_validation_metric(loaded)
+        check_validation_metric(loaded)
         return
     with pytest.raises(ConfigError) as caught:
-        _check_validation_metric(loaded)
+        check_validation_metric(loaded)
     assert message in str(caught.value)
 
 
@@ -353,7 +353,7 @@ def test_there_are_example_configs():
 def test_every_example_config_validates(path):
     loaded = config.load(path)
     assert loaded.input_features and loaded.output_features
-    _check_validation_metric(loaded)
+    check_validation_metric(loaded)
 
 
 def test_loading_a_config_imports_nothing_heavy():

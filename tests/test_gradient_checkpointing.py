@@ -83,23 +83,9 @@ def test_an_adapter_checkpoints_its_base_model(tiny_bert, monkeypatch, tmp_path)
 
 
 def test_estimate_counts_layer_inputs_plus_one_recomputed_layer(tiny_bert):
-    from tunefork import hardware
-    from tunefork import plan as plan_mod
-    from tunefork.features import pipeline
-    from tunefork.models.ecd import ECD
-    from tunefork.recipes.ecd import _text_facts
-
     estimates = {}
     for checkpointing in (False, True):
-        api = Model(text_config(tiny_bert, checkpointing), quiet=True)
-        cfg = api.config
-        toks = pipeline.tokenizers(cfg)
-        frame = tiny.sentiment_frame(64)
-        meta = pipeline.fit(cfg, frame, toks)
-        table = pipeline.transform(cfg, frame, meta, toks)
-        facts = plan_mod.DataFacts(training_rows=len(table), text_inputs=_text_facts(cfg))
-        plan = plan_mod.resolve(cfg, facts, hardware.detect())
-        model = ECD(cfg, meta, {"review": "mean"})
+        cfg, meta, table, plan, model = tiny.ecd_parts(text_config(tiny_bert, checkpointing), tiny.sentiment_frame(64))
         estimates[checkpointing] = memory.estimate(model, cfg, plan, table)
         longest = int(table["review"].lengths.max())
     layers, hidden, heads, word = 2, 32, 2, 4  # tests/tiny.py: fp32 on the CPU

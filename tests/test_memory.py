@@ -93,21 +93,7 @@ def test_auto_batch_size_measures_and_keeps_the_effective_batch(tiny_bert, tmp_p
 def test_tune_batch_size_leaves_weights_and_rng_untouched(tiny_bert):
     import torch
 
-    from tunefork import hardware
-    from tunefork import plan as plan_mod
-    from tunefork.features import pipeline
-    from tunefork.models.ecd import ECD
-    from tunefork.recipes.ecd import _text_facts
-
-    model_api = Model(config(tiny_bert, batch_size="auto"), quiet=True)
-    cfg = model_api.config
-    toks = pipeline.tokenizers(cfg)
-    frame = tiny.sentiment_frame(120)
-    meta = pipeline.fit(cfg, frame, toks)
-    table = pipeline.transform(cfg, frame, meta, toks)
-    facts = plan_mod.DataFacts(training_rows=len(table), text_inputs=_text_facts(cfg))
-    plan = plan_mod.resolve(cfg, facts, hardware.detect())
-    model = ECD(cfg, meta, {"review": "mean"})
+    cfg, meta, table, plan, model = tiny.ecd_parts(config(tiny_bert, batch_size="auto"), tiny.sentiment_frame(120))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     rng = torch.get_rng_state()
     best, rates = memory.tune_batch_size(model, cfg, meta, plan, table, memory.estimate(model, cfg, plan, table), "cpu")

@@ -115,3 +115,19 @@ def build_gpt2(folder: Path) -> Path:
     GPT2LMHeadModel(config).save_pretrained(folder)
     fast.save_pretrained(folder)
     return folder
+
+
+def ecd_parts(config: dict, frame: pd.DataFrame):
+    """What `train` has just before its first step, for an ECD config: (config, fitted metadata, the preprocessed
+    table of `frame` as the training split, the plan, the built model) — through the ECD recipe, with no cache and no
+    run directory."""
+    from tunefork import config as config_mod
+    from tunefork import hardware
+    from tunefork import plan as plan_mod
+    from tunefork.recipes.ecd import ECDRecipe
+
+    loaded = config_mod.load(config)
+    recipe = ECDRecipe(loaded)
+    prepared = recipe.prepare({"training": frame}, 42, None)
+    plan = plan_mod.resolve(loaded, prepared.facts, hardware.detect())
+    return loaded, prepared.meta, prepared.tables["training"], plan, recipe.build(prepared, plan, 42)

@@ -29,7 +29,7 @@ def check(config, strict: bool = True) -> str | None:
     """Raise ConfigError for what cannot work with this config. A model config that cannot be read is an error,
     except with `strict=False` (check-config) for a hub id that is out of reach (offline): then the model checks are
     skipped and the reason is returned. A local path that cannot be read is an error either way."""
-    plan_mod._check_validation_metric(config)  # the same sentence `resolve` would give after preprocessing
+    plan_mod.check_validation_metric(config)  # the sentence `resolve` gives, before any data is read
     if config.model_type == "llm":
         models = [("base_model", config.base_model, config.pretrained_kwargs, config.trust_remote_code, True,
                    _llm_lengths(config), _fresh_adapter(config.adapter), "adapter")]

@@ -107,7 +107,7 @@ def reported_metrics(config, field: str) -> tuple[str, ...]:
     return METRICS[config.output(field).type]
 
 
-def _check_validation_metric(config) -> None:
+def check_validation_metric(config) -> None:
     field_, metric = config.trainer.validation_field, config.trainer.validation_metric
     allowed = reported_metrics(config, field_)
     if metric not in allowed:
@@ -116,7 +116,7 @@ def _check_validation_metric(config) -> None:
 
 
 def resolve(config, facts: DataFacts, hardware, workers=LocalWorkers(), measured: Measured | None = None) -> Plan:
-    _check_validation_metric(config)
+    check_validation_metric(config)
     plan = _Draft()
     trainer, llm = config.trainer, config.model_type == "llm"
     plan.decide("device", hardware.device, "CUDA is available" if hardware.device == "cuda" else "no CUDA device")

@@ -75,11 +75,15 @@ class ECDRecipe:
         from tunefork.models.ecd import ECD
 
         torch.manual_seed(seed)  # the heads' initial weights
-        pooling = self._pooling(plan)
-        return ECD(self.config, {**prepared.meta, "pooling": pooling}, pooling, total_steps=plan["total_steps"])
+        meta = self._meta(prepared, plan)
+        return ECD(self.config, meta, meta["pooling"], total_steps=plan["total_steps"])
 
     def _pooling(self, plan) -> dict[str, str]:
         return {f.name: plan[f"pooling.{f.name}"] for f in self.config.input_features if f.type == "text"}
+
+    def _meta(self, prepared: Prepared, plan) -> dict:
+        """The fitted metadata plus the plan's pooling per text input: what the model folder saves."""
+        return {**prepared.meta, "pooling": self._pooling(plan)}
 
     def ready(self, model, prepared: Prepared, plan, resolve, console, phases, measure: bool):
         """Cached embeddings in place of the frozen encoders' text, then (one process only) the memory estimate and a
@@ -104,7 +108,7 @@ class ECDRecipe:
     def task(self, prepared: Prepared, plan):
         from tunefork.training.ecd import ECDTask
 
-        return ECDTask(self.config, {**prepared.meta, "pooling": self._pooling(plan)})
+        return ECDTask(self.config, self._meta(prepared, plan))
 
     def finish(self, model, console):
         for name in model.merge_adapters():  # adapter.postprocessor.merge_adapter_into_base_model
@@ -112,7 +116,7 @@ class ECDRecipe:
         return model.eval()
 
     def fitted(self, model, prepared: Prepared, plan) -> Fitted:
-        return Fitted(self.config, model, {**prepared.meta, "pooling": self._pooling(plan)}, prepared.tokenizers, plan)
+        return Fitted(self.config, model, self._meta(prepared, plan), prepared.tokenizers, plan)
 
     def efficiency(self, prepared: Prepared, plan) -> dict:
         return {"preprocessing_cache_hit": prepared.cache_hit,

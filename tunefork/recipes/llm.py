@@ -47,8 +47,8 @@ def labelled(frame: pd.DataFrame, config) -> pd.DataFrame:
     return out
 
 
-def limits(config, meta_or_total) -> prompts.Limits:
-    total = meta_or_total if isinstance(meta_or_total, int) else meta_or_total["limits"]["total"]
+def limits(config, total: int) -> prompts.Limits:
+    """The prompt's and the output's own limits, within `total` tokens of prompt + output."""
     return prompts.Limits(config.input.preprocessing.max_sequence_length,
                           config.output.preprocessing.max_sequence_length, total)
 
