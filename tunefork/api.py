@@ -33,34 +33,44 @@ class Model:
         self.recipe = recipes.for_config(self.config)
         self._fitted = None  # the recipe's Fitted model, once trained or loaded
         self._folder = None  # the model folder it was loaded from (what Ray workers load)
-        self._last_test = self._report = None
+        self._last_test = self._report = self.prepared = None  # prepared: the last run's preprocessed splits
+        self.test_predictions = None  # the last experiment's predictions of its test split
 
     # ------------------------------------------------------------------------------------------------ training
     def train(self, dataset=None, *, training_set=None, validation_set=None, test_set=None, output_directory="results",
               experiment_name: str = "experiment", model_name: str = "run", random_seed: int = 42,
               skip_save_model: bool = False, logger: str | list[str] | None = None,
-              model_resume_path=None) -> TrainResult:
+              model_resume_path=None, **skip_save) -> TrainResult:
         """Train and write the run directory; `model_resume_path` continues a run that stopped from its last
-        checkpoint, in the same directory, with the same seed and data (both checked)."""
+        checkpoint, in the same directory, with the same seed and data (both checked). `skip_save` takes Ludwig's
+        skip_save_progress, skip_save_processed_input, skip_save_training_statistics and
+        skip_save_training_description (see `runner.Options`)."""
         from tunefork import runner
 
         self._folder = None  # the model trained now is not the one a folder held
         data = Data(dataset, training_set, validation_set, test_set)
         options = Options(output_directory, experiment_name, model_name, random_seed, skip_save_model, logger,
-                          model_resume_path)
-        result, self._fitted, self._last_test, self._report = runner.train(self.recipe, self.console, data, options)
-        return result
+                          model_resume_path, **skip_save)
+        trained = runner.train(self.recipe, self.console, data, options)
+        self._fitted, self._last_test, self._report = trained.fitted, trained.test, trained.report
+        self.prepared = trained.prepared
+        return trained.result
 
-    def experiment(self, dataset=None, *, training_set=None, validation_set=None, test_set=None, **kwargs):
-        """Train, then evaluate on the test split; writes test_statistics.json and test predictions."""
+    def experiment(self, dataset=None, *, training_set=None, validation_set=None, test_set=None,
+                   skip_save_eval_stats: bool = False, skip_save_predictions: bool = False, **kwargs):
+        """Train, then evaluate on the test split; writes test_statistics.json and test_predictions.csv (unless
+        skipped, with Ludwig's flags). The test predictions stay in `test_predictions`."""
         result = self.train(dataset, training_set=training_set, validation_set=validation_set, test_set=test_set, **kwargs)
-        test = self._last_test
+        test, self.test_predictions = self._last_test, None
         if test is None or len(test) == 0:
             return result, None
         statistics, predictions = self._ready().evaluate(read.read(test))
+        self.test_predictions = predictions
         if result.output_directory is not None:
-            rundir.write_json(result.output_directory / "test_statistics.json", statistics)
-            predictions.to_csv(result.output_directory / "test_predictions.csv", index=False)
+            if not skip_save_eval_stats:
+                rundir.write_json(result.output_directory / "test_statistics.json", statistics)
+            if not skip_save_predictions:
+                predictions.to_csv(result.output_directory / "test_predictions.csv", index=False)
             if self._report is not None:
                 self._report.add_test(statistics, predictions, test)
                 self._report.write(result.output_directory / "report.html")
@@ -86,10 +96,14 @@ class Model:
     def evaluate(self, dataset) -> dict:
         """Metrics per output: loss, accuracy, macro-F1, ROC-AUC, confusion matrix; MAE, RMSE, R²; for a causal LM
         loss, perplexity and the generations' scores. A folder or glob of files goes to Ray as in `predict`."""
+        return self.score(dataset)[0]
+
+    def score(self, dataset) -> tuple[dict, pd.DataFrame]:
+        """(the statistics of `evaluate`, the predictions of every scored row)."""
         ray = backends.on_ray(self.config, dataset)
         if ray is not None:
-            return backends.evaluate_files(self._folder or self._ready(), dataset, ray)[0]
-        return self._ready().evaluate(read.read(dataset))[0]
+            return backends.evaluate_files(self._folder or self._ready(), dataset, ray)
+        return self._ready().evaluate(read.read(dataset))
 
     # ------------------------------------------------------------------------------------------------ on disk
     def save(self, directory) -> Path:

@@ -174,11 +174,17 @@ class RunDirectory:
         write_yaml(self.path / RESOLVED, {"config": config_dict, "plan": plan.to_dict()})
 
     # ------------------------------------------------------------------------------------------------ the end
-    def finish(self, fitted, statistics: dict, efficiency: dict, report=None) -> None:
+    def finish(self, fitted, statistics: dict, efficiency: dict, report=None, *, keep_statistics: bool = True,
+               keep_description: bool = True) -> None:
         """The final state: model/ (written whole, then renamed into place), the records, the report; the
-        checkpoints go, as model/ now holds the run's result."""
+        checkpoints go, as model/ now holds the run's result. Without `keep_statistics` no training_statistics.json
+        is written; without `keep_description` description.json (needed only to resume) goes too (Ludwig's
+        skip_save_training_statistics and skip_save_training_description)."""
         fitted.save(self.path / "model")
-        write_json(self.path / "training_statistics.json", statistics)
+        if keep_statistics:
+            write_json(self.path / "training_statistics.json", statistics)
+        if not keep_description:
+            (self.path / DESCRIPTION).unlink(missing_ok=True)
         write_json(self.path / "efficiency.json", efficiency)
         if report is not None:
             report.write(self.path / "report.html")

@@ -52,6 +52,22 @@ class Options:
     skip_save_model: bool = False
     logger: str | list[str] | None = None
     model_resume_path: str | Path | None = None
+    skip_save_progress: bool = False  # no checkpoints while training: the run cannot be resumed
+    skip_save_processed_input: bool = False  # the preprocessed splits are neither read from nor written to the cache
+    skip_save_training_statistics: bool = False  # no training_statistics.json in the finished run directory
+    skip_save_training_description: bool = False  # no description.json once the run finished
+
+
+@dataclass(frozen=True)
+class Trained:
+    """What `train` hands back: the records, the fitted model, the raw test split (or None), the run report (or
+    None) and the preprocessed splits with their metadata."""
+
+    result: TrainResult
+    fitted: object
+    test: pd.DataFrame | None
+    report: object
+    prepared: object
 
 
 def splits(config, data: Data, seed: int) -> dict[str, pd.DataFrame]:
@@ -104,8 +120,26 @@ def _resume_point(run: RunDirectory, seed: int, config) -> tuple[dict, int, dict
     return point, original, changed
 
 
-def train(recipe, console, data: Data, options: Options):
-    """Train and write the run directory. Returns (TrainResult, the Fitted model, the test split's rows or None)."""
+def prepare(recipe, data: Data, seed: int, phases: Phases, skip_save_processed_input: bool = False):
+    """(raw splits, the recipe's preprocessed data): read → split → recipe.prepare, or Ray Data for a file set."""
+    from tunefork import backends
+    from tunefork.data import cache
+
+    config = recipe.config
+    cache_dir = None if skip_save_processed_input else cache.root(config)
+    files = backends.file_set(config, data.dataset)  # a folder or glob: Ray Data reads it, never one pandas frame
+    frames = {}
+    if files is None:
+        with phases("read"):
+            frames = splits(config, data, seed)
+    with phases("preprocess"):
+        prepared = (recipe.prepare(frames, seed, cache_dir) if files is None
+                    else recipe.prepare_files(files, seed, cache_dir))
+    return frames, prepared
+
+
+def train(recipe, console, data: Data, options: Options) -> Trained:
+    """Train and write the run directory."""
     from tunefork import backends
 
     check_names(options.experiment_name, options.model_name)  # before any work: they also name the trackers' runs
@@ -116,21 +150,13 @@ def train(recipe, console, data: Data, options: Options):
 def _train(recipe, console, data: Data, options: Options):
     from tunefork import backends, check, tracking
     from tunefork import report as report_mod
-    from tunefork.data import cache
 
     config, phases, seed = recipe.config, Phases(), options.random_seed
     check.check(config)  # what needs no data (metric names, prompt columns, the model's config.json) fails first
     resumed = RunDirectory.stopped(options.model_resume_path) if options.model_resume_path else None
     with phases("resume"):
         resume, seed, changed = _resume_point(resumed, seed, config) if resumed else (None, seed, {})
-    files = backends.file_set(config, data.dataset)  # a folder or glob: Ray Data reads it, never one pandas frame
-    frames = {}
-    if files is None:
-        with phases("read"):
-            frames = splits(config, data, seed)
-    with phases("preprocess"):
-        prepared = (recipe.prepare(frames, seed, cache.root(config)) if files is None
-                    else recipe.prepare_files(files, seed, cache.root(config)))
+    frames, prepared = prepare(recipe, data, seed, phases, options.skip_save_processed_input)
     if prepared.cache_hit:
         console.note("preprocessed data: loaded from the cache")
     workers = backends.workers(config)  # local: this process; ray: from the cluster's resources
@@ -165,7 +191,8 @@ def _train(recipe, console, data: Data, options: Options):
                                                                config_mod.to_dict(config), console))
     with phases("fit"):
         try:
-            history, distributed, seconds = _fit(recipe, model, prepared, plan, seed, board, run, resume, workers)
+            history, distributed, seconds = _fit(recipe, model, prepared, plan, seed, board,
+                                                 None if options.skip_save_progress else run, resume, workers)
         except DivergedError as exc:
             raise _diverged(exc, run, created=resumed is None) from exc
         finally:
@@ -180,10 +207,11 @@ def _train(recipe, console, data: Data, options: Options):
     if run is not None:
         report = report_mod.collect(run.name, config_mod.to_dict(config), plan, recorder, statistics, efficiency,
                                     prepared.meta, fitted.report_points(prepared.tables))
-        run.finish(fitted, statistics, efficiency, report)
+        run.finish(fitted, statistics, efficiency, report, keep_statistics=not options.skip_save_training_statistics,
+                   keep_description=not options.skip_save_training_description)
         console.note(f"saved: {run.path}")
     result = TrainResult(run.path if run else None, statistics, efficiency, plan.to_dict())
-    return result, fitted, frames.get("test"), (report if run is not None else None)
+    return Trained(result, fitted, frames.get("test"), report if run is not None else None, prepared)
 
 
 def _fit(recipe, model, prepared, plan, seed, board, run, resume, workers):

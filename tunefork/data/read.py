@@ -10,13 +10,19 @@ from pathlib import Path
 
 import pandas as pd
 
-from tunefork.errors import DataError
+from tunefork.errors import DataError, did_you_mean
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
 
 
-def _read_file(path: Path) -> pd.DataFrame:
-    kind = FORMATS.get(path.suffix.lower())
+# Ludwig's `data_format` names: the ones read here, and what to do about the others
+DATA_FORMATS = ("auto", "csv", "tsv", "json", "jsonl", "parquet", "df", "dict")
+UNREAD_FORMATS = {"pickle": "a pickle can run code when loaded", "hdf5": "Ludwig's HDF5 cache is Ludwig's own",
+                  "excel": "", "feather": "", "fwf": "", "html": "", "orc": "", "sas": "", "spss": "", "stata": ""}
+
+
+def _read_file(path: Path, kind: str | None = None) -> pd.DataFrame:
+    kind = kind or FORMATS.get(path.suffix.lower())
     if kind is None:
         raise DataError(f"{path}: unknown file type '{path.suffix}' (use one of: {', '.join(sorted(FORMATS))})")
     if kind in ("csv", "tsv"):
@@ -60,11 +66,30 @@ def _first_non_utf8(path: Path) -> str:
     return "an invalid byte"
 
 
-def read(source, what: str = "dataset") -> pd.DataFrame:
-    """Return a DataFrame for `source` (a path, a DataFrame or a pyarrow Table)."""
+def with_format(source, data_format: str | None, what: str = "dataset"):
+    """`source` read as Ludwig's `data_format` says (a file of another extension read as CSV, say), or `source`
+    itself when the format is None or 'auto' (the extension decides) or the source is not a file path."""
+    if data_format in UNREAD_FORMATS:
+        why = UNREAD_FORMATS[data_format]
+        raise DataError(f"data_format '{data_format}' is not read by tunefork{f' ({why})' if why else ''}: save the "
+                        "table as CSV, TSV, JSON, JSONL or Parquet and give that file")
+    if data_format not in (None, *DATA_FORMATS):
+        raise DataError(f"data_format '{data_format}' is not a format (one of: {', '.join(DATA_FORMATS)})"
+                        f"{did_you_mean(data_format, DATA_FORMATS)}")
+    if data_format == "dict" and isinstance(source, dict):
+        return pd.DataFrame(source)
+    if data_format in (None, "auto", "df", "dict") or not isinstance(source, (str, Path)):
+        return source
+    return read(source, what, data_format)
+
+
+def read(source, what: str = "dataset", data_format: str | None = None) -> pd.DataFrame:
+    """Return a DataFrame for `source` (a path, a DataFrame or a pyarrow Table); a path is read by its extension,
+    or as `data_format` (csv, tsv, json, jsonl, parquet) when given. A DataFrame keeps the name of the file it was
+    read from."""
     if isinstance(source, pd.DataFrame):
         frame = source.reset_index(drop=True)
-        name = f"the {what} DataFrame"
+        name = source.attrs.get("source") or f"the {what} DataFrame"
     elif type(source).__module__.startswith("pyarrow"):
         frame = source.to_pandas()
         name = f"the {what} table"
@@ -76,7 +101,7 @@ def read(source, what: str = "dataset") -> pd.DataFrame:
         if path.stat().st_size == 0:
             raise DataError(f"{path}: the file is empty")
         try:
-            frame = _read_file(path)
+            frame = _read_file(path, data_format)
         except DataError:
             raise
         except UnicodeDecodeError:
@@ -85,7 +110,7 @@ def read(source, what: str = "dataset") -> pd.DataFrame:
             raise DataError(f"{path}: the file has no columns") from None
         except pd.errors.ParserError as exc:
             first_line = str(exc).strip().splitlines()[-1]
-            raise DataError(f"{path}: cannot be parsed as {path.suffix[1:].upper()} ({first_line})") from None
+            raise DataError(f"{path}: cannot be parsed as {(data_format or path.suffix[1:]).upper()} ({first_line})") from None
         except (ValueError, OSError) as exc:
             raise DataError(f"{path}: cannot be read ({str(exc).splitlines()[0]})") from None
     if len(frame) == 0:

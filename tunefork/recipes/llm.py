@@ -202,14 +202,16 @@ class Fitted:
                             self._plan.decisions["max_new_tokens"].reason)
         return self._plan
 
-    def generate(self, frame: pd.DataFrame) -> list[str]:
+    def generate(self, frame: pd.DataFrame, texts: list[str] | None = None) -> list[str]:
+        """The response to each row's prompt (the template filled from `frame`), or to `texts` as given, one per row
+        of `frame` (Ludwig's `LudwigModel.generate` applies no template)."""
         from tunefork.models import llm
         from tunefork.training.loop import autocast
 
         plan, config = self.plan, self.config
         limits_ = prompts.Limits(**self.meta["limits"])
-        ids, cut = prompts.encode_prompts(self.tokenizers, prompts.render(config, frame), limits_,
-                                          reserve=plan["max_new_tokens"])
+        ids, cut = prompts.encode_prompts(self.tokenizers, prompts.render(config, frame) if texts is None else texts,
+                                          limits_, reserve=plan["max_new_tokens"])
         _refuse_cut_below_minimum(frame, cut, limits_, plan)
         if cut.any():
             log.warning("truncated: %d of %d prompts lost their start to fit %d tokens (max_sequence_length %d less "
