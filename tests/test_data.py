@@ -70,7 +70,7 @@ def test_dataframe_and_arrow_table(frame):
         ("empty.csv", b"", "the file is empty"),
         ("header_only.csv", b"review,sentiment\n", "no rows"),
         ("blank_lines.csv", b"\n\n", "the file has no columns"),
-        ("table.xlsx", b"PK", "unknown file type '.xlsx' (use one of: .csv, .json, .jsonl, .parquet, .pq, .tsv)"),
+        ("table.xlsx", b"PK", "unknown file type '.xlsx' (use one of: .csv, .json, .jsonl, .parquet, .pq, .tsv, or name the format with data_format)"),
         ("latin1.csv", "review,sentiment\ncafé,positive\n".encode("latin-1"), "not UTF-8 text (line 2); re-save the file as UTF-8"),
         ("latin1.jsonl", '{"review": "ok"}\n{"review": "café"}\n'.encode("latin-1"), "not UTF-8 text (line 2)"),
         ("ragged.csv", b"a,b\n1,2\n3,4,5\n", "cannot be parsed as CSV (Error tokenizing data. C error: Expected 2 fields in line 3, saw 3)"),

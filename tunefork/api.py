@@ -16,8 +16,17 @@ from tunefork.console import Console
 from tunefork.data import read
 from tunefork.runner import Data, Options, TrainResult
 
-__all__ = ["Model", "TrainResult", "config_of_run"]
+__all__ = ["Model", "TrainResult", "config_of_run", "overall_stats"]
 config_of_run = rundir.config_of_run
+
+
+def overall_stats(statistics: dict, keep: bool = True) -> dict:
+    """`statistics` as they are, or without the overall statistics — the confusion matrices — that Ludwig collects
+    only when asked (`collect_overall_stats`, `skip_collect_overall_stats`)."""
+    if keep:
+        return statistics
+    return {name: {k: v for k, v in values.items() if k != "confusion_matrix"} if isinstance(values, dict) else values
+            for name, values in statistics.items()}
 
 
 class Model:
@@ -57,7 +66,8 @@ class Model:
         return trained.result
 
     def experiment(self, dataset=None, *, training_set=None, validation_set=None, test_set=None,
-                   skip_save_eval_stats: bool = False, skip_save_predictions: bool = False, **kwargs):
+                   skip_save_eval_stats: bool = False, skip_save_predictions: bool = False,
+                   skip_collect_overall_stats: bool = False, **kwargs):
         """Train, then evaluate on the test split; writes test_statistics.json and test_predictions.csv (unless
         skipped, with Ludwig's flags). The test predictions stay in `test_predictions`."""
         result = self.train(dataset, training_set=training_set, validation_set=validation_set, test_set=test_set, **kwargs)
@@ -65,7 +75,7 @@ class Model:
         if test is None or len(test) == 0:
             return result, None
         statistics, predictions = self._ready().evaluate(read.read(test))
-        self.test_predictions = predictions
+        statistics, self.test_predictions = overall_stats(statistics, not skip_collect_overall_stats), predictions
         if result.output_directory is not None:
             if not skip_save_eval_stats:
                 rundir.write_json(result.output_directory / "test_statistics.json", statistics)

@@ -7,6 +7,8 @@ import gc
 import logging
 import sys
 
+from tunefork import ludwig_cli
+
 COMMANDS = {
     "train": "train a model from a config and a dataset",
     "predict": "write predictions of a trained model for a dataset",
@@ -71,24 +73,27 @@ def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="tunefork", description="Declarative fine-tuning of Hugging Face transformers.",
                                    parents=[_global_flags(inside_command=False)])
     sub = root.add_subparsers(dest="command", metavar="COMMAND")
-    parsers = {name: sub.add_parser(name, help=text, description=text, parents=[_global_flags(inside_command=True)])
+    parsers = {name: sub.add_parser(name, help=text, description=text, parents=[_global_flags(inside_command=True)],
+                                    aliases=ludwig_cli.ALIASES.get(name, []))
                for name, text in COMMANDS.items()}
-    _train_flags(parsers["train"])
-    _train_flags(parsers["experiment"])
+    for name in ("train", "experiment"):
+        _train_flags(parsers[name])
+        ludwig_cli.train_flags(parsers[name], experiment=name == "experiment")
     for name in ("predict", "evaluate"):
         p = parsers[name]
         _model_flags(p)
         p.add_argument("--dataset", required=True)
         p.add_argument("--output_directory", default="results", help="where the output files go")
-        p.add_argument("--backend", choices=("local", "ray"),
+        p.add_argument("--backend",
                        help="ray: Ray Data workers read a folder, glob or Parquet/CSV file, each loading the model once "
                             "(default: the model config's backend.type for a folder or glob, else this process)")
+        ludwig_cli.inference_flags(p, name)
         p.add_argument("--overwrite", action="store_true",
                        help="replace an earlier output; by default a new name is taken (predictions_1.csv, ...)")
     parsers["predict"].add_argument("--output_format", choices=("csv", "parquet"), default="csv",
                                     help="with --backend ray, parquet writes a folder predictions/ of parts in input order")
     for name in ("check-config", "render-config"):
-        parsers[name].add_argument("config", help="YAML config")
+        ludwig_cli.config_flags(parsers[name], render=name == "render-config")
     _product_flags(parsers)
     return root
 
@@ -191,18 +196,9 @@ def _check_numbers(args) -> None:
 
 def _run(args) -> int:
     _check_numbers(args)
-    if args.command == "check-config":
-        from tunefork import check, config
-
-        loaded = config.load(args.config)
-        skipped = check.check(loaded, strict=False)  # the model's config.json too, when it can be read
-        print(f"{args.config}: valid" + (f" (not checked against the model: {skipped})" if skipped else ""))
-        return 0
-    if args.command == "render-config":
-        from tunefork import config
-
-        print(config.render(config.load(args.config)))
-        return 0
+    ludwig_cli.check(args)
+    if args.command in ("check-config", "render-config"):
+        return ludwig_cli.config_command(args)
     if args.command in ("init-config", "serve", "visualize", "export"):
         return _product(args)
     if args.command == "convert-gguf":
@@ -214,18 +210,28 @@ def _run(args) -> int:
         from tunefork.api import config_of_run
         from tunefork.errors import TuneforkError
 
-        if args.config is None and args.model_resume_path is None:
-            raise TuneforkError("give a config with -c/--config (or --model_resume_path to continue a run)")
-        model = Model(args.config or config_of_run(args.model_resume_path), quiet=args.quiet)
+        source = ludwig_cli.config_source(args, required=False)
+        if source is None and args.model_resume_path is None:
+            raise TuneforkError("give a config with -c/--config or --config_str (or --model_resume_path to continue a run)")
+        model = Model(ludwig_cli.backend_of(source or config_of_run(args.model_resume_path), args.backend),
+                      quiet=args.quiet)
         run = model.train if args.command == "train" else model.experiment
-        run(args.dataset, training_set=args.training_set, validation_set=args.validation_set, test_set=args.test_set,
-            output_directory=args.output_directory, experiment_name=args.experiment_name, model_name=args.model_name,
-            random_seed=args.random_seed, skip_save_model=args.skip_save_model, logger=args.logger,
-            model_resume_path=args.model_resume_path)
+        data = {name: ludwig_cli.data(args, getattr(args, name))
+                for name in ("dataset", "training_set", "validation_set", "test_set")}
+        extra = {"skip_collect_overall_stats": args.skip_collect_overall_stats} if args.command == "experiment" else {}
+        run(data.pop("dataset"), **data, output_directory=args.output_directory, experiment_name=args.experiment_name,
+            model_name=args.model_name, random_seed=args.random_seed, skip_save_model=args.skip_save_model,
+            logger=ludwig_cli.loggers(args), model_resume_path=args.model_resume_path,
+            **ludwig_cli.train_options(args), **extra)
         return 0
 
+    args.dataset = ludwig_cli.data(args, args.dataset)  # read as --data_format says, when given
     ray = _ray_backend(args)
     if args.command == "predict":
+        if args.skip_save_predictions:
+            model = Model.load(args.model_path, quiet=args.quiet, trust_remote_code=args.trust_remote_code)
+            print(f"{len(model.predict(args.dataset))} predictions made; none written (--skip_save_predictions)")
+            return 0
         if ray is not None:
             from tunefork.backends import ray_predict
 
@@ -241,6 +247,7 @@ def _run(args) -> int:
         print(f"{rows} predictions written to {path}")
         return 0
     from tunefork import rundir
+    from tunefork.api import overall_stats
     from tunefork.console import Console
 
     if ray is not None:
@@ -250,8 +257,12 @@ def _run(args) -> int:
     else:
         model = Model.load(args.model_path, quiet=args.quiet, trust_remote_code=args.trust_remote_code)
         statistics = model.evaluate(args.dataset)
-    path, _ = _output(args, "test_statistics.json", lambda p: rundir.write_json(p, statistics))
+    statistics = overall_stats(statistics, keep=not args.skip_collect_overall_stats)
     Console().table({"dataset": statistics}, f"evaluation of {args.model_path}")
+    if args.skip_save_eval_stats:
+        print("statistics not written (--skip_save_eval_stats)")
+        return 0
+    path, _ = _output(args, "test_statistics.json", lambda p: rundir.write_json(p, statistics))
     print(f"statistics written to {path}")
     return 0
 
@@ -290,6 +301,7 @@ def _output(args, name: str, write, folder: bool = False):
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    args.command = ludwig_cli.canonical(args.command)  # init_config → init-config, ...
     if args.command is None:
         parser().print_help()
         return 2

@@ -38,6 +38,7 @@ import pandas as pd
 
 from tunefork import config as config_mod
 from tunefork import rundir
+from tunefork.api import Model, overall_stats
 from tunefork.data import read
 from tunefork.errors import TuneforkError, did_you_mean
 
@@ -134,7 +135,7 @@ PREDICTING = {
 }
 
 
-def _gpus(gpus) -> None:
+def use_gpus(gpus) -> None:
     """Ludwig's `gpus` (CUDA_VISIBLE_DEVICES syntax): applied before CUDA starts, refused where there is none."""
     if gpus is None:
         return
@@ -142,7 +143,7 @@ def _gpus(gpus) -> None:
 
     visible = ",".join(map(str, gpus)) if isinstance(gpus, (list, tuple)) else str(gpus)
     if torch.cuda.is_initialized():
-        raise TuneforkError(f"gpus={gpus!r}: CUDA is already in use in this process; set CUDA_VISIBLE_DEVICES="
+        raise TuneforkError(f"gpus {visible}: CUDA is already in use in this process; set CUDA_VISIBLE_DEVICES="
                             f"{visible} before starting Python instead")
     before = os.environ.get("CUDA_VISIBLE_DEVICES")
     os.environ["CUDA_VISIBLE_DEVICES"] = visible
@@ -151,10 +152,10 @@ def _gpus(gpus) -> None:
             os.environ.pop("CUDA_VISIBLE_DEVICES")
         else:
             os.environ["CUDA_VISIBLE_DEVICES"] = before
-        raise TuneforkError(f"gpus={gpus!r}: this machine has no CUDA GPU, so tunefork runs on the CPU; leave gpus out")
+        raise TuneforkError(f"gpus {visible}: this machine has no CUDA GPU, so tunefork runs on the CPU; leave gpus out")
 
 
-def _with_backend(raw: dict, backend) -> dict:
+def with_backend(raw: dict, backend) -> dict:
     """The config with Ludwig's `backend` argument ('local' or 'ray') as its backend.type."""
     if backend is None:
         return raw
@@ -177,32 +178,22 @@ def _evaluation_frequency(config) -> EvaluationFrequency:
     return EvaluationFrequency(1.0 / per_epoch if per_epoch else 1.0, "epoch")
 
 
-def _overall(statistics: dict, keep: bool) -> dict:
-    """Ludwig adds the overall statistics (the confusion matrix) only when asked to collect them."""
-    if keep:
-        return statistics
-    return {name: {k: v for k, v in values.items() if k != "confusion_matrix"} if isinstance(values, dict) else values
-            for name, values in statistics.items()}
-
-
 class LudwigModel:
     """Ludwig's `LudwigModel` over a tunefork `Model`: the same arguments, return shapes and column names."""
 
     def __init__(self, config, logging_level: int = logging.ERROR, backend=None, gpus=None, gpu_memory_limit=None,
                  allow_parallel_threads: bool = True, callbacks=None):
-        from tunefork.api import Model
-
         raw = config_mod.read_yaml(config) if isinstance(config, (str, Path)) else config
         if not isinstance(raw, dict):
             raise TuneforkError(f"config: give a dict or the path of a YAML file, got {type(raw).__name__}")
         self._setup(logging_level, gpus, gpu_memory_limit, allow_parallel_threads, callbacks)
-        self._model = Model(_with_backend(raw, backend), progress=self._verbose, quiet=not self._verbose)
+        self._model = Model(with_backend(raw, backend), progress=self._verbose, quiet=not self._verbose)
 
     def _setup(self, logging_level, gpus, gpu_memory_limit, allow_parallel_threads, callbacks) -> None:
         refuse("__init__", {"gpu_memory_limit": gpu_memory_limit, "callbacks": callbacks},
                {"gpu_memory_limit": (None, "tunefork does not cap GPU memory; trainer.batch_size: auto fits the "
                                            "batch to the memory there is"), "callbacks": COMMON["callbacks"]})
-        _gpus(gpus)
+        use_gpus(gpus)
         if not allow_parallel_threads:  # Ludwig's switch for repeatable CPU results: one intra-op thread
             import torch
 
@@ -291,9 +282,9 @@ class LudwigModel:
             skip_save_predictions=skip_save_predictions or skip_collect_predictions,  # none collected: none saved
             skip_save_progress=skip_save_progress, skip_save_processed_input=skip_save_processed_input,
             skip_save_training_statistics=skip_save_training_statistics,
-            skip_save_training_description=skip_save_training_description)
-        eval_stats = None if statistics is None else _overall(statistics, not skip_collect_overall_stats)
-        return ExperimentResults(eval_stats, self._train_stats(result.statistics),
+            skip_save_training_description=skip_save_training_description,
+            skip_collect_overall_stats=skip_collect_overall_stats)
+        return ExperimentResults(statistics, self._train_stats(result.statistics),
                                  self._preprocessed(self._model.prepared), _text(result.output_directory))
 
     # ------------------------------------------------------------------------------------------------ inference
@@ -327,7 +318,7 @@ class LudwigModel:
             written = _write(output_directory, "test_statistics.json", statistics)
         if not skip_save_predictions:
             written = _write(output_directory, "predictions.csv", predictions)
-        return EvaluationResults(_overall(statistics, collect_overall_stats),
+        return EvaluationResults(overall_stats(statistics, collect_overall_stats),
                                  predictions if collect_predictions else None, written)
 
     def _generating(self, generation_config):
@@ -337,8 +328,6 @@ class LudwigModel:
             return self._model
         if self._model.config.model_type != "llm":
             raise TuneforkError("generation_config: only a model_type: llm generates text; leave it out")
-        from tunefork.api import Model
-
         raw = config_mod.to_dict(self._model.config)
         config = config_mod.load({**raw, "generation": {**raw["generation"], **generation_config}})
         copy = Model(config, progress=False, quiet=True)
@@ -374,8 +363,6 @@ class LudwigModel:
     def load(model_dir, logging_level: int = logging.ERROR, backend=None, gpus=None, gpu_memory_limit=None,
              allow_parallel_threads: bool = True, callbacks=None, from_checkpoint: bool = False) -> LudwigModel:
         """A model folder (`results/<run>/model`) or its run directory."""
-        from tunefork.api import Model
-
         refuse("load", {"from_checkpoint": from_checkpoint, "backend": backend},
                {"from_checkpoint": (False, "a finished run's model/ is what loads; continue a stopped run with "
                                            "train(model_resume_path=...)"),

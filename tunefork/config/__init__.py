@@ -89,16 +89,26 @@ def read_yaml(path: str | Path) -> Any:
     if size > MAX_BYTES:
         raise ConfigError([f"{path}: {size / 2**20:.1f} MiB is too large for a config file (at most {MAX_BYTES // 2**20} MiB)"])
     try:
-        return _parse(path.read_text(encoding="utf-8"), path)
+        return parse_yaml(path.read_text(encoding="utf-8"), path)
     except UnicodeDecodeError:
         raise ConfigError([f"{path}: not a UTF-8 text file"]) from None
+
+
+def parse_yaml(text: str, where: str | Path) -> Any:
+    """YAML (or JSON) text read as safely as `read_yaml` reads a file; errors name `where` (a file, or a flag such as
+    --config_str)."""
+    if len(text.encode("utf-8")) > MAX_BYTES:
+        raise ConfigError([f"{where}: too large for a config (at most {MAX_BYTES // 2**20} MiB)"])
+    path = Path(str(where))
+    try:
+        return _parse(text, path)
     except RecursionError:
         raise ConfigError([f"{path}: nested too deeply to be a config"]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        at = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError([f"{path}:{where}: {problem}"]) from None
+        raise ConfigError([f"{path}:{at}: {problem}"]) from None
 
 
 def load(source: str | Path | dict | Config | LLMConfig) -> Config | LLMConfig:

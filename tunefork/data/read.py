@@ -24,7 +24,8 @@ UNREAD_FORMATS = {"pickle": "a pickle can run code when loaded", "hdf5": "Ludwig
 def _read_file(path: Path, kind: str | None = None) -> pd.DataFrame:
     kind = kind or FORMATS.get(path.suffix.lower())
     if kind is None:
-        raise DataError(f"{path}: unknown file type '{path.suffix}' (use one of: {', '.join(sorted(FORMATS))})")
+        raise DataError(f"{path}: unknown file type '{path.suffix}' (use one of: {', '.join(sorted(FORMATS))}, or "
+                        "name the format with data_format)")
     if kind in ("csv", "tsv"):
         sep = "\t" if kind == "tsv" else ","
         _refuse_duplicate_columns(path, sep)
