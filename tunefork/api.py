@@ -43,6 +43,7 @@ class Model:
         self._fitted = None  # the recipe's Fitted model, once trained or loaded
         self._folder = None  # the model folder it was loaded from (what Ray workers load)
         self._last_test = self._report = self.prepared = None  # prepared: the last run's preprocessed splits
+        self.splits = {}  # the last run's rows per split (training, validation, test)
         self.test_predictions = None  # the last experiment's predictions of its test split
 
     # ------------------------------------------------------------------------------------------------ training
@@ -62,7 +63,7 @@ class Model:
                           model_resume_path, **skip_save)
         trained = runner.train(self.recipe, self.console, data, options)
         self._fitted, self._last_test, self._report = trained.fitted, trained.test, trained.report
-        self.prepared = trained.prepared
+        self.prepared, self.splits = trained.prepared, trained.splits
         return trained.result
 
     def experiment(self, dataset=None, *, training_set=None, validation_set=None, test_set=None,

@@ -30,9 +30,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
 
 import pandas as pd
 
@@ -41,6 +39,18 @@ from tunefork import rundir
 from tunefork.api import Model, overall_stats
 from tunefork.data import read
 from tunefork.errors import TuneforkError, did_you_mean
+from tunefork.ludwig_results import (
+    EvaluationFrequency,
+    EvaluationResults,
+    ExperimentResults,
+    PredictionResults,
+    PreprocessedDataset,
+    TrainingResults,
+    TrainingStats,
+    frame_or,
+    ludwig_columns,
+    shaped,
+)
 
 __all__ = ["EvaluationFrequency", "LudwigModel", "PreprocessedDataset", "TrainingStats"]
 log = logging.getLogger("tunefork")
@@ -50,61 +60,6 @@ OTHER_BACKENDS = {"horovod": "tunefork distributes training with Ray Train (DDP 
                   "deepspeed": "tunefork shards a model with Ray Train's FSDP: use backend='ray' with "
                                "backend.trainer.strategy: fsdp in the config",
                   "dask": "tunefork reads large datasets with Ray Data: use backend='ray'"}
-
-
-@dataclass(frozen=True)
-class EvaluationFrequency:
-    """How often the statistics were recorded: every `frequency` `period`s ('epoch' or 'step'), as in Ludwig."""
-
-    frequency: float = 1.0
-    period: str = "epoch"
-
-
-@dataclass(frozen=True)
-class TrainingStats:
-    """split → output feature (and 'combined') → metric → one value per evaluation."""
-
-    training: dict
-    validation: dict
-    test: dict
-    evaluation_frequency: EvaluationFrequency = field(default_factory=EvaluationFrequency)
-
-    def __getitem__(self, split: str) -> dict:  # Ludwig's dict-style access: train_stats["validation"]
-        return {"training": self.training, "validation": self.validation, "test": self.test}[split]
-
-
-class PreprocessedDataset(NamedTuple):
-    """The preprocessed splits (tunefork tables; a split the data did not have is None) and the metadata fitted on
-    the training split (vocabularies, normalization)."""
-
-    training_set: Any
-    validation_set: Any
-    test_set: Any
-    training_set_metadata: dict
-
-
-class TrainingResults(NamedTuple):
-    train_stats: TrainingStats
-    preprocessed_data: PreprocessedDataset
-    output_directory: str | None
-
-
-class PredictionResults(NamedTuple):
-    predictions: pd.DataFrame
-    output_directory: str | None
-
-
-class EvaluationResults(NamedTuple):
-    eval_stats: dict
-    predictions: pd.DataFrame | None
-    output_directory: str | None
-
-
-class ExperimentResults(NamedTuple):
-    eval_stats: dict | None
-    train_stats: TrainingStats
-    preprocessed_data: PreprocessedDataset
-    output_directory: str | None
 
 
 def refuse(method: str, given: dict, accepted: dict) -> None:
@@ -130,7 +85,7 @@ PREDICTING = {
     "batch_size": (None, "set trainer.eval_batch_size in the config; prediction batches follow it"),
     "skip_save_unprocessed_output": (True, "tunefork writes no raw tensor outputs; the probabilities are columns "
                                            "of the predictions"),
-    "return_type": (pd.DataFrame, "predictions come back as a pandas DataFrame; call .to_dict() on it"),
+    "return_type": (pd.DataFrame, "give pd.DataFrame or dict"),
     "callbacks": COMMON["callbacks"],
 }
 
@@ -236,17 +191,18 @@ class LudwigModel:
                                    skip_save_processed_input=skip_save_processed_input,
                                    skip_save_training_statistics=skip_save_training_statistics,
                                    skip_save_training_description=skip_save_training_description)
-        return TrainingResults(self._train_stats(result.statistics), self._preprocessed(self._model.prepared),
+        return TrainingResults(self._train_stats(result.statistics), self._preprocessed(),
                                _text(result.output_directory))
 
     def _train_stats(self, statistics: dict) -> TrainingStats:
         return TrainingStats(statistics.get("training", {}), statistics.get("validation", {}),
                              statistics.get("test", {}), _evaluation_frequency(self._model.config))
 
-    @staticmethod
-    def _preprocessed(prepared) -> PreprocessedDataset:
-        tables = prepared.tables
-        return PreprocessedDataset(tables.get("training"), tables.get("validation"), tables.get("test"), prepared.meta)
+    def _preprocessed(self, splits: dict | None = None, prepared=None) -> PreprocessedDataset:
+        """The last run's splits (or those given) and the metadata fitted on its training split."""
+        splits = self._model.splits if splits is None else splits
+        meta = (prepared or self._model.prepared).meta
+        return PreprocessedDataset(splits.get("training"), splits.get("validation"), splits.get("test"), meta)
 
     def preprocess(self, dataset=None, training_set=None, validation_set=None, test_set=None,
                    training_set_metadata=None, data_format=None, skip_save_processed_input: bool = True,
@@ -257,8 +213,8 @@ class LudwigModel:
 
         refuse("preprocess", {"training_set_metadata": training_set_metadata, **kwargs}, COMMON)
         data = runner.Data(*(read.with_format(s, data_format) for s in (dataset, training_set, validation_set, test_set)))
-        _, prepared = runner.prepare(self._model.recipe, data, random_seed, Phases(), skip_save_processed_input)
-        return self._preprocessed(prepared)
+        splits, prepared = runner.prepare(self._model.recipe, data, random_seed, Phases(), skip_save_processed_input)
+        return self._preprocessed(splits, prepared)
 
     def experiment(self, dataset=None, training_set=None, validation_set=None, test_set=None,
                    training_set_metadata=None, data_format=None, experiment_name: str = "experiment",
@@ -284,8 +240,8 @@ class LudwigModel:
             skip_save_training_statistics=skip_save_training_statistics,
             skip_save_training_description=skip_save_training_description,
             skip_collect_overall_stats=skip_collect_overall_stats)
-        return ExperimentResults(statistics, self._train_stats(result.statistics),
-                                 self._preprocessed(self._model.prepared), _text(result.output_directory))
+        return ExperimentResults(statistics, self._train_stats(result.statistics), self._preprocessed(),
+                                 _text(result.output_directory))
 
     # ------------------------------------------------------------------------------------------------ inference
     def predict(self, dataset=None, data_format=None, split: str = "full", batch_size=None, generation_config=None,
@@ -294,13 +250,13 @@ class LudwigModel:
                 **kwargs) -> PredictionResults:
         """Predictions for every row; with `skip_save_predictions=False` also written to
         `<output_directory>/predictions.csv` (the next free name: predictions_1.csv, ...)."""
-        refuse("predict", {"split": split, "batch_size": batch_size, "return_type": return_type,
+        refuse("predict", {"split": split, "batch_size": batch_size, "return_type": frame_or(return_type),
                            "skip_save_unprocessed_output": skip_save_unprocessed_output, "callbacks": callbacks,
                            **kwargs}, PREDICTING)
         model = self._generating(generation_config)
         predictions = ludwig_columns(model.predict(read.with_format(dataset, data_format)), model)
         written = None if skip_save_predictions else _write(output_directory, "predictions.csv", predictions)
-        return PredictionResults(predictions, written)
+        return PredictionResults(shaped(predictions, model, return_type), written)
 
     def evaluate(self, dataset=None, data_format=None, split: str = "full", batch_size=None,
                  skip_save_unprocessed_output: bool = True, skip_save_predictions: bool = True,
@@ -309,7 +265,7 @@ class LudwigModel:
                  **kwargs) -> EvaluationResults:
         """Statistics per output feature (and 'combined'); the predictions too with `collect_predictions`, the
         confusion matrices with `collect_overall_stats`. Files are written only where a skip_save_* is False."""
-        refuse("evaluate", {"split": split, "batch_size": batch_size, "return_type": return_type,
+        refuse("evaluate", {"split": split, "batch_size": batch_size, "return_type": frame_or(return_type),
                             "skip_save_unprocessed_output": skip_save_unprocessed_output, **kwargs}, PREDICTING)
         statistics, predictions = self._model.score(read.with_format(dataset, data_format))
         predictions = ludwig_columns(predictions, self._model)
@@ -319,7 +275,8 @@ class LudwigModel:
         if not skip_save_predictions:
             written = _write(output_directory, "predictions.csv", predictions)
         return EvaluationResults(overall_stats(statistics, collect_overall_stats),
-                                 predictions if collect_predictions else None, written)
+                                 shaped(predictions, self._model, return_type) if collect_predictions else None,
+                                 written)
 
     def _generating(self, generation_config):
         """The model, or for an LLM given Ludwig's `generation_config` a copy generating with those settings (the
@@ -372,18 +329,6 @@ class LudwigModel:
         loaded._setup(logging_level, gpus, gpu_memory_limit, allow_parallel_threads, callbacks)
         loaded._model = Model.load(model_dir, progress=loaded._verbose, quiet=not loaded._verbose)
         return loaded
-
-
-def ludwig_columns(predictions: pd.DataFrame, model) -> pd.DataFrame:
-    """tunefork's prediction columns plus Ludwig's `<f>_probabilities`: each row's class probabilities as a list,
-    in the order of the `<f>_probabilities_<class>` columns (the model's class order)."""
-    out = predictions.copy()
-    for feature in model.config.output_features:
-        per_class = [c for c in predictions.columns if c.startswith(f"{feature.name}_probabilities_")]
-        if per_class:
-            position = out.columns.get_loc(per_class[0])
-            out.insert(position, f"{feature.name}_probabilities", predictions[per_class].to_numpy().tolist())
-    return out
 
 
 def _write(directory, name: str, value) -> str:

@@ -60,14 +60,18 @@ class Options:
 
 @dataclass(frozen=True)
 class Trained:
-    """What `train` hands back: the records, the fitted model, the raw test split (or None), the run report (or
-    None) and the preprocessed splits with their metadata."""
+    """What `train` hands back: the records, the fitted model, the splits' rows (split name → DataFrame; none
+    when Ray Data read a file set), the run report (or None) and the preprocessed splits with their metadata."""
 
     result: TrainResult
     fitted: object
-    test: pd.DataFrame | None
+    splits: dict
     report: object
     prepared: object
+
+    @property
+    def test(self) -> pd.DataFrame | None:
+        return self.splits.get("test")
 
 
 def splits(config, data: Data, seed: int) -> dict[str, pd.DataFrame]:
@@ -211,7 +215,7 @@ def _train(recipe, console, data: Data, options: Options):
                    keep_description=not options.skip_save_training_description)
         console.note(f"saved: {run.path}")
     result = TrainResult(run.path if run else None, statistics, efficiency, plan.to_dict())
-    return Trained(result, fitted, frames.get("test"), report if run is not None else None, prepared)
+    return Trained(result, fitted, frames, report if run is not None else None, prepared)
 
 
 def _fit(recipe, model, prepared, plan, seed, board, run, resume, workers):
