@@ -22,6 +22,16 @@ from pydantic_core import PydanticCustomError
 from tunefork.errors import did_you_mean
 
 
+def _instead(key, known: set[str]) -> str:
+    """What to write instead of an unknown key: the nearest known one, else remove it (and what this section takes)."""
+    hint = did_you_mean(key, known)
+    if hint:
+        return hint
+    names = sorted(k for k in known if not k.startswith("_"))
+    shown = ", ".join(names[:12]) + (f", … ({len(names)} keys)" if len(names) > 12 else "")
+    return f"; remove it (this section takes: {shown})"
+
+
 class Section(BaseModel):
     """A frozen config section. A key the section does not define is an error, never silently dropped.
 
@@ -43,7 +53,7 @@ class Section(BaseModel):
                 if key not in known:
                     shown = key if isinstance(key, str) and key.isprintable() and key else repr(key)  # one line, always
                     raise PydanticCustomError(
-                        "unknown_key", "unknown key {key}{hint}", {"key": shown, "hint": did_you_mean(key, known)}
+                        "unknown_key", "unknown key {key}{hint}", {"key": shown, "hint": _instead(key, known)}
                     )
         return data
 

@@ -69,7 +69,7 @@ class RayTrainer(Section):
             if name.upper() in ("CPU", "GPU") and name != name.upper():
                 raise ValueError(f"'{name}': Ray's resource names are case-sensitive (did you mean '{name.upper()}'?)")
             if amount < 0:
-                raise ValueError(f"'{name}': {amount} is negative")
+                raise ValueError(f"'{name}': {amount} is negative; give 0 or more")
         return value
 
 

@@ -187,7 +187,8 @@ class FeatureBase(Section):
     @classmethod
     def _safe_as_folder_name(cls, name: str) -> str:
         if "/" in name or "\\" in name or name in (".", "..") or "\x00" in name:
-            raise ValueError(f"feature name {name!r} cannot be a folder name (no '/', '\\', '.' or '..')")
+            raise ValueError(f"feature name {name!r} cannot be a folder name (no '/', '\\', '.' or '..'); rename "
+                             "the feature and point `column` at the data's column")
         return name
 
     @property

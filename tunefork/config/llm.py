@@ -93,7 +93,8 @@ class CategoryExtractor(Section):
                 try:
                     re.compile(rule.value)
                 except re.error as exc:
-                    raise ValueError(f"match.{label}: invalid regular expression ({exc})") from None
+                    raise ValueError(f"match.{label}: invalid regular expression ({exc}); fix the pattern, or match "
+                                     "the text with type: contains") from None
         return self
 
 
@@ -116,7 +117,7 @@ class LLMCategoryOutput(LLMFeature):
         fallback, match = self.preprocessing.fallback_label, self.decoder.match
         if fallback is not None and match and fallback not in match:
             raise ValueError(f"preprocessing.fallback_label '{fallback}' is not one of the decoder.match labels "
-                             f"({', '.join(match)})")
+                             f"({', '.join(match)}); set it to one of them, or add a match entry for it")
         return self
 
 
@@ -136,9 +137,11 @@ class Prompt(Section):
         if self.template is not None:
             fields = placeholders(self.template)  # raises ValueError with the reason on a malformed template
             if not fields:
-                raise ValueError("template has no {column} placeholder, so every row would get the same prompt")
+                raise ValueError("template has no {column} placeholder, so every row would get the same prompt; add "
+                                 "the input column as {name}, or {__sample__}")
             if TASK in fields and not self.task:
-                raise ValueError("template uses {__task__} but prompt.task is not set")
+                raise ValueError("template uses {__task__} but prompt.task is not set; set prompt.task, or remove "
+                                 "{__task__}")
         return self
 
     def text(self) -> str | None:
@@ -239,11 +242,12 @@ class LLMConfig(Section):
     def _consistent(self):
         inp, out = self.input_features[0], self.output_features[0]
         if inp.name == out.name:
-            raise ValueError(f"feature names must be unique; repeated: {inp.name}")
+            raise ValueError(f"feature names must be unique; repeated: {inp.name} (rename one, and point its "
+                             "`column` at the data's column)")
         finetune = self.trainer.type == "finetune"
         if self.quantization is not None and finetune and self.adapter is None:
             raise ValueError("quantization with trainer.type finetune needs an adapter (QLoRA): quantized base "
-                             "weights cannot be trained directly")
+                             "weights cannot be trained directly; add adapter: lora, or remove quantization")
         if self.adapter is not None and not finetune and not self.adapter.pretrained_adapter_weights:
             raise ValueError(f"adapter {self.adapter.type} with trainer.type none would stay at its initial weights; "
                              f"set trainer.type: finetune, or adapter.pretrained_adapter_weights")

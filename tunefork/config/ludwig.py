@@ -31,6 +31,17 @@ NAMED_TRANSFORMERS = {
 DEFAULT_SECTIONS = ("preprocessing", "encoder", "decoder", "loss")
 # `defaults.category` serves inputs and outputs alike: each takes only the sections it has (Ludwig's rule).
 ROLE_SECTIONS = {"input_features": ("preprocessing", "encoder"), "output_features": ("preprocessing", "decoder", "loss")}
+# Ludwig's feature types that have no counterpart here, and what to write instead
+OTHER_TYPES = {
+    "image": "tunefork trains text and tabular models; describe the image with text, category or number columns",
+    "audio": "tunefork trains text and tabular models; use a text feature holding a transcript",
+    "sequence": "use a text feature (its tokenizer reads the sequence), or model_type: llm to generate one",
+    "timeseries": "use number features, one column per time step",
+    "vector": "use number features, one column per component",
+    "date": "use category or number features derived from the date (year, month, weekday)",
+    "h3": "use number features for latitude and longitude, or a category feature for the cell",
+    "bag": "use a text feature holding the items",
+}
 # Keys Ludwig writes into saved configs that are derived from the data or tokenizer, never set by a user.
 DERIVED_ENCODER_KEYS = ("vocab", "vocab_size", "saved_weights_in_checkpoint", "skip")
 
@@ -104,11 +115,25 @@ def _encoder(feature: dict, path: str) -> None:
             log.info("%s.encoder.%s ignored: derived from the model and tokenizer", path, key)
 
 
+def _refuse_other_types(raw: dict) -> None:
+    """Ludwig's image, audio, sequence, ... features: one line each, saying what to write instead."""
+    errors = []
+    for key in ("input_features", "output_features"):
+        features = raw.get(key)
+        for i, feature in enumerate(features if isinstance(features, list) else []):
+            kind = feature.get("type") if isinstance(feature, dict) else None
+            if isinstance(kind, str) and kind in OTHER_TYPES:
+                errors.append(f"{key}[{i}].type: '{kind}' is not supported: {OTHER_TYPES[kind]}")
+    if errors:
+        raise ConfigError(errors)
+
+
 def translate(raw: dict) -> dict:
     """Return a new dict in tunefork's schema; the caller's dict is never modified."""
     raw = copy.deepcopy(raw)
     if "ludwig_version" in raw:
         log.info("ludwig_version %s ignored", raw.pop("ludwig_version"))
+    _refuse_other_types(raw)
     defaults = _defaults(raw)
     for key in ("input_features", "output_features"):
         features = raw.get(key)

@@ -91,7 +91,8 @@ class Config(Section):
         names = [f.name for f in (*self.input_features, *self.output_features)]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
-            raise ValueError(f"feature names must be unique; repeated: {', '.join(duplicates)}")
+            raise ValueError(f"feature names must be unique; repeated: {', '.join(duplicates)} (rename one, and "
+                             "point its `column` at the data's column)")
         inputs = [f.name for f in self.input_features]
         for feature in self.input_features:
             tied = feature.tied
