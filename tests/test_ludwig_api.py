@@ -257,3 +257,28 @@ def test_logging_level_sets_tunefork_logger_and_backend_ray_sets_the_config():
     assert logging.getLogger("tunefork").level == logging.WARNING
     assert LudwigModel(TABULAR, backend="ray").config["backend"]["type"] == "ray"
     assert LudwigModel(TABULAR, callbacks=[]).config["backend"]["type"] == "local"  # no callbacks: none refused
+
+
+def test_preprocess_splits_fits_metadata_and_caches_only_when_asked(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNEFORK_CACHE_DIR", str(tmp_path / "cache"))
+    model, frame = LudwigModel(TABULAR), sentiment_frame(100, seed=2)
+    training_set, validation_set, test_set, metadata = model.preprocess(dataset=frame)  # Ludwig's default: no cache
+    assert (len(training_set), len(validation_set), len(test_set)) == (70, 10, 20)
+    assert set(metadata["inputs"]["genre"]["vocab"]) >= {"drama", "comedy", "horror"}
+    assert not (tmp_path / "cache").exists()
+    again = model.preprocess(dataset=frame, skip_save_processed_input=False)
+    assert len(list((tmp_path / "cache" / "preprocessed").iterdir())) == 1
+    pd.testing.assert_frame_equal(again.test_set, test_set)  # the same seed splits the same rows
+
+
+def test_experiment_returns_ludwig_results_and_skips_what_it_is_told(tmp_path):
+    results = LudwigModel(TABULAR).experiment(dataset=sentiment_frame(100, seed=4), output_directory=tmp_path,
+                                              skip_collect_overall_stats=True, skip_save_predictions=True)
+    eval_stats, train_stats, preprocessed_data, output_directory = results
+    assert eval_stats is results.eval_stats and "confusion_matrix" not in eval_stats["sentiment"]
+    assert eval_stats["sentiment"]["accuracy"] == pytest.approx(train_stats.test["sentiment"]["accuracy"][-1])
+    assert len(preprocessed_data.test_set) == 20
+    files = set(os.listdir(output_directory))
+    assert "test_statistics.json" in files and "test_predictions.csv" not in files
+    written = json.loads((Path(output_directory) / "test_statistics.json").read_text())
+    assert "confusion_matrix" not in written["sentiment"]
