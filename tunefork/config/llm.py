@@ -61,6 +61,19 @@ class LLMTextInput(LLMFeature):
     preprocessing: LLMTextPreprocessing = LLMTextPreprocessing()
 
 
+class LLMMessagesInput(LLMFeature):
+    """A conversation per row: a list of `{role, content}` turns (ShareGPT's `from`/`value` too), rendered with the
+    chat template; the loss falls on the assistant turns (`data.chat`)."""
+
+    type: Literal["messages"]
+    encoder: PassthroughTextEncoder = PassthroughTextEncoder()
+
+    @property
+    def preprocessing(self) -> LLMTextPreprocessing:
+        """No limit of its own: a conversation's turns share preprocessing.global_max_sequence_length."""
+        return LLMTextPreprocessing()
+
+
 class TextExtractor(Section):
     """The generated text, prompt stripped, is the prediction."""
 
@@ -131,6 +144,9 @@ class Prompt(Section):
         "must not read the output column. null: the input text as is (or "
         "Ludwig's default task template when a task is given).")
     task: str | None = Field(None, description="An instruction inserted at `{__task__}`.")
+    chat_template: str | None = Field(
+        None, min_length=1, description="A `messages` input's chat template (Jinja, as transformers' "
+        "apply_chat_template takes it). null: the base model's own.")
 
     @model_validator(mode="after")
     def _template_parses(self):
@@ -203,6 +219,11 @@ class LLMTrainer(Trainer):
     validation_metric: Literal["loss", "perplexity"] = "loss"
     group_by_length: bool = Field(
         True, description="Shuffle, then batch rows of similar token length together (less padding, same data).")
+    packing: bool = Field(
+        False, description="Pack training rows into sequences of max_sequence_length tokens, each row attending only "
+        "to itself (position ids restart per row); batch_size then counts packed sequences.")
+    packing_max_sequences_per_pack: int | None = Field(
+        None, gt=0, description="Most rows in one packed sequence (null: as many as fit).")
 
 
 class LLMPreprocessing(Preprocessing):
@@ -218,7 +239,7 @@ class LLMConfig(Section):
         None, description="Extra keyword arguments for from_pretrained (the auto_transformer encoder's key), e.g. "
         "{gguf_file: model.Q4_1.gguf} to read a llama.cpp file from the base_model folder, or {revision: ...}.")
     trust_remote_code: bool = Field(False, description="Run code shipped with the model folder. Off unless you say so.")
-    input_features: list[LLMTextInput] = Field(min_length=1)
+    input_features: list[tagged(LLMTextInput, LLMMessagesInput)] = Field(min_length=1)
     output_features: list[tagged(LLMTextOutput, LLMCategoryOutput)] = Field(min_length=1)
     prompt: Prompt = Prompt()
     adapter: Adapter = Field(None, description="A PEFT method (lora, adalora, adaption_prompt, ...); model/ then "
@@ -258,11 +279,40 @@ class LLMConfig(Section):
                 self.adapter.postprocessor.merge_adapter_into_base_model:
             raise ValueError("adapter.postprocessor.merge_adapter_into_base_model cannot merge into quantized base "
                              "weights; turn one of them off")
-        self._template_reads_the_input_not_the_output()
+        self._chat_or_template()
+        self._packing()
         field = self.trainer.validation_field
         if field not in ("combined", out.name):
             raise ValueError(f"trainer.validation_field '{field}' is neither 'combined' nor the output feature ({out.name})")
         return self
+
+    def _chat_or_template(self) -> None:
+        """A `messages` input is rendered by the chat template, so prompt.template and prompt.task would mean nothing
+        for it; prompt.chat_template means nothing without one."""
+        if self.input.type != "messages":
+            if self.prompt.chat_template is not None:
+                raise ValueError(f"prompt.chat_template renders a `messages` input, and '{self.input.name}' is "
+                                 f"{self.input.type}; remove it, or make the input type: messages")
+            self._template_reads_the_input_not_the_output()
+            return
+        for key in ("template", "task"):
+            if getattr(self.prompt, key) is not None:
+                raise ValueError(f"prompt.{key}: a `messages` input is rendered by its chat template; remove "
+                                 f"prompt.{key} (prompt.chat_template sets the template)")
+        if self.output.type != "text":
+            raise ValueError(f"output_features[0]: a `messages` input learns its assistant turns, so the output is "
+                             f"their text: write type: text, not {self.output.type}")
+        if self.output.preprocessing.max_sequence_length is not None:
+            raise ValueError("output_features[0].preprocessing.max_sequence_length: a `messages` input's turns are "
+                             "limited together; use preprocessing.global_max_sequence_length")
+
+    def _packing(self) -> None:
+        trainer = self.trainer
+        if trainer.packing_max_sequences_per_pack is not None and not trainer.packing:
+            raise ValueError("trainer.packing_max_sequences_per_pack needs trainer.packing: true")
+        if trainer.packing and trainer.type != "finetune":
+            raise ValueError("trainer.packing packs training rows, and trainer.type none trains nothing; remove it, "
+                             "or set trainer.type: finetune")
 
     def _template_reads_the_input_not_the_output(self) -> None:
         """A template must read the input feature (else every answer is learnt from the other columns alone) and must
@@ -279,7 +329,12 @@ class LLMConfig(Section):
                              f"input feature '{inp.name}'")
 
     @property
-    def input(self) -> LLMTextInput:
+    def chat(self) -> bool:
+        """Whether the input is a conversation (`messages`), rendered by a chat template."""
+        return self.input.type == "messages"
+
+    @property
+    def input(self):
         return self.input_features[0]
 
     @property

@@ -32,7 +32,8 @@ PROMPT_CUT, OUTPUT_CUT = 1, 2  # bits of `Encoded.cut`
 
 
 def check_columns(config, frame: pd.DataFrame, with_output: bool) -> None:
-    needed = config.columns() + ([config.output.source] if with_output else [])
+    """The columns a prompt reads, and the output's when `with_output` (a `messages` input holds its own answers)."""
+    needed = config.columns() + ([config.output.source] if with_output and not config.chat else [])
     for column in needed:
         if column not in frame.columns:
             what = "the output feature" if with_output and column == config.output.source else (
@@ -69,13 +70,15 @@ class Limits:
     total: int  # global_max_sequence_length, or the model's context length
 
 
-def encode_prompts(tokenizer, prompts: list[str], limits: Limits, reserve: int = 0) -> tuple[list[list[int]], np.ndarray]:
+def encode_prompts(tokenizer, prompts: list[str], limits: Limits, reserve: int = 0,
+                   special_tokens: bool = True) -> tuple[list[list[int]], np.ndarray]:
     """Prompt ids, cut to the input limit and to `total - reserve` (room kept for generated or output tokens), keeping
-    their end; and which rows were cut (bool per row)."""
+    their end; and which rows were cut (bool per row). A chat template writes its own special tokens:
+    `special_tokens=False` then."""
     room = max(1, limits.total - reserve)
     keep = min(limits.prompt or room, room)
     clipped = [clipping.keep_tail(prompt, keep) for prompt in prompts]
-    ids = tokenizer(clipped, add_special_tokens=True)["input_ids"]
+    ids = tokenizer(clipped, add_special_tokens=special_tokens)["input_ids"]
     cut = np.fromiter((len(row) > keep or short is not whole for row, short, whole in zip(ids, clipped, prompts, strict=True)),
                       dtype=bool, count=len(ids))
     return [row[-keep:] if len(row) > keep else row for row in ids], cut
@@ -83,11 +86,14 @@ def encode_prompts(tokenizer, prompts: list[str], limits: Limits, reserve: int =
 
 @dataclass(frozen=True)
 class Encoded:
-    """prompt + output ids per row (ragged), and how many of each row's leading tokens are the prompt."""
+    """prompt + output ids per row (ragged), and how many of each row's leading tokens are the prompt. A conversation
+    (`data.chat`) scores its assistant turns wherever they are: `label_mask` is then 1 on the tokens that carry a loss,
+    and `prompt_lengths` is the position of each row's first one."""
 
     ids: TokenIds
     prompt_lengths: np.ndarray
     cut: np.ndarray | None = None  # per row: PROMPT_CUT | OUTPUT_CUT bits (None: not recorded)
+    label_mask: TokenIds | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -101,11 +107,28 @@ class Encoded:
         from tunefork.data.tensors import Table
 
         cut = self.cut if self.cut is not None else np.zeros(len(self), dtype=np.int8)
-        return Table({"ids": self.ids, "prompt_lengths": self.prompt_lengths, "cut": cut})
+        mask = {"label_mask": self.label_mask} if self.label_mask is not None else {}
+        return Table({"ids": self.ids, "prompt_lengths": self.prompt_lengths, "cut": cut, **mask})
 
     @classmethod
     def from_table(cls, table) -> Encoded:
-        return cls(table["ids"], table["prompt_lengths"], table.columns.get("cut"))
+        return cls(table["ids"], table["prompt_lengths"], table.columns.get("cut"), table.columns.get("label_mask"))
+
+    def scored(self, index: np.ndarray) -> int:
+        """Tokens that carry a loss in rows `index` (the first token of a row has no predecessor to predict it)."""
+        if self.label_mask is not None:
+            return int(sum(int(self.label_mask.row(i).sum()) for i in index))
+        targets, prompt = self.target_lengths[index], self.prompt_lengths[index]
+        return int((targets - ((prompt == 0) & (targets > 0))).sum())
+
+    def labels(self, i: int) -> np.ndarray:
+        """Row `i`'s labels: its ids where they carry a loss, IGNORE elsewhere."""
+        ids = self.ids.row(i).astype(np.int64)
+        if self.label_mask is not None:
+            return np.where(self.label_mask.row(i) == 1, ids, IGNORE)
+        labels = ids.copy()
+        labels[: self.prompt_lengths[i]] = IGNORE
+        return labels
 
     def truncation(self) -> dict:
         """How many rows lost the start of their prompt or the end of their output."""
@@ -138,9 +161,12 @@ def batch(encoded: Encoded, index: np.ndarray, pad_id: int) -> dict:
     import torch
 
     ids, mask = encoded.ids.padded(index, pad_id, left=False)
-    labels = np.where(mask == 1, ids, IGNORE)
-    positions = np.arange(ids.shape[1])[None, :]
-    labels[positions < encoded.prompt_lengths[index][:, None]] = IGNORE
+    if encoded.label_mask is None:
+        labels = np.where(mask == 1, ids, IGNORE)
+        labels[np.arange(ids.shape[1])[None, :] < encoded.prompt_lengths[index][:, None]] = IGNORE
+    else:
+        labels, _ = encoded.label_mask.padded(index, 0, left=False)
+        labels = np.where(labels == 1, ids, IGNORE)
     return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask),
             "labels": torch.from_numpy(labels)}
 

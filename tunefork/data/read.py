@@ -6,8 +6,10 @@ Every failure is a `DataError` naming the file, so the CLI can say it in one sen
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from tunefork.errors import DataError, did_you_mean
@@ -124,5 +126,17 @@ def fingerprint(frame: pd.DataFrame) -> str:
     """A content hash of the table: same rows, columns and values → same fingerprint, whatever the file was."""
     digest = hashlib.blake2b(digest_size=16)
     digest.update(",".join(map(str, frame.columns)).encode())
-    digest.update(pd.util.hash_pandas_object(frame, index=False).values.tobytes())
+    digest.update(pd.util.hash_pandas_object(_hashable(frame), index=False).values.tobytes())
     return digest.hexdigest()
+
+
+def _hashable(frame: pd.DataFrame) -> pd.DataFrame:
+    """Nested values (a `messages` column's lists of turns: lists from JSON, numpy arrays from Parquet) as JSON text,
+    the same for both, so pandas can hash them."""
+    nested = [c for c in frame.columns if frame[c].dtype == object
+              and frame[c].map(lambda v: isinstance(v, (list, dict, np.ndarray))).any()]
+    if not nested:
+        return frame
+    plain = lambda v: v.tolist() if isinstance(v, np.ndarray) else v  # noqa: E731
+    return frame.assign(**{c: frame[c].map(lambda v: json.dumps(v, default=plain, sort_keys=True)
+                                           if isinstance(v, (list, dict, np.ndarray)) else v) for c in nested})

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 import pandas as pd
 
 from tunefork import plan as plan_mod
-from tunefork.data import prompts
+from tunefork.data import chat, packing, prompts
 from tunefork.errors import DataError, TuneforkError
 from tunefork.features import llm_output
 
@@ -37,11 +37,15 @@ class Prepared:
 
 
 def labelled(frame: pd.DataFrame, config) -> pd.DataFrame:
-    """Rows with an output value (a row without one can be neither learned nor scored)."""
-    column = config.output.source
+    """Rows with an output value (a row without one can be neither learned nor scored); for a conversation, the ones
+    that end with an assistant turn."""
+    column = config.input.source if config.chat else config.output.source
     if column not in frame.columns:
         prompts.check_columns(config, frame, with_output=True)  # the one clear error about the missing column
-    keep = frame[column].notna() & (frame[column].astype(str).str.strip() != "")
+    if config.chat:
+        keep = [chat.answered(turns) for turns in chat.conversations(frame, column)]
+    else:
+        keep = frame[column].notna() & (frame[column].astype(str).str.strip() != "")
     out = frame[keep]
     out.attrs = frame.attrs
     return out
@@ -54,7 +58,27 @@ def limits(config, total: int) -> prompts.Limits:
 
 
 def encode(config, frame: pd.DataFrame, tokenizer, limits_: prompts.Limits) -> prompts.Encoded:
-    return prompts.encode(tokenizer, prompts.render(config, frame), prompts.targets(config, frame), limits_)
+    """Prompt + output ids with the prompt masked; a conversation whole, its assistant turns unmasked."""
+    if not config.chat:
+        return prompts.encode(tokenizer, prompts.render(config, frame), prompts.targets(config, frame), limits_)
+    rows = chat.conversations(frame, config.input.source)
+    ids, mask, firsts, cut = chat.encode(tokenizer, rows, chat.template(config, tokenizer), limits_.total,
+                                         frame.attrs.get("source", "dataset"))
+    return prompts.Encoded(ids, firsts, cut * prompts.OUTPUT_CUT, mask)
+
+
+def prompt_texts(config, frame: pd.DataFrame, tokenizer) -> list[str]:
+    """What generation continues: the rendered template, or a conversation up to the assistant's cue."""
+    if not config.chat:
+        return prompts.render(config, frame)
+    return chat.prompts(tokenizer, chat.conversations(frame, config.input.source), chat.template(config, tokenizer))
+
+
+def references(config, frame: pd.DataFrame) -> list[str]:
+    """The answers generations are scored against: the output column, or each conversation's closing turn."""
+    if not config.chat:
+        return prompts.targets(config, frame)
+    return chat.references(chat.conversations(frame, config.input.source))
 
 
 def _meta(config, tokenizer, limits_: prompts.Limits, context: int | None, training, trained: bool) -> dict:
@@ -92,7 +116,10 @@ class LLMRecipe:
             tables = {name: encode(config, frame, tokenizer, limits_) for name, frame in frames.items()}
             meta = _meta(config, tokenizer, limits_, context, frames["training"], config.trainer.type == "finetune")
             cache.store(folder, meta, {name: encoded.to_table() for name, encoded in tables.items()})
-        facts = plan_mod.DataFacts(training_rows=len(frames["training"]), text_inputs={}, context_length=context)
+        if config.trainer.packing:  # after the cache: packs are cheap to rebuild, and deterministic
+            tables["training"] = packing.pack(tables["training"], total, config.trainer.packing_max_sequences_per_pack)
+        # the loop batches packs as it batches rows: the plan's steps count packs
+        facts = plan_mod.DataFacts(training_rows=len(tables["training"]), text_inputs={}, context_length=context)
         return Prepared(tables, meta, tokenizer, fingerprints, facts, found is not None)
 
     def _cache_key(self, fingerprints: dict, tokenizer, total: int) -> str:
@@ -103,7 +130,8 @@ class LLMRecipe:
         return cache.key({"version": CACHE_VERSION, "model_type": "llm", "data": fingerprints,
                           "prompt": config.prompt.model_dump(mode="json"), "columns": config.columns(),
                           "input": config.input.model_dump(mode="json"), "output": config.output.model_dump(mode="json"),
-                          "total": total, "trainer": config.trainer.type, "tokenizer": tokenizer_identity(tokenizer)})
+                          "total": total, "trainer": config.trainer.type, "tokenizer": tokenizer_identity(tokenizer),
+                          "chat_template": chat.template(config, tokenizer) if config.chat else None})
 
     def prepare_files(self, files: list[str], seed: int, cache_dir) -> Prepared:
         raise TuneforkError(f"{files[0]}: model_type llm reads one table (a file or a DataFrame), not a folder or "
@@ -130,6 +158,12 @@ class LLMRecipe:
                              f"(max_sequence_length {plan['max_sequence_length']})")
         if plan["max_new_tokens"] != self.config.generation.max_new_tokens:
             console.note(f"max_new_tokens: {plan['max_new_tokens']} — {plan.decisions['max_new_tokens'].reason}")
+        training = prepared.tables["training"]
+        if isinstance(training, packing.Packed):
+            packing.check_model(model, len(prepared.tokenizers))
+            summary = training.summary()
+            console.note(f"packing: {summary['rows']} training rows in {summary['packs']} sequences of up to "
+                         f"{summary['capacity']} tokens ({summary['fill']:.0%} of their tokens are rows, not padding)")
         return prepared, plan
 
     def task(self, prepared: Prepared, plan):
@@ -150,7 +184,9 @@ class LLMRecipe:
         return Fitted(self.config, model, prepared.meta, prepared.tokenizers)
 
     def efficiency(self, prepared: Prepared, plan) -> dict:
-        return {"preprocessing_cache_hit": prepared.cache_hit,
+        training = prepared.tables["training"]
+        packed = {"packing": training.summary()} if isinstance(training, packing.Packed) else {}
+        return {"preprocessing_cache_hit": prepared.cache_hit, **packed,
                 "truncation": {split: encoded.truncation() for split, encoded in prepared.tables.items()}}
 
     def loaded(self, model, meta: dict, tokenizers) -> Fitted:
@@ -210,8 +246,9 @@ class Fitted:
 
         plan, config = self.plan, self.config
         limits_ = prompts.Limits(**self.meta["limits"])
-        ids, cut = prompts.encode_prompts(self.tokenizers, prompts.render(config, frame) if texts is None else texts,
-                                          limits_, reserve=plan["max_new_tokens"])
+        texts = prompt_texts(config, frame, self.tokenizers) if texts is None else texts
+        ids, cut = prompts.encode_prompts(self.tokenizers, texts, limits_, reserve=plan["max_new_tokens"],
+                                          special_tokens=not config.chat)
         _refuse_cut_below_minimum(frame, cut, limits_, plan)
         if cut.any():
             log.warning("truncated: %d of %d prompts lost their start to fit %d tokens (max_sequence_length %d less "
@@ -255,7 +292,7 @@ class Fitted:
         llm.place(self.model, self.plan["device"])
         encoded = encode(config, frame, self.tokenizers, prompts.Limits(**self.meta["limits"]))
         loss = token_loss(self.model, encoded, config, self.meta["pad_token_id"], self.plan)
-        return loss, self.generate(frame), prompts.targets(config, frame), frame
+        return loss, self.generate(frame), references(config, frame), frame
 
     def save(self, folder) -> None:
         from tunefork import config as config_mod
