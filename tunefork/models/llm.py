@@ -113,7 +113,9 @@ def merge(model, progressbar: bool = False):
 def logits(model, batch: dict) -> torch.Tensor:
     """Next-token logits at every real position of the batch."""
     # use_cache=False: training and scoring never reuse keys/values, and a cache would only hold memory
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    # a packed batch (`data.packing`) has position ids restarting per row and no attention mask
+    out = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                position_ids=batch.get("position_ids"), use_cache=False).logits
     virtual = adapters.virtual_tokens(model)  # prompt tuning's learned positions come first: not the text's
     return out[:, virtual:] if virtual else out
 

@@ -1,6 +1,7 @@
 """The causal-LM task: what the one training loop needs to know about instruction fine-tuning (`training.loop`).
 
-A batch is prompt + output ids, right-padded, with labels -100 on the prompt and the padding; the loss is the mean
+A batch is prompt + output ids, right-padded, with labels -100 on the prompt and the padding (or, with
+`trainer.packing`, packs of rows: `data.packing`); the loss is the mean
 cross-entropy over the output tokens (the units the loop weights micro-batches by, so a short micro-batch does not
 weigh more than its tokens); the scores are that loss and its perplexity exp(loss).
 """
@@ -12,15 +13,9 @@ import math
 import numpy as np
 import torch
 
-from tunefork.data import prompts
+from tunefork.data import packing, prompts
 from tunefork.models.llm import logits, token_loss_sum
 from tunefork.training.loop import Out, to_device
-
-
-def scored_tokens(encoded: prompts.Encoded, index: np.ndarray) -> int:
-    """Output tokens that carry a loss in rows `index` (the first token of a row has no predecessor to predict it)."""
-    targets, prompt = encoded.target_lengths[index], encoded.prompt_lengths[index]
-    return int((targets - ((prompt == 0) & (targets > 0))).sum())
 
 
 def scores(loss_sum: float, tokens: int) -> dict[str, float]:
@@ -57,15 +52,18 @@ class LLMTask:
     def __init__(self, config, pad_id: int):
         self.config, self.pad_id = config, pad_id
 
-    def lengths(self, table: prompts.Encoded) -> np.ndarray:
-        return table.ids.lengths
+    def lengths(self, table: prompts.Encoded | packing.Packed) -> np.ndarray:
+        return table.lengths if isinstance(table, packing.Packed) else table.ids.lengths
 
     def units(self, table: prompts.Encoded, index: np.ndarray) -> int:
-        return scored_tokens(table, index)
+        return table.scored(index)
 
-    def forward(self, model, table: prompts.Encoded, index: np.ndarray, device: str) -> Out:
-        batch = prompts.batch(table, index, self.pad_id)
-        tokens = int(batch["attention_mask"].sum())
+    def forward(self, model, table: prompts.Encoded | packing.Packed, index: np.ndarray, device: str) -> Out:
+        if isinstance(table, packing.Packed):
+            batch, tokens = packing.batch(table, index, self.pad_id), int(table.lengths[index].sum())
+        else:
+            batch = prompts.batch(table, index, self.pad_id)
+            tokens = int(batch["attention_mask"].sum())
         batch = to_device(batch, device)
         summed, n = token_loss_sum(logits(model, batch), batch["labels"])
         # the mean over this micro-batch's output tokens; the summed value is what a split's loss adds up
