@@ -381,6 +381,9 @@ ECD = {
 }
 
 LLM_ADAPTER = "adapter"
+CHAT_TEMPLATE = ("{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n{% endfor %}"
+                 "{% if add_generation_prompt %}<s>assistant\n{% endif %}")
+CHAT = {"input_features": [{"name": "messages", "type": "messages"}], "prompt": {"chat_template": CHAT_TEMPLATE}}
 NEVER = {"type": "regex", "value": "^x{50}$"}
 LLM = {
     **common("llm"),
@@ -391,8 +394,12 @@ LLM = {
     "adapter[lora].bias_type": Case("all", {"base_model": "@gpt2"}),
     "adapter[adalora].bias_type": Case("all", {"base_model": "@gpt2"}),
     "pretrained_kwargs": Case({"attention_dropout": 0.5}),
-    "input_features[].column": Case("instruction2"),
-    "input_features[].preprocessing.max_sequence_length": Case(3),
+    "input_features[text].column": Case("instruction2"),
+    "input_features[text].preprocessing.max_sequence_length": Case(3),
+    "input_features[messages].column": Case("messages2", CHAT),
+    "prompt.chat_template": Case(CHAT_TEMPLATE.replace("\n", ": "), CHAT),
+    "trainer.packing": Case(True),
+    "trainer.packing_max_sequences_per_pack": Case(1, {"trainer": {"packing": True}}),
     "output_features[text].name": Case("answer", {"output_features": [{"name": "output", "type": "text", "column": "output"}]}),
     "output_features[text].column": Case("output2"),
     "output_features[text].preprocessing.max_sequence_length": Case(1),
@@ -448,8 +455,9 @@ EXEMPT = {
         "trust_remote_code": "runs code shipped in the model folder; the tiny models are built-in architectures "
         "with no code of their own, so there is nothing to run",
         **RAY_EXEMPT,
-        "input_features[].name": "an identifier every feature has (Ludwig requires it); a causal LM's input has no "
-        "weights or metadata of its own, and with `column` set the prompt reads the column",
+        **{f"input_features[{kind}].name": "an identifier every feature has (Ludwig requires it); a causal LM's input "
+           "has no weights or metadata of its own, and with `column` set the prompt reads the column"
+           for kind in ("text", "messages")},
         **{f"quantization.{k}": QUANTIZATION for k in ("bits", "llm_int8_threshold", "llm_int8_has_fp16_weight",
                                                        "bnb_4bit_compute_dtype", "bnb_4bit_use_double_quant",
                                                        "bnb_4bit_quant_type")},
@@ -643,8 +651,14 @@ def ecd_frame() -> pd.DataFrame:
 
 def llm_frame() -> pd.DataFrame:
     frame, other = tiny.sentiment_frame(40, seed=0), tiny.sentiment_frame(40, seed=1)
+    def chats(questions, answers):
+        return [json.dumps([{"role": "user", "content": q}, {"role": "assistant", "content": a}])
+                for q, a in zip(questions, answers, strict=True)]
+
     return pd.DataFrame({"instruction": frame["review"], "instruction2": other["review"],
                          "output": frame["sentiment"], "output2": other["genre"],
+                         "messages": chats(frame["review"], frame["sentiment"]),
+                         "messages2": chats(other["review"], other["genre"]),
                          "split": [0] * 24 + [1] * 8 + [2] * 8, "split2": [2] * 8 + [1] * 8 + [0] * 24})
 
 
