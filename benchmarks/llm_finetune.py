@@ -17,7 +17,8 @@ whole call: `Model.predict` for tunefork (tokenizing, batching, decoding include
 `tokenizer(batch) → model.generate → batch_decode` at the same batch size for the baseline, on the same trained
 model in the same process, greedy, --max-new-tokens.
 Cases: tunefork (length-grouped batches, its default), tunefork with `group_by_length: false` (batches as random as
-the plain loop's), and the plain loop.
+the plain loop's), tunefork with `trainer.packing: true` (the same rows packed into --max-length sequences, each row
+attending to itself only; batch 4 then counts packed sequences), and the plain loop.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ def bare_generate(model, tokenizer, prompts: list[str], max_new_tokens: int) -> 
     return generated, time.perf_counter() - start
 
 
-def tunefork_case(args, group_by_length: bool) -> dict:
+def tunefork_case(args, group_by_length: bool, packing: bool = False) -> dict:
     import torch
 
     from tunefork import Model
@@ -99,7 +100,7 @@ def tunefork_case(args, group_by_length: bool) -> dict:
         "adapter": {"type": "lora", "r": 8, "alpha": 16, "dropout": 0.05},
         "trainer": {"type": "finetune", "epochs": 1, "batch_size": BATCH, "eval_batch_size": BATCH, "learning_rate": LR,
                     "optimizer": {"type": "adamw", "weight_decay": 0.0}, "gradient_clipping": {"clipglobalnorm": 1.0},
-                    "group_by_length": group_by_length, "early_stop": -1},
+                    "group_by_length": group_by_length, "early_stop": -1, "packing": packing},
         "generation": {"max_new_tokens": args.max_new_tokens},
         "preprocessing": {"global_max_sequence_length": args.max_length},
     }
@@ -115,7 +116,7 @@ def tunefork_case(args, group_by_length: bool) -> dict:
                                               args.max_new_tokens)
     return {"train_tokens_per_second": eff["train_tokens_per_second"], "train_seconds": eff["seconds"]["train"],
             "train_tokens": eff["train_tokens"], "peak_rss_mb": eff["peak_rss_mb"],
-            "final_training_loss": stats["training"]["output"]["loss"][-1],
+            "final_training_loss": stats["training"]["output"]["loss"][-1], "packing": eff.get("packing"),
             "validation_perplexity": stats["validation"]["output"]["perplexity"][-1],
             "generation_tokens_per_second": generated / predict_seconds, "generated_tokens": generated,
             "bare_generate_same_model_tokens_per_second": bare_tokens / bare_seconds}
@@ -195,14 +196,15 @@ def main() -> None:
     args = parser.parse_args()
     if args.case:
         cases = {"tunefork": lambda: tunefork_case(args, True), "tunefork_random_batches": lambda: tunefork_case(args, False),
-                 "plain_loop": lambda: plain_case(args)}
+                 "tunefork_packed": lambda: tunefork_case(args, True, packing=True), "plain_loop": lambda: plain_case(args)}
         print(json.dumps(cases[args.case]()))
         return
     folder, described = model_path()  # converts the GGUF once, before any case is timed
     print(f"model: {described} ({folder})")
     extra = [f"--rows={args.rows}", f"--max-length={args.max_length}", f"--val-rows={args.val_rows}",
              f"--predict-rows={args.predict_rows}", f"--max-new-tokens={args.max_new_tokens}"]
-    results = {case: common.in_subprocess(Path(__file__), case, *extra) for case in ("plain_loop", "tunefork", "tunefork_random_batches")}
+    cases = ("plain_loop", "tunefork", "tunefork_random_batches", "tunefork_packed")
+    results = {case: common.in_subprocess(Path(__file__), case, *extra) for case in cases}
     plain = results["plain_loop"]
     summary = {
         "setup": {"model": described, "rows": args.rows, "max_sequence_length": args.max_length,
@@ -212,6 +214,11 @@ def main() -> None:
         "cases": results,
         "ratio_train_tokens_per_second_vs_plain": {k: v["train_tokens_per_second"] / plain["train_tokens_per_second"]
                                                    for k, v in results.items()},
+        # packing: the same rows and tokens, packed into max_sequence_length sequences (batch_size counts sequences)
+        "ratio_packed_train_tokens_per_second": {
+            k: results["tunefork_packed"]["train_tokens_per_second"] / results[k]["train_tokens_per_second"]
+            for k in ("tunefork", "tunefork_random_batches")},
+        "packing": results["tunefork_packed"].get("packing"),
         "ratio_generation_vs_bare_generate_same_model": {
             k: v["generation_tokens_per_second"] / v["bare_generate_same_model_tokens_per_second"]
             for k, v in results.items() if "bare_generate_same_model_tokens_per_second" in v},
