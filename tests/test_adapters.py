@@ -41,6 +41,14 @@ ADAPTERS = {
     "vera": ({"type": "vera", "r": 16}, ("bert", "llama"), "vera_lambda"),
     "prompt_tuning": ({"type": "prompt_tuning", "num_virtual_tokens": 4}, ("bert", "llama"), "prompt_encoder"),
     "adaption_prompt": ({"type": "adaption_prompt"}, ("llama", "gpt2"), "adaption_"),
+    # peft's newer methods (tunefork/adapters/methods.py); tiny sizes: the tiny models' layers are 64 wide
+    "oft": ({"type": "oft", "oft_block_size": 16}, ("bert",), "oft_R"),
+    "boft": ({"type": "boft", "boft_block_size": 4}, ("bert",), "boft_"),
+    "hra": ({"type": "hra", "r": 4}, ("bert",), "hra_u"),
+    "vblora": ({"type": "vblora", "num_vectors": 16, "vector_length": 16}, ("bert",), "vblora_"),
+    "fourierft": ({"type": "fourierft", "n_frequency": 64, "scaling": 10.0}, ("bert",), "fourierft_spectrum"),
+    "tinylora": ({"type": "tinylora", "u": 16}, ("bert",), "tinylora_v"),
+    "ln_tuning": ({"type": "ln_tuning", "target_modules": ["LayerNorm"]}, ("bert",), "ln_tuning_layers"),
 }
 CASES = [(name, model) for name, (_, models, _) in ADAPTERS.items() for model in models]
 IDS = [f"{name}-{model}" for name, model in CASES]
