@@ -18,11 +18,32 @@ from typing import ClassVar, Literal
 from pydantic import Field, model_validator
 
 from tunefork.adapters.base import AdapterSection
+from tunefork.sections import Section
 
 TARGETS_DESCRIPTION = (
     "Names of the layers to adapt: a name matches a module whose dotted path equals it or ends with '.name' "
     "(e.g. [query, value] for BERT, [q_proj, v_proj] for Llama). null: peft's default for the architecture."
 )
+
+
+class LoftQ(Section):
+    loftq_bits: Literal[4] = Field(4, description="Bits of the quantized base (bitsandbytes' 4-bit NF4).")
+    loftq_iter: int = Field(1, gt=0, description="Alternating quantize / low-rank steps per layer.")
+
+
+class Eva(Section):
+    rho: float = Field(2.0, ge=1, description="How far ranks may move between layers: a layer gets at most rho·r.")
+    tau: float = Field(0.99, gt=0, le=1, description="Stop reading batches once the singular vectors are this "
+                       "similar (cosine) between batches.")
+    use_label_mask: bool = Field(True, description="Read only the positions with a label (the output tokens).")
+    whiten: bool = Field(False, description="Whiten the singular vectors.")
+    adjust_scaling_factors: bool = Field(True, description="Adjust α so a layer's scale stays α/r at its new rank.")
+
+
+class Corda(Section):
+    corda_method: Literal["ipm", "kpm"] = Field(
+        "ipm", description="'ipm': instruction-previewed (adapt the directions the data uses most); 'kpm': "
+        "knowledge-preserving (adapt the ones it uses least).")
 
 
 class Lora(AdapterSection):
@@ -40,14 +61,16 @@ class Lora(AdapterSection):
     )
     use_rslora: bool = Field(False, description="Scale by α/√r (rank-stabilised LoRA) instead of α/r.")
     use_dora: bool = Field(False, description="Weight-decomposed LoRA: a trained magnitude per output plus LoRA.")
-    # Only initialisations that leave the base weights untouched: the saved adapter is applied to the pretrained
-    # base at load time, so methods that rewrite W0 (pissa, olora, corda, loftq) or need data (eva) would not
-    # reload to the same model.
-    init_lora_weights: Literal["default", "gaussian", "orthogonal"] = Field(
+    init_lora_weights: Literal["default", "gaussian", "orthogonal", "pissa", "olora", "corda", "eva", "loftq"] = Field(
         "default",
         description="'default': A Kaiming-uniform, B zero (starts at the base model). 'gaussian': A Gaussian, B zero. "
-        "'orthogonal': A and B from one orthogonal matrix (needs an even r; does not start at the base model).",
+        "'orthogonal': A and B from one orthogonal matrix (needs an even r). 'pissa' / 'olora': from the SVD / QR of "
+        "the base weights. 'corda' / 'eva': from the layers' inputs on training batches (model_type llm). 'loftq': "
+        "making up for 4-bit quantization (needs quantization). See tunefork/adapters/lora_init.py.",
     )
+    loftq_config: LoftQ | None = Field(None, description="Settings of init_lora_weights: loftq (refused).")
+    eva_config: Eva | None = Field(None, description="Settings of init_lora_weights: eva.")
+    corda_config: Corda | None = Field(None, description="Settings of init_lora_weights: corda.")
 
     peft_type: ClassVar[str] = "LORA"
     default_targets: ClassVar[str | None] = "TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING"
@@ -56,14 +79,28 @@ class Lora(AdapterSection):
     def _even_rank_for_orthogonal(self):
         if self.init_lora_weights == "orthogonal" and self.r % 2:
             raise ValueError(f"init_lora_weights 'orthogonal' needs an even r, got r {self.r}")
+        for init in ("loftq", "eva", "corda"):
+            if getattr(self, f"{init}_config") is not None and self.init_lora_weights != init:
+                raise ValueError(f"{init}_config sets up init_lora_weights: {init}, and init_lora_weights is "
+                                 f"'{self.init_lora_weights}'; set init_lora_weights: {init} or remove {init}_config")
+        if self.init_lora_weights == "loftq":
+            raise ValueError(
+                "init_lora_weights: loftq makes LoRA make up for the error of a 4-bit quantized base, and the adapter "
+                "then belongs to that quantized base, which tunefork does not save; write init_lora_weights: pissa "
+                "(the same SVD start, full precision), or quantization: {bits: 4} with the default init (QLoRA)")
         return self
+
+    @property
+    def init(self) -> str:
+        return self.init_lora_weights
 
     @property
     def scale_numerator(self) -> int:
         return self.alpha if self.alpha is not None else 2 * self.r
 
     def to_peft(self, task_type=None, *, total_steps=None, base_path=None):
-        from peft import LoraConfig
+        from peft import EvaConfig, LoraConfig
+        from peft.tuners.lora.config import CordaConfig
 
         return LoraConfig(
             r=self.r,
@@ -73,6 +110,9 @@ class Lora(AdapterSection):
             bias=self.bias_type,
             use_rslora=self.use_rslora,
             use_dora=self.use_dora,
-            init_lora_weights=True if self.init_lora_weights == "default" else self.init_lora_weights,
+            init_lora_weights=True if self.init == "default" else self.init,
+            eva_config=EvaConfig(**(self.eva_config or Eva()).model_dump()) if self.init == "eva" else None,
+            corda_config=CordaConfig(**(self.corda_config or Corda()).model_dump()) if self.init == "corda" else None,
             task_type=task_type,
         )
+

@@ -14,6 +14,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from tunefork.adapters import lora_init
 from tunefork.adapters.registry import BY_PEFT_TYPE
 from tunefork.errors import ConfigError, TuneforkError, first_line
 
@@ -21,13 +22,21 @@ ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
-def attach(model, adapter, task_type: str | None = None, *, total_steps: int | None = None, where: str = "adapter"):
-    """`model` wrapped with a fresh `adapter`; peft freezes every base weight. `where` is the adapter's YAML path."""
+def attach(model, adapter, task_type: str | None = None, *, total_steps: int | None = None, where: str = "adapter",
+           batches: list | None = None):
+    """`model` wrapped with a fresh `adapter`; peft freezes every base weight. `where` is the adapter's YAML path;
+    `batches`: a few training batches (dicts of model inputs) for the LoRA initialisations that read data."""
     from peft import get_peft_model
 
     adapter.check(model, where)
     peft_config = adapter.to_peft(task_type, total_steps=total_steps, base_path=getattr(model, "name_or_path", None))
+    init = getattr(adapter, "init", "default")
+    if init in lora_init.FROM_DATA and not batches:
+        raise ConfigError([f"{where}.init_lora_weights: {init} initialises from training batches, and this model is "
+                           f"built without them (an encoder, or nothing to train); write pissa or olora instead"])
     try:
+        if init in (*lora_init.REWRITES_BASE, *lora_init.FROM_DATA):
+            return lora_init.attach(model, peft_config, init, batches)
         return get_peft_model(model, peft_config)
     except (ValueError, TypeError) as exc:  # peft's refusals of a config that passed our checks, in its words
         raise ConfigError([f"{where}: {adapter.type} cannot be applied to this {model.config.model_type} model "
@@ -84,6 +93,8 @@ def _check_all_loaded(peft_model, folder: Path, where: str) -> None:
 
 def save(peft_model, folder: Path) -> None:
     """peft's own format: adapter_config.json + adapter_model.safetensors (and peft's README model card)."""
+    if lora_init.save(peft_model, folder, ADAPTER_WEIGHTS):  # pissa, olora, corda: a plain LoRA on the untouched base
+        return
     with _no_false_adalora_warnings():
         peft_model.save_pretrained(str(folder), safe_serialization=True)
 

@@ -69,10 +69,11 @@ def load_base(config, weights_dir=None):
         raise TuneforkError(f"base_model '{source}': cannot load it as a causal LM ({first_line(exc)})") from None
 
 
-def build(config, total_steps: int | None = None):
+def build(config, total_steps: int | None = None, batches: list | None = None):
     """The model to train or to predict with: the base, wrapped by a fresh or `pretrained_adapter_weights` adapter.
 
-    Without an adapter, `trainer.type: finetune` trains every weight and `none` freezes them all.
+    Without an adapter, `trainer.type: finetune` trains every weight and `none` freezes them all. `batches`: training
+    batches for the LoRA initialisations that read data (eva, corda).
     """
     model = load_base(config)
     finetune = config.trainer.type == "finetune"
@@ -88,7 +89,8 @@ def build(config, total_steps: int | None = None):
             model = adapters.load(model, adapter.pretrained_adapter_weights, trainable=finetune, where="adapter",
                                   expect=adapter, total_steps=total_steps)
         else:
-            model = adapters.attach(model, adapter, "CAUSAL_LM", total_steps=total_steps, where="adapter")
+            model = adapters.attach(model, adapter, "CAUSAL_LM", total_steps=total_steps, where="adapter",
+                                    batches=batches)
     elif not finetune:
         model.requires_grad_(False)
     if finetune and config.trainer.enable_gradient_checkpointing:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import pandas as pd
 
 from tunefork import plan as plan_mod
@@ -145,7 +146,7 @@ class LLMRecipe:
 
         torch.manual_seed(seed)  # a fresh adapter's initial weights
         steps = plan.get("adalora_total_step", plan.get("total_steps"))
-        return llm.build(self.config, total_steps=steps)
+        return llm.build(self.config, total_steps=steps, batches=_calibration_batches(self.config, prepared))
 
     def ready(self, model, prepared: Prepared, plan, resolve, console, phases, measure: bool):
         """Says, before training, what the data and the plan cut: prompts and outputs that lost tokens to the length
@@ -207,6 +208,18 @@ class LLMRecipe:
         tokenizer = llm.load_tokenizer(config)
         meta = _meta(config, tokenizer, limits(config, plan["max_sequence_length"]), context, None, trained=False)
         return Fitted(config, llm.build(config).eval(), meta, tokenizer)
+
+
+def _calibration_batches(config, prepared: Prepared | None) -> list | None:
+    """The first training rows, batched, for LoRA initialisations that read data (eva, corda); None otherwise."""
+    from tunefork.adapters import lora_init
+
+    if getattr(config.adapter, "init", None) not in lora_init.FROM_DATA or prepared is None:
+        return None
+    encoded, rows = prepared.tables["training"], lora_init.CALIBRATION_BATCHES * lora_init.CALIBRATION_ROWS
+    index = np.arange(min(len(encoded), rows))
+    return [prompts.batch(encoded, chunk, prepared.meta["pad_token_id"])
+            for chunk in np.array_split(index, -(-len(index) // lora_init.CALIBRATION_ROWS))]
 
 
 def statistics(config, meta: dict, loss, responses: list[str], references: list[str], truncated: int) -> dict:

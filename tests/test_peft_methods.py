@@ -1,0 +1,110 @@
+"""peft's newer methods and LoRA initialisations on a causal LM (`model_type: llm`), next to the ECD table in
+test_adapters.py: each trains, its saved folder reloads to the same next-token logits, and it merges into the base
+weights with the same logits. The initialisations that rewrite the base weights (pissa, olora, corda) are saved as a
+plain LoRA on the untouched base; the ones that read data (eva, corda) run peft's routines on training batches.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import tiny
+
+pytest.importorskip("peft")
+import torch  # noqa: E402
+
+from tunefork import Model  # noqa: E402
+from tunefork.config import ConfigError  # noqa: E402
+from tunefork.models import llm  # noqa: E402
+
+CASES = {
+    "oft": {"type": "oft", "oft_block_size": 16},
+    "boft": {"type": "boft", "boft_block_size": 4},
+    "hra": {"type": "hra", "r": 4},
+    "vblora": {"type": "vblora", "num_vectors": 16, "vector_length": 16},  # the tiny Llama's k/v layers are 16 wide
+    "fourierft": {"type": "fourierft", "n_frequency": 64, "scaling": 10.0},
+    "tinylora": {"type": "tinylora", "u": 16},
+    "ln_tuning": {"type": "ln_tuning"},
+    "lora-pissa": {"type": "lora", "r": 4, "init_lora_weights": "pissa"},
+    "lora-olora": {"type": "lora", "r": 4, "init_lora_weights": "olora"},
+    "lora-eva": {"type": "lora", "r": 4, "init_lora_weights": "eva", "eva_config": {"rho": 1.5}},
+    "lora-corda": {"type": "lora", "r": 4, "init_lora_weights": "corda", "corda_config": {"corda_method": "kpm"}},
+    "lora-dora-rslora": {"type": "lora", "r": 4, "use_dora": True, "use_rslora": True},
+}
+FRAME = tiny.sentiment_frame(48, seed=5).rename(columns={"review": "instruction", "sentiment": "output"})
+
+
+def config(base, adapter) -> dict:
+    return {"model_type": "llm", "base_model": str(base), "adapter": adapter,
+            "input_features": [{"name": "instruction", "type": "text"}],
+            "output_features": [{"name": "output", "type": "text"}],
+            "prompt": {"template": "Review: {instruction}\nSentiment:"}, "generation": {"max_new_tokens": 3},
+            "trainer": {"type": "finetune", "epochs": 1, "batch_size": 8, "learning_rate": 0.01},
+            "preprocessing": {"split": {"probabilities": [0.84, 0.16, 0.0]}}}
+
+
+def next_token_logits(model) -> torch.Tensor:
+    ids = torch.tensor([[5, 17, 42, 99, 7, 3], [8, 8, 120, 64, 2, 11]])
+    module = model.model.eval()
+    with torch.no_grad():
+        return llm.logits(module, {"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_method_trains_reloads_and_merges_with_identical_logits(name, tiny_llama, tmp_path):
+    model = Model(config(tiny_llama, CASES[name]), progress=False, quiet=True)
+    result = model.train(FRAME, output_directory=tmp_path)
+    losses = result.statistics["training"]["output"]["loss"]
+    assert all(map(torch.isfinite, torch.tensor(losses)))
+    trained = next_token_logits(model)
+    saved = json.loads((result.output_directory / "model" / "adapter" / "adapter_config.json").read_text())
+    if name in ("lora-pissa", "lora-olora", "lora-corda"):  # converted: a plain LoRA of rank 2r on the untouched base
+        assert saved["init_lora_weights"] is True and saved["r"] == 8
+    loaded = Model.load(result.output_directory)
+    torch.testing.assert_close(next_token_logits(loaded), trained, rtol=0, atol=2e-5)
+    loaded.fitted.model = llm.merge(loaded.model)
+    assert not hasattr(loaded.model, "peft_config")
+    torch.testing.assert_close(next_token_logits(loaded), trained, rtol=0, atol=2e-5)
+
+
+def test_eva_and_corda_change_the_start_from_the_data(tiny_llama, tmp_path):
+    """The data-driven starts differ from the default one (peft ran on the batches) and from each other."""
+    from tunefork import config as cfg_mod
+    from tunefork.adapters import wrapper
+    from tunefork.data import prompts
+
+    firsts = {}
+    for init in ("default", "eva", "corda"):
+        section = cfg_mod.load(config(tiny_llama, {"type": "lora", "r": 4, "init_lora_weights": init}))
+        torch.manual_seed(0)
+        tokens = torch.randint(3, 200, (8, 12))
+        batches = [{"input_ids": tokens, "attention_mask": torch.ones_like(tokens),
+                    "labels": torch.where(torch.arange(12) < 6, prompts.IGNORE, tokens)}]
+        model = llm.build(section, batches=batches if init != "default" else None)
+        firsts[init] = next(p for n, p in model.named_parameters() if "lora_A" in n).detach().clone()
+        assert wrapper.is_peft(model)
+    assert not torch.equal(firsts["eva"], firsts["default"])
+    assert not torch.equal(firsts["corda"], firsts["default"])
+
+
+@pytest.mark.parametrize(("adapter", "message"), [
+    ({"type": "lora", "init_lora_weights": "loftq"}, "write init_lora_weights: pissa"),
+    ({"type": "lora", "eva_config": {"rho": 2}}, "set init_lora_weights: eva or remove eva_config"),
+    ({"type": "oft", "r": 4}, "set exactly one of r (4) and oft_block_size (32)"),
+    ({"type": "oft", "eps": 0.001}, "set coft: true or remove eps"),
+    ({"type": "hra", "r": 3}, "must be even with init_weights true"),
+    ({"type": "vblora", "topk": 9, "num_vectors": 4}, "topk (9) exceeds num_vectors (4)"),
+])
+def test_method_mistakes_are_one_sentence(tiny_llama, adapter, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        Model(config(tiny_llama, adapter), progress=False, quiet=True)
+
+
+def test_data_initialisation_on_an_encoder_says_what_to_write(tiny_bert, tmp_path):
+    cfg = {"input_features": [{"name": "review", "type": "text", "encoder": {
+        "type": "auto_transformer", "pretrained_model_name_or_path": str(tiny_bert),
+        "adapter": {"type": "lora", "init_lora_weights": "eva"}}}],
+        "output_features": [{"name": "sentiment", "type": "category"}], "trainer": {"epochs": 1}}
+    with pytest.raises(ConfigError, match="write pissa or olora instead"):
+        Model(cfg, progress=False, quiet=True).train(tiny.sentiment_frame(24), output_directory=tmp_path)
