@@ -198,12 +198,18 @@ def schedule(plan: _Draft, config, facts: DataFacts, workers: int = 1) -> None:
 def _backend(plan: _Draft, config, workers) -> None:
     """The Ray decisions, with their reasons (the workers were read off the cluster by `backends.cluster`)."""
     ray = config.backend
-    strategy = ray.trainer.strategy
+    strategy = ray.trainer.effective_strategy
     plan.decide("backend", "ray", "backend.type")
     plan.decide("cluster", ray.ray.address or "RAY_ADDRESS, else a local cluster started for the run",
                 "backend.ray.address")
-    shown = strategy.type + (f" (reshard_after_forward: {strategy.reshard_after_forward})" if strategy.type == "fsdp" else "")
-    plan.decide("strategy", shown, "backend.trainer.strategy")
+    shown = strategy.type + (f" (reshard_after_forward: {strategy.reshard_after_forward}"
+                             f"{', offload: cpu' if strategy.offload else ''})" if strategy.type == "fsdp" else "")
+    written = ray.trainer.strategy
+    reason = written.translated()[1] if written.type == "deepspeed" else "backend.trainer.strategy"
+    plan.decide("strategy", shown, reason)
+    if strategy.type == "fsdp" and strategy.offload and not workers.use_gpu:
+        raise ConfigError(["backend.trainer.strategy: CPU offload moves weights off the GPU, and these workers have "
+                           "none (use_gpu false); remove the offload, or train on GPU workers"])
     plan.decide("num_workers", workers.count, workers.reasons["num_workers"])
     plan.decide("use_gpu", workers.use_gpu, workers.reasons["use_gpu"])
     plan.decide("resources_per_worker", workers.resources, workers.reasons["resources_per_worker"])

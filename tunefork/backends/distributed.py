@@ -68,7 +68,7 @@ class Distributed:
 
     def _fully_shard(self, model, blocks: list):
         from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+        from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
         mesh = init_device_mesh(self.device.type, (self.world,))
         # FSDP's own mixed precision: weights are all-gathered in bf16/fp16 (half the traffic), gradients are
@@ -76,11 +76,13 @@ class Distributed:
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32 if dtype else None)
         reshard = self.strategy.reshard_after_forward
+        # offload: sharded weights, gradients and optimizer state live in CPU memory, copied in per block
+        offload = CPUOffloadPolicy(pin_memory=self.strategy.pin_memory) if self.strategy.offload else OffloadPolicy()
         for block in blocks:
-            fully_shard(block, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard)
+            fully_shard(block, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard, offload_policy=offload)
         # the root holds what is left (embeddings of unlisted models, combiner, heads); it is needed again at once by
         # backward, so it is not resharded after forward
-        return fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=False)
+        return fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=False, offload_policy=offload)
 
     def scaler(self, precision: str):
         if precision != "fp16":

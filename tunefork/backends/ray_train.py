@@ -81,7 +81,7 @@ def fit(model, prepared, config, plan, seed: int, *, report, run_dir: Path | Non
         shutil.rmtree(Path(storage) / name, ignore_errors=True)
     timing = final["timing"]
     return history, {
-        "backend": "ray", "strategy": backend.trainer.strategy.type, "num_workers": workers.count,
+        "backend": "ray", "strategy": backend.trainer.effective_strategy.type, "num_workers": workers.count,
         "use_gpu": workers.use_gpu, "resources_per_worker": workers.resources, "cluster": cluster.STARTUP["cluster"],
         "ray_startup_seconds": round(cluster.STARTUP["seconds"], 3),
         "launch_to_first_step_seconds": round(timing["first_step"] - timing["launched"], 3) if timing["first_step"] else None,

@@ -57,7 +57,7 @@ def train_function(spec: dict) -> None:
         raise RuntimeError(f"worker {rank} built other initial weights than the driver ({checksum} vs "
                            f"{spec['initial_checksum']}): is the model the same version on every node?")
 
-    dist = Distributed(rank, world, config.backend.trainer.strategy, device, plan["precision"])
+    dist = Distributed(rank, world, config.backend.trainer.effective_strategy, device, plan["precision"])
     run = RayRun(rank, dist, spec.get("fault"), spec["launched"], entered)
     resume = run.restore()
     if run.finished:  # lost after its final report: hand the same result back

@@ -6,15 +6,16 @@ Ludwig's keys, kept where they mean something here:
       type: ray
       cache_dir: /shared/cache            # preprocessed data and embeddings
       trainer:                            # Ray Train
-        strategy: fsdp                    # ddp | fsdp | {type: fsdp, reshard_after_forward: true}
+        strategy: fsdp                    # ddp | fsdp | {type: fsdp, reshard_after_forward: true} | deepspeed
         num_workers: 4
         use_gpu: true
         resources_per_worker: {CPU: 8, GPU: 1}
       processor: {type: ray}              # Ray Data reads a folder or glob of files (Ludwig's dask: refused)
       ray: {address: auto}                # join a running cluster (or RAY_ADDRESS); unset: a local one for the run
 
-Ludwig's `dask` processor, `horovod` / `deepspeed` strategies and streaming `loader` windows have no counterpart
-here and are refused by name rather than ignored.
+Ludwig's `deepspeed` strategy runs as the FSDP2 sharding of the same memory class (see DeepSpeedStrategy; the plan
+says so). Its `dask` processor, `horovod` strategy and streaming `loader` windows have no counterpart here and are
+refused by name rather than ignored.
 """
 
 from __future__ import annotations
@@ -45,13 +46,93 @@ class FSDPStrategy(Section):
     type: Literal["fsdp"] = "fsdp"
     reshard_after_forward: bool = Field(
         True, description="Free a block's gathered weights after its forward (less memory, gathered again in backward).")
+    offload: bool = Field(False, description="Keep the sharded weights, gradients and optimizer state in CPU memory "
+                          "(FSDP2's CPUOffloadPolicy; the optimizer steps on the CPU). Needs GPU workers.")
+    pin_memory: bool = Field(False, description="Offloaded state in page-locked memory (faster copies); with offload.")
+
+    @model_validator(mode="after")
+    def _pin_with_offload(self):
+        if self.pin_memory and not self.offload:
+            raise ValueError("pin_memory pins offloaded state, and offload is false; set offload: true or remove it")
+        return self
 
 
-Strategy = tagged(DDPStrategy, FSDPStrategy, default="ddp")
+class Offload(Section):
+    """DeepSpeed's `offload_optimizer` / `offload_param`."""
+
+    device: Literal["cpu", "none"] = Field("cpu", description="Where to keep the offloaded state ('none': not offloaded).")
+    pin_memory: bool = Field(False, description="Keep it in page-locked memory (faster copies to the GPU).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nvme(cls, data):
+        if isinstance(data, dict) and data.get("device") == "nvme":
+            raise ValueError("device nvme: FSDP2, which runs DeepSpeed configs here, offloads to CPU memory only; "
+                             "write device: cpu")
+        return data
+
+
+class ZeroOptimization(Section):
+    stage: Literal[0, 1, 2, 3] = Field(2, description="ZeRO stage: 3 shards weights, gradients and optimizer state; "
+                                       "2 (and 1) gradients and optimizer state; 0 nothing (plain data parallel).")
+    offload_optimizer: Offload | None = None
+    offload_param: Offload | None = None
+
+
+class DeepSpeedStrategy(Section):
+    """Ludwig's DeepSpeed strategy, run as the FSDP2 sharding of the same memory class (DeepSpeed itself is not used):
+    ZeRO-3 → full shard (weights resharded after forward), ZeRO-1/2 → gradients and optimizer state sharded, weights
+    kept gathered between forward and backward, ZeRO-0 → DDP; an offload to CPU → FSDP2's CPU offload (weights,
+    gradients and optimizer state in CPU memory). The plan prints and records the translation."""
+
+    type: Literal["deepspeed"]
+    zero_optimization: ZeroOptimization = ZeroOptimization()
+
+    @property
+    def offloaded(self) -> bool:
+        zero = self.zero_optimization
+        return any(o is not None and o.device == "cpu" for o in (zero.offload_optimizer, zero.offload_param))
+
+    def translated(self):
+        """The strategy that runs, and a sentence saying how it was derived."""
+        zero = self.zero_optimization
+        offload = " with CPU offload" if self.offloaded else ""
+        if zero.stage == 0:
+            if self.offloaded:
+                raise ValueError("zero_optimization.offload_*: stage 0 shards nothing, so there is nothing to offload; "
+                                 "set stage 2 or 3, or remove the offload")
+            return DDPStrategy(), "DeepSpeed ZeRO-0 (no sharding) runs as DDP"
+        fsdp = FSDPStrategy(reshard_after_forward=zero.stage == 3, offload=self.offloaded,
+                            pin_memory=any(o is not None and o.pin_memory for o in (zero.offload_optimizer, zero.offload_param)))
+        what = "full shard" if zero.stage == 3 else "gradients and optimizer state sharded, weights kept between " \
+            "forward and backward"
+        return fsdp, f"DeepSpeed ZeRO-{zero.stage}{offload} runs as FSDP2 ({what}{offload})"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _precision_is_the_trainers(cls, data):
+        for key in ("fp16", "bf16"):
+            if isinstance(data, dict) and key in data:
+                raise ValueError(f"{key}: mixed precision is trainer.use_mixed_precision: true here (bf16 where the "
+                                 f"hardware has it, else fp16, for any strategy); remove {key} and set that")
+        return data
+
+    @model_validator(mode="after")
+    def _translates(self):
+        self.translated()
+        return self
+
+
+Strategy = tagged(DDPStrategy, FSDPStrategy, DeepSpeedStrategy, default="ddp")
 
 
 class RayTrainer(Section):
     """`backend.trainer`: how Ray Train runs the workers."""
+
+    @property
+    def effective_strategy(self):
+        """The ddp / fsdp section that runs (a DeepSpeed one translated)."""
+        return self.strategy.translated()[0] if self.strategy.type == "deepspeed" else self.strategy
 
     strategy: Strategy = DDPStrategy()
     num_workers: PositiveInt | None = Field(None, description="Training workers; unset: one per GPU with use_gpu, else 1.")
