@@ -5,7 +5,6 @@ memory class (printed in the plan), `encoder: {type: llm}` as the auto_transform
 from __future__ import annotations
 
 import pytest
-import tiny
 
 from tunefork import config as config_mod
 from tunefork import hardware, plan
