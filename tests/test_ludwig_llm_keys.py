@@ -5,6 +5,7 @@ memory class (printed in the plan), `encoder: {type: llm}` as the auto_transform
 from __future__ import annotations
 
 import pytest
+import tiny
 
 from tunefork import config as config_mod
 from tunefork import hardware, plan
@@ -82,3 +83,62 @@ def test_fsdp_offload_reaches_fully_shard(monkeypatch):
     blocks = [torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)]
     dist._fully_shard(torch.nn.Sequential(*blocks), blocks)
     assert len(seen) == 3 and all(isinstance(p, fsdp.CPUOffloadPolicy) and p.pin_memory for p in seen)
+
+
+# ------------------------------------------------------------------------------------- encoder: {type: llm}
+
+
+def test_llm_encoder_is_the_auto_transformer_on_the_causal_lm(tiny_llama, tmp_path):
+    """Ludwig's QLoRA classification page, with the tiny Llama and without the quantization (no CUDA here)."""
+    from tunefork import Model
+
+    written = ecd({"type": "llm", "base_model": str(tiny_llama), "adapter": {"type": "lora", "r": 4}},
+                  trainer={"epochs": 2, "batch_size": 8, "learning_rate": 0.01})
+    cfg = config_mod.load(written)
+    encoder = cfg.input_features[0].encoder
+    assert encoder.type == "auto_transformer" and encoder.pretrained_model_name_or_path == str(tiny_llama)
+    assert encoder.adapter.type == "lora" and encoder.adapter.r == 4
+    model = Model(written, progress=False, quiet=True)
+    frame = tiny.sentiment_frame(64, seed=2)
+    result = model.train(frame, output_directory=tmp_path)
+    assert result.plan["pooling.review"]["value"] == "last"  # a causal LM: its last real token
+    loaded = Model.load(result.output_directory)
+    assert loaded.predict(frame.head(8)).equals(model.predict(frame.head(8)))
+
+
+def test_llm_encoder_quantization_without_cuda_is_one_line(tiny_llama, tmp_path):
+    from tunefork import Model
+
+    written = ecd({"type": "llm", "base_model": str(tiny_llama), "adapter": "lora", "quantization": {"bits": 4}})
+    with pytest.raises(ConfigError, match=r"input_features\[0\]\.encoder\.quantization: 4-bit loading uses "
+                                          r"bitsandbytes, which needs a CUDA GPU"):
+        Model(written, progress=False, quiet=True).train(tiny.sentiment_frame(24), output_directory=tmp_path)
+    assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_quantized_encoder_without_adapter_cannot_train(tiny_llama):
+    with pytest.raises(ConfigError, match="add an adapter \\(QLoRA\\), or set trainable: false"):
+        config_mod.load(ecd({"type": "llm", "base_model": str(tiny_llama), "trainable": True,
+                             "quantization": {"bits": 4}}))
+
+
+# ------------------------------------------------------------------------------------------- mamba encoders
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_mamba_encoders_train_and_reload(version, tmp_path):
+    from tunefork import Model
+
+    folder = tiny.build_mamba(tmp_path / "base", version)
+    kind = "mamba" if version == 1 else "mamba2"
+    written = ecd({"type": kind, "pretrained_model_name_or_path": str(folder), "trainable": True},
+                  trainer={"epochs": 2, "batch_size": 8, "learning_rate": 0.005})
+    model = Model(written, progress=False, quiet=True)
+    frame = tiny.sentiment_frame(48, seed=4)
+    result = model.train(frame, output_directory=tmp_path / "run")
+    losses = result.statistics["training"]["sentiment"]["loss"]
+    assert losses[-1] < losses[0]
+    encoder = model.model.text_encoders()["review"].transformer
+    assert type(encoder).__name__ == ("MambaModel" if version == 1 else "Mamba2Model")
+    loaded = Model.load(result.output_directory)
+    assert loaded.predict(frame.head(8)).equals(model.predict(frame.head(8)))

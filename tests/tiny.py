@@ -117,6 +117,31 @@ def build_gpt2(folder: Path) -> Path:
     return folder
 
 
+def build_mamba(folder: Path, version: int = 1) -> Path:
+    """A tiny Mamba (version 1) or Mamba-2 language model with the BPE tokenizer (CPU slow path, 2 layers)."""
+    import torch
+    from transformers import (
+        Mamba2Config,
+        Mamba2ForCausalLM,
+        MambaConfig,
+        MambaForCausalLM,
+        PreTrainedTokenizerFast,
+    )
+
+    fast = PreTrainedTokenizerFast(tokenizer_object=_bpe(), bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<|endoftext|>")
+    shared = {"vocab_size": len(fast), "hidden_size": 32, "num_hidden_layers": 2, "expand": 2, "conv_kernel": 4,
+              "pad_token_id": fast.pad_token_id, "bos_token_id": fast.bos_token_id, "eos_token_id": fast.eos_token_id}
+    torch.manual_seed(0)
+    if version == 1:
+        MambaForCausalLM(MambaConfig(state_size=4, **shared)).save_pretrained(folder)
+    else:
+        config = Mamba2Config(state_size=8, head_dim=16, num_heads=4, n_groups=1, chunk_size=8, **shared)
+        Mamba2ForCausalLM(config).save_pretrained(folder)
+    fast.save_pretrained(folder)
+    return folder
+
+
 def ecd_parts(config: dict, frame: pd.DataFrame):
     """What `train` has just before its first step, for an ECD config: (config, fitted metadata, the preprocessed
     table of `frame` as the training split, the plan, the built model) — through the ECD recipe, with no cache and no

@@ -117,6 +117,7 @@ def check_validation_metric(config) -> None:
 
 def resolve(config, facts: DataFacts, hardware, workers=LocalWorkers(), measured: Measured | None = None) -> Plan:
     check_validation_metric(config)
+    _check_quantization(config, hardware)
     plan = _Draft()
     trainer, llm = config.trainer, config.model_type == "llm"
     plan.decide("device", hardware.device, "CUDA is available" if hardware.device == "cuda" else "no CUDA device")
@@ -277,7 +278,6 @@ def _cache_embeddings(feature) -> tuple[bool, str]:
 
 
 def _llm(plan: _Draft, config, facts: DataFacts, hardware) -> None:
-    _check_quantization(config, hardware)
     plan.decide("max_sequence_length", *sequence_limit(config, facts.context_length))
     _generation(plan, config)
     if config.trainer.type == "finetune":
@@ -285,10 +285,16 @@ def _llm(plan: _Draft, config, facts: DataFacts, hardware) -> None:
 
 
 def _check_quantization(config, hardware) -> None:
-    if config.quantization is not None and hardware.device != "cuda":
-        raise ConfigError([f"quantization: {config.quantization.bits}-bit loading uses bitsandbytes, which needs a "
-                           f"CUDA GPU, and this machine has none; remove the quantization section to load the model "
-                           f"in full precision"])
+    if config.model_type == "llm":
+        quantized = [("quantization", config.quantization)] if config.quantization is not None else []
+    else:  # Ludwig's `encoder: {type: llm, quantization: ...}`
+        quantized = [(f"input_features[{i}].encoder.quantization", f.encoder.quantization)
+                     for i, f in enumerate(config.input_features) if getattr(f.encoder, "quantization", None)]
+    for where, section in quantized:
+        if hardware.device != "cuda":
+            raise ConfigError([f"{where}: {section.bits}-bit loading uses bitsandbytes, which needs a CUDA GPU, and "
+                               f"this machine has none; remove the quantization section to load the model in full "
+                               f"precision"])
 
 
 def sequence_limit(config, context_length: int | None) -> tuple[int, str]:
@@ -349,8 +355,7 @@ def resolve_inference(config, hardware, *, context_length: int | None = None, ba
     """The part of a plan that prediction needs: device, batch size, precision (and a causal LM's sequence limit)."""
     plan = _Draft()
     llm = config.model_type == "llm"
-    if llm:
-        _check_quantization(config, hardware)
+    _check_quantization(config, hardware)
     plan.decide("device", hardware.device, "CUDA is available" if hardware.device == "cuda" else "no CUDA device")
     default = 8 if llm else 64
     size = batch_size or (config.trainer.eval_batch_size if isinstance(config.trainer.eval_batch_size, int) else default)

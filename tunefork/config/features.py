@@ -17,6 +17,17 @@ MissingStrategy = Literal["fill_with_const", "fill_with_mode", "fill_with_mean",
 # --------------------------------------------------------------------------------------------------- encoders
 
 
+class Quantization(Section):
+    """Load the base weights in 4 or 8 bits with bitsandbytes (QLoRA when combined with an adapter). CUDA only."""
+
+    bits: Literal[4, 8] = 4
+    llm_int8_threshold: float = Field(6.0, ge=0)
+    llm_int8_has_fp16_weight: bool = False
+    bnb_4bit_compute_dtype: Literal["float32", "float16", "bfloat16"] = "float16"
+    bnb_4bit_use_double_quant: bool = True
+    bnb_4bit_quant_type: Literal["fp4", "nf4"] = "nf4"
+
+
 class TransformerEncoder(Section):
     """Any Hugging Face model loaded with `AutoModel.from_pretrained(pretrained_model_name_or_path)`."""
 
@@ -41,12 +52,22 @@ class TransformerEncoder(Section):
     )
     pretrained_kwargs: dict[str, Any] | None = Field(None, description="Extra keyword arguments for from_pretrained.")
     trust_remote_code: bool = Field(False, description="Run code shipped with the model folder. Off unless you say so.")
+    quantization: Quantization | None = Field(
+        None, description="Load the transformer in 4 or 8 bits (bitsandbytes, CUDA only); with an adapter, QLoRA. "
+        "Ludwig's `encoder: {type: llm, quantization: ...}`.")
 
     @model_validator(mode="after")
     def _adapter_on_pretrained_weights(self):
         if self.adapter is not None and not self.use_pretrained:
             raise ValueError("an adapter needs use_pretrained: true (only the adapter is saved, and a random base "
                              "cannot be rebuilt when the model is loaded)")
+        return self
+
+    @model_validator(mode="after")
+    def _quantized_weights_do_not_train(self):
+        if self.quantization is not None and self.trainable and self.adapter is None:
+            raise ValueError("quantized weights cannot be trained directly: add an adapter (QLoRA), or set trainable: "
+                             "false, or remove quantization")
         return self
 
     @model_validator(mode="after")

@@ -23,7 +23,7 @@ from pydantic import Field, field_validator, model_validator
 
 from tunefork.adapters.registry import Adapter
 from tunefork.config.backend import Backend, LocalBackend
-from tunefork.config.features import FeatureBase
+from tunefork.config.features import FeatureBase, Quantization
 from tunefork.config.schema import Preprocessing
 from tunefork.config.trainer import Trainer
 from tunefork.sections import Section, tagged
@@ -192,17 +192,6 @@ class Generation(Section):
         else:  # override any sampling defaults the model's generation_config.json ships with
             out.update(temperature=None, top_k=None, top_p=None)
         return out
-
-
-class Quantization(Section):
-    """Load the base weights in 4 or 8 bits with bitsandbytes (QLoRA when combined with an adapter). CUDA only."""
-
-    bits: Literal[4, 8] = 4
-    llm_int8_threshold: float = Field(6.0, ge=0)
-    llm_int8_has_fp16_weight: bool = False
-    bnb_4bit_compute_dtype: Literal["float32", "float16", "bfloat16"] = "float16"
-    bnb_4bit_use_double_quant: bool = True
-    bnb_4bit_quant_type: Literal["fp4", "nf4"] = "nf4"
 
 
 class LLMTrainer(Trainer):

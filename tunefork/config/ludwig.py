@@ -27,6 +27,9 @@ NAMED_TRANSFORMERS = {
     "t5": "t5-small",
     "mt5": "google/mt5-base",
     "longformer": "allenai/longformer-base-4096",
+    # state-space models, through transformers' MambaModel / Mamba2Model
+    "mamba": "state-spaces/mamba-130m-hf",
+    "mamba2": "AntonV/mamba2-130m-hf",
 }
 DEFAULT_SECTIONS = ("preprocessing", "encoder", "decoder", "loss")
 # `defaults.category` serves inputs and outputs alike: each takes only the sections it has (Ludwig's rule).
@@ -98,6 +101,12 @@ def _encoder(feature: dict, path: str) -> None:
         encoder = feature["encoder"] = {"type": encoder}
     if not isinstance(encoder, dict):
         return
+    if encoder.get("type") == "llm":  # Ludwig's LLM encoder: a causal LM's last hidden state, as a text encoder
+        encoder["type"] = "auto_transformer"
+        if "base_model" in encoder:
+            encoder["pretrained_model_name_or_path"] = encoder.pop("base_model")
+        log.info("%s.encoder: Ludwig's 'llm' encoder is auto_transformer on %s (pooled at the last real token)", path,
+                 encoder.get("pretrained_model_name_or_path"))
     if isinstance(encoder.get("type"), str) and encoder["type"] in NAMED_TRANSFORMERS:
         name = encoder["type"]
         encoder["type"] = "auto_transformer"

@@ -44,6 +44,11 @@ def _load_kwargs(encoder) -> dict:
         # safetensors only: transformers then never unpickles a .bin (and fetches only safetensors from the hub)
         kwargs.setdefault("use_safetensors", not safety.pickle_allowed() or None)
     kwargs.setdefault("dtype", torch.float32)  # mixed precision is autocast's job; weights stay fp32
+    if encoder.quantization is not None:  # plan refuses it without CUDA; bitsandbytes places the weights itself
+        from tunefork.models.llm import quantization_config
+
+        kwargs.update(quantization_config=quantization_config(encoder.quantization),
+                      device_map={"": torch.cuda.current_device()})
     return kwargs
 
 
@@ -87,6 +92,11 @@ def _adapted(encoder, saved_config_dir: Path | None, where: str, total_steps: in
                                    f"adapter was trained on ({mismatch})")
         return adapters.load(base, saved_config_dir, trainable=False, where=where)
     base = load_transformer(encoder)
+    if encoder.quantization is not None:
+        from peft import prepare_model_for_kbit_training
+
+        # fp32 layer norms and an input that requires grad, so gradients reach the adapter through 4/8-bit layers
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
     if adapter.pretrained_adapter_weights:
         source = pretrained_adapter_source(adapter.pretrained_adapter_weights, where)
         return adapters.load(base, source, trainable=True, where=where, expect=adapter, total_steps=total_steps)
