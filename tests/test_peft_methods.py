@@ -108,3 +108,46 @@ def test_data_initialisation_on_an_encoder_says_what_to_write(tiny_bert, tmp_pat
         "output_features": [{"name": "sentiment", "type": "category"}], "trainer": {"epochs": 1}}
     with pytest.raises(ConfigError, match="write pissa or olora instead"):
         Model(cfg, progress=False, quiet=True).train(tiny.sentiment_frame(24), output_directory=tmp_path)
+
+
+# ------------------------------------------------------------------------------------------ named adapters
+
+
+def test_named_adapters_train_the_active_one_and_save_and_load_them_all(tiny_llama, tmp_path):
+    """Ludwig's multi-adapter form: `chat` is a trained adapter loaded as it is, `coding` trains; both are saved in
+    peft's layout (a folder per name) and come back, `coding` active, with the same logits."""
+    from safetensors.torch import load_file
+
+    chat_run = Model(config(tiny_llama, {"type": "lora", "r": 4}), progress=False, quiet=True).train(
+        FRAME, output_directory=tmp_path / "chat")
+    chat_folder = chat_run.output_directory / "model" / "adapter"
+    named = config(tiny_llama, None)
+    named["adapters"] = {"adapters": {"coding": {"type": "lora", "r": 2},
+                                      "chat": {"type": "lora", "pretrained_adapter_weights": str(chat_folder)}},
+                         "active": "coding"}
+    model = Model(named, progress=False, quiet=True)
+    result = model.train(FRAME, output_directory=tmp_path / "named")
+    saved = result.output_directory / "model" / "adapter"
+    assert (saved / "coding" / "adapter_config.json").is_file() and (saved / "chat" / "adapter_config.json").is_file()
+    chat_before, chat_after = load_file(chat_folder / "adapter_model.safetensors"), load_file(
+        saved / "chat" / "adapter_model.safetensors")
+    assert chat_before.keys() == chat_after.keys()
+    assert all(torch.equal(chat_before[k], chat_after[k]) for k in chat_before)  # loaded, never trained
+    assert json.loads((saved / "coding" / "adapter_config.json").read_text())["r"] == 2
+    assert model.model.active_adapter == "coding"
+    loaded = Model.load(result.output_directory)
+    assert loaded.model.active_adapter == "coding" and set(loaded.model.peft_config) == {"coding", "chat"}
+    torch.testing.assert_close(next_token_logits(loaded), next_token_logits(model), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(("adapters", "message"), [
+    ({"adapters": {"a": {"type": "lora"}, "b": {"type": "lora"}}, "active": "a"},
+     "adapters.b would stay at its initial weights"),
+    ({"adapters": {"a": {"type": "lora"}}, "active": "z"}, "active 'z' is not one of the adapters"),
+    ({"adapters": {"a": {"type": "lora"}}, "active": "a", "merge": {"name": "m"}}, "remove merge and set active"),
+])
+def test_named_adapter_mistakes_are_one_sentence(tiny_llama, adapters, message):
+    named = config(tiny_llama, None)
+    named["adapters"] = adapters
+    with pytest.raises(ConfigError, match=message):
+        Model(named, progress=False, quiet=True)

@@ -29,7 +29,7 @@ INITIAL = "tunefork_initial_adapter"  # attribute of a peft model: its adapter t
 CALIBRATION_BATCHES, CALIBRATION_ROWS = 8, 8  # training batches eva and corda read, and rows per batch
 
 
-def attach(model, peft_config, init: str, batches: list | None):
+def attach(model, peft_config, init: str, batches: list | None, name: str = "default"):
     """peft's get_peft_model with the initialisation `init` carried out; `batches`: dicts of model inputs."""
     import torch
     from peft import get_peft_model
@@ -48,11 +48,11 @@ def attach(model, peft_config, init: str, batches: list | None):
                         model(input_ids=ids[mask.bool()][None])
 
         preprocess_corda(model, peft_config, run_model=run_model)
-    peft_model = get_peft_model(model, peft_config)
+    peft_model = get_peft_model(model, peft_config, adapter_name=name)
     if init == "eva":
         from peft import initialize_lora_eva_weights
 
-        initialize_lora_eva_weights(peft_model, dataloader=batches)
+        initialize_lora_eva_weights(peft_model, dataloader=batches, adapter_name=name)
     if init in REWRITES_BASE:
         remember_initial(peft_model)
     return peft_model
@@ -61,7 +61,8 @@ def attach(model, peft_config, init: str, batches: list | None):
 def remember_initial(peft_model) -> None:
     from peft.utils import get_peft_model_state_dict
 
-    state = {k: v.detach().clone().contiguous() for k, v in get_peft_model_state_dict(peft_model).items()}
+    name = peft_model.active_adapter
+    state = {k: v.detach().clone().contiguous() for k, v in get_peft_model_state_dict(peft_model, adapter_name=name).items()}
     object.__setattr__(peft_model, INITIAL, state)  # not a module attribute: never saved, moved or trained
 
 

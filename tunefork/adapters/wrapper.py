@@ -23,9 +23,10 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 def attach(model, adapter, task_type: str | None = None, *, total_steps: int | None = None, where: str = "adapter",
-           batches: list | None = None):
+           batches: list | None = None, name: str = "default"):
     """`model` wrapped with a fresh `adapter`; peft freezes every base weight. `where` is the adapter's YAML path;
-    `batches`: a few training batches (dicts of model inputs) for the LoRA initialisations that read data."""
+    `batches`: a few training batches (dicts of model inputs) for the LoRA initialisations that read data; `name`:
+    the adapter's name in peft (a named adapter of `adapters:`)."""
     from peft import get_peft_model
 
     adapter.check(model, where)
@@ -36,16 +37,17 @@ def attach(model, adapter, task_type: str | None = None, *, total_steps: int | N
                            f"built without them (an encoder, or nothing to train); write pissa or olora instead"])
     try:
         if init in (*lora_init.REWRITES_BASE, *lora_init.FROM_DATA):
-            return lora_init.attach(model, peft_config, init, batches)
-        return get_peft_model(model, peft_config)
+            return lora_init.attach(model, peft_config, init, batches, name)
+        return get_peft_model(model, peft_config, adapter_name=name)
     except (ValueError, TypeError) as exc:  # peft's refusals of a config that passed our checks, in its words
         raise ConfigError([f"{where}: {adapter.type} cannot be applied to this {model.config.model_type} model "
                            f"({first_line(exc)})"]) from None
 
 
 def load(model, source: str | Path, *, trainable: bool, where: str = "adapter", expect=None,
-         total_steps: int | None = None):
-    """`model` with the saved adapter at `source` (a folder or hub id). `expect`: the section it must match."""
+         total_steps: int | None = None, name: str = "default"):
+    """`model` with the saved adapter at `source` (a folder or hub id) under `name`; `expect`: the section it must
+    match. `model` may already be a peft model: the adapter is then added next to the ones it has."""
     from peft import PeftConfig, PeftModel
 
     try:
@@ -66,14 +68,19 @@ def load(model, source: str | Path, *, trainable: bool, where: str = "adapter", 
     peft_config.inference_mode = not trainable
     try:
         with _no_false_adalora_warnings():
-            peft_model = PeftModel.from_pretrained(model, str(source), is_trainable=trainable, config=peft_config)
+            if is_peft(model):
+                model.load_adapter(str(source), adapter_name=name, is_trainable=trainable, config=peft_config)
+                peft_model = model
+            else:
+                peft_model = PeftModel.from_pretrained(model, str(source), adapter_name=name, is_trainable=trainable,
+                                                       config=peft_config)
     except (ValueError, TypeError, KeyError, RuntimeError) as exc:
         raise TuneforkError(f"{where}: the adapter at '{source}' does not fit this model ({first_line(exc)})") from None
-    _check_all_loaded(peft_model, Path(source), where)
+    _check_all_loaded(peft_model, Path(source), where, name)
     return peft_model
 
 
-def _check_all_loaded(peft_model, folder: Path, where: str) -> None:
+def _check_all_loaded(peft_model, folder: Path, where: str, name: str) -> None:
     """peft only warns when saved keys match no module (an adapter trained on another layout, e.g. a
     *ForSequenceClassification whose weights sit under `bert.`): refuse instead of training from scratch silently."""
     weights = folder / ADAPTER_WEIGHTS
@@ -85,7 +92,7 @@ def _check_all_loaded(peft_model, folder: Path, where: str) -> None:
     with safe_open(str(weights), framework="pt") as saved:
         saved_keys = set(saved.keys())
     with _no_false_adalora_warnings():
-        missing = sorted(saved_keys - set(get_peft_model_state_dict(peft_model)))
+        missing = sorted(saved_keys - set(get_peft_model_state_dict(peft_model, adapter_name=name)))
     if missing:
         raise TuneforkError(f"{where}: {len(missing)} tensor(s) of the adapter at '{folder}' match nothing in this "
                             f"model (first: {missing[0]}); it was trained on a different model or layout")

@@ -194,6 +194,43 @@ class Generation(Section):
         return out
 
 
+class NamedAdapters(Section):
+    """Ludwig's `adapters:`: several named peft adapters on one base model, one of them active. The active adapter is
+    the one that trains (fresh, or from its pretrained_adapter_weights) and predicts; every other one is a trained
+    adapter loaded from its pretrained_adapter_weights and saved with the model, ready to be made active."""
+
+    adapters: dict[str, Adapter] = Field(min_length=1, description="name → adapter section.")
+    active: str = Field(description="The adapter that trains and predicts.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_merge(cls, data):
+        if isinstance(data, dict) and "merge" in data:
+            raise ValueError("merge: combining adapters (peft's add_weighted_adapter) is not done here; remove merge "
+                             "and set active to the adapter to use")
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        from tunefork.adapters.lora_init import REWRITES_BASE
+
+        names = list(self.adapters)
+        if self.active not in self.adapters:
+            raise ValueError(f"active '{self.active}' is not one of the adapters ({', '.join(names)})")
+        for name, adapter in self.adapters.items():
+            if adapter is None:
+                raise ValueError(f"adapters.{name}: expected an adapter section, got null")
+            if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name in (".", ".."):
+                raise ValueError(f"adapters.{name}: an adapter name is a folder name; use letters, digits, _ . -")
+            if name != self.active and not adapter.pretrained_adapter_weights:
+                raise ValueError(f"adapters.{name} would stay at its initial weights: only the active adapter "
+                                 f"({self.active}) trains; give {name} pretrained_adapter_weights, or remove it")
+            if len(names) > 1 and getattr(adapter, "init", None) in REWRITES_BASE:
+                raise ValueError(f"adapters.{name}: init_lora_weights {adapter.init} rewrites the base weights the "
+                                 f"other adapters were trained on; train it alone (adapter:), or use the default init")
+        return self
+
+
 class LLMTrainer(Trainer):
     """Ludwig's `finetune` (the ECD trainer's keys) or `none` (zero-shot: nothing trains, metrics only).
 
@@ -233,11 +270,27 @@ class LLMConfig(Section):
     prompt: Prompt = Prompt()
     adapter: Adapter = Field(None, description="A PEFT method (lora, adalora, adaption_prompt, ...); model/ then "
                              "holds the adapter only. null with trainer finetune: every weight trains.")
+    adapters: NamedAdapters | None = Field(
+        None, description="Several named adapters, one active (Ludwig's multi-adapter form); the active one is also "
+        "`adapter`. Exclusive with a different `adapter`.")
     quantization: Quantization | None = None
     generation: Generation = Generation()
     trainer: LLMTrainer = LLMTrainer()
     preprocessing: LLMPreprocessing = LLMPreprocessing()
     backend: Backend = LocalBackend()  # or a Ray cluster: DDP and FSDP2 workers, as for ECD
+
+    @model_validator(mode="before")
+    @classmethod
+    def _active_adapter_is_the_adapter(cls, data):
+        """With `adapters:`, `adapter` is the active one, so everything that reads `adapter` applies to it."""
+        if not isinstance(data, dict) or not isinstance(data.get("adapters"), dict):
+            return data
+        named, active = data["adapters"].get("adapters"), data["adapters"].get("active")
+        if not isinstance(named, dict) or active not in named:
+            return data  # the section reports it
+        if data.get("adapter") is not None and data["adapter"] != named[active]:
+            raise ValueError("adapter and adapters are exclusive: put every adapter under adapters.adapters")
+        return {**data, "adapter": named[active]}
 
     @field_validator("input_features", "output_features")
     @classmethod

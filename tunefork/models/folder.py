@@ -73,7 +73,9 @@ def check(folder) -> Path:
         if not (folder / LLM_TOKENIZER).is_dir():
             raise ModelFolderError(f"{folder}: {LLM_TOKENIZER}/ is missing")
         for sub in (LLM_ADAPTER, LLM_WEIGHTS):
-            if (folder / sub).is_dir() and not any((folder / sub).glob("*.safetensors")):
+            # named adapters (`adapters:`) sit in a folder each
+            if (folder / sub).is_dir() and not any((folder / sub).glob("*.safetensors")) and \
+                    not any((folder / sub).glob("*/*.safetensors")):
                 raise ModelFolderError(f"{folder / sub}: no safetensors weights (pickle weights are never read)")
     return folder
 
@@ -231,7 +233,13 @@ def _load_llm(folder: Path, config, meta: dict):
         if mismatch:
             raise ModelFolderError(f"{folder}: the base model at '{config.base_model}' is not the one its adapter was "
                                    f"trained on ({mismatch})")
-        base = adapters.load(base, folder / LLM_ADAPTER, trainable=False, where="adapter")
+        if config.adapters is None:
+            base = adapters.load(base, folder / LLM_ADAPTER, trainable=False, where="adapter")
+        else:  # peft saved each named adapter in a folder of its name
+            for name in [llm.active_name(config), *(name for name, _ in llm.inactive(config))]:
+                base = adapters.load(base, folder / LLM_ADAPTER / name, trainable=False, where=f"adapters.adapters.{name}",
+                                     name=name)
+            base.set_adapter(llm.active_name(config))
     base.requires_grad_(False)
     return base.eval(), tokenizer
 

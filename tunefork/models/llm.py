@@ -85,12 +85,17 @@ def build(config, total_steps: int | None = None, batches: list | None = None):
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=config.trainer.enable_gradient_checkpointing)
     if adapter is not None:
+        name, where = active_name(config), active_path(config)
         if adapter.pretrained_adapter_weights:
-            model = adapters.load(model, adapter.pretrained_adapter_weights, trainable=finetune, where="adapter",
-                                  expect=adapter, total_steps=total_steps)
+            model = adapters.load(model, adapter.pretrained_adapter_weights, trainable=finetune, where=where,
+                                  expect=adapter, total_steps=total_steps, name=name)
         else:
-            model = adapters.attach(model, adapter, "CAUSAL_LM", total_steps=total_steps, where="adapter",
-                                    batches=batches)
+            model = adapters.attach(model, adapter, "CAUSAL_LM", total_steps=total_steps, where=where,
+                                    batches=batches, name=name)
+        for other, section in inactive(config):
+            adapters.load(model, section.pretrained_adapter_weights, trainable=False, where=f"adapters.adapters.{other}",
+                          expect=section, name=other)
+        model.set_adapter(name, inference_mode=not finetune)  # the active one trains; the others stay frozen
     elif not finetune:
         model.requires_grad_(False)
     if finetune and config.trainer.enable_gradient_checkpointing:
@@ -98,6 +103,22 @@ def build(config, total_steps: int | None = None, batches: list | None = None):
         # Non-reentrant checkpointing needs no input that requires grad, so frozen embeddings under an adapter work.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
+
+
+def active_name(config) -> str:
+    """peft's name of the adapter that trains and predicts: the active one of `adapters:`, else peft's default."""
+    return config.adapters.active if config.adapters is not None else "default"
+
+
+def active_path(config) -> str:
+    return f"adapters.adapters.{config.adapters.active}" if config.adapters is not None else "adapter"
+
+
+def inactive(config) -> list[tuple[str, object]]:
+    """(name, section) of the named adapters that are loaded but not active."""
+    if config.adapters is None:
+        return []
+    return [(name, section) for name, section in config.adapters.adapters.items() if name != config.adapters.active]
 
 
 def place(model, device: str):
