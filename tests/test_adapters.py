@@ -47,6 +47,7 @@ ADAPTERS = {
     "hra": ({"type": "hra", "r": 4}, ("bert",), "hra_u"),
     "vblora": ({"type": "vblora", "num_vectors": 16, "vector_length": 16}, ("bert",), "vblora_"),
     "fourierft": ({"type": "fourierft", "n_frequency": 64, "scaling": 10.0}, ("bert",), "fourierft_spectrum"),
+    "waveft": ({"type": "waveft", "n_frequency": 64}, ("bert",), "waveft_spectrum"),
     "tinylora": ({"type": "tinylora", "u": 16}, ("bert",), "tinylora_v"),
     "ln_tuning": ({"type": "ln_tuning", "target_modules": ["LayerNorm"]}, ("bert",), "ln_tuning_layers"),
 }

@@ -24,6 +24,7 @@ CASES = {
     "hra": {"type": "hra", "r": 4},
     "vblora": {"type": "vblora", "num_vectors": 16, "vector_length": 16},  # the tiny Llama's k/v layers are 16 wide
     "fourierft": {"type": "fourierft", "n_frequency": 64, "scaling": 10.0},
+    "waveft": {"type": "waveft", "n_frequency": 64},
     "tinylora": {"type": "tinylora", "u": 16},
     "ln_tuning": {"type": "ln_tuning"},
     "lora-pissa": {"type": "lora", "r": 4, "init_lora_weights": "pissa"},
@@ -31,6 +32,7 @@ CASES = {
     "lora-eva": {"type": "lora", "r": 4, "init_lora_weights": "eva", "eva_config": {"rho": 1.5}},
     "lora-corda": {"type": "lora", "r": 4, "init_lora_weights": "corda", "corda_config": {"corda_method": "kpm"}},
     "lora-dora-rslora": {"type": "lora", "r": 4, "use_dora": True, "use_rslora": True},
+    "lora-patterns": {"type": "lora", "r": 2, "rank_pattern": {"v_proj": 6}, "alpha_pattern": {"v_proj": 3.0}},
 }
 FRAME = tiny.sentiment_frame(48, seed=5).rename(columns={"review": "instruction", "sentiment": "output"})
 
@@ -59,6 +61,10 @@ def test_method_trains_reloads_and_merges_with_identical_logits(name, tiny_llama
     assert all(map(torch.isfinite, torch.tensor(losses)))
     trained = next_token_logits(model)
     saved = json.loads((result.output_directory / "model" / "adapter" / "adapter_config.json").read_text())
+    if name == "lora-patterns":  # per-layer rank and alpha reach peft
+        v_proj = next(m for n, m in model.model.named_modules() if n.endswith("v_proj"))
+        assert v_proj.r["default"] == 6 and v_proj.lora_alpha["default"] == 3.0
+        assert saved["rank_pattern"] == {"v_proj": 6}
     if name in ("lora-pissa", "lora-olora", "lora-corda"):  # converted: a plain LoRA of rank 2r on the untouched base
         assert saved["init_lora_weights"] is True and saved["r"] == 8
     loaded = Model.load(result.output_directory)

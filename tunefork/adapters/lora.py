@@ -68,6 +68,11 @@ class Lora(AdapterSection):
         "the base weights. 'corda' / 'eva': from the layers' inputs on training batches (model_type llm). 'loftq': "
         "making up for 4-bit quantization (needs quantization). See tunefork/adapters/lora_init.py.",
     )
+    rank_pattern: dict[str, int] | None = Field(
+        None, description="Per-layer ranks overriding r: a layer name (or regular expression) → rank, e.g. "
+        "{q_proj: 16}.")
+    alpha_pattern: dict[str, float] | None = Field(
+        None, description="Per-layer α overriding alpha: a layer name (or regular expression) → α.")
     loftq_config: LoftQ | None = Field(None, description="Settings of init_lora_weights: loftq (refused).")
     eva_config: Eva | None = Field(None, description="Settings of init_lora_weights: eva.")
     corda_config: Corda | None = Field(None, description="Settings of init_lora_weights: corda.")
@@ -111,6 +116,8 @@ class Lora(AdapterSection):
             use_rslora=self.use_rslora,
             use_dora=self.use_dora,
             init_lora_weights=True if self.init == "default" else self.init,
+            rank_pattern=dict(self.rank_pattern or {}),
+            alpha_pattern=dict(self.alpha_pattern or {}),
             eva_config=EvaConfig(**(self.eva_config or Eva()).model_dump()) if self.init == "eva" else None,
             corda_config=CordaConfig(**(self.corda_config or Corda()).model_dump()) if self.init == "corda" else None,
             task_type=task_type,

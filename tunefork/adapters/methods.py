@@ -14,6 +14,8 @@ methods is re-implemented: peft builds, trains, saves, loads and merges them. Al
                sub-vector, from one vector bank shared by every layer.
     fourierft  FourierFT (Gao et al. 2024, https://arxiv.org/abs/2405.03003): ΔW is the inverse 2-D Fourier transform
                of n_frequency trained spectral coefficients at random (seeded) locations.
+    waveft     WaveFT (Bilican et al. 2025, https://arxiv.org/abs/2505.12532): ΔW is the inverse discrete wavelet
+               transform of n_frequency trained coefficients at random (seeded) locations.
     tinylora   TinyLoRA: LoRA through fixed random projections of a u-dimensional trained vector (peft.TinyLoraConfig).
     ln_tuning  LayerNorm tuning (Zhao et al. 2023, https://arxiv.org/abs/2312.11420): only the normalisation layers
                train (peft keeps a trained copy of each and swaps it in).
@@ -157,6 +159,23 @@ class FourierFT(PeftFields):
     default_targets: ClassVar[str | None] = "TRANSFORMERS_MODELS_TO_FOURIERFT_TARGET_MODULES_MAPPING"
 
 
+class WaveFT(PeftFields):
+    type: Literal["waveft"]
+    n_frequency: int = Field(2592, gt=0, description="Trained wavelet coefficients per layer (at most in × out).")
+    scaling: float = Field(25.0, gt=0, description="Scale of the update.")
+    wavelet_family: str = Field("db1", description="The wavelet (PyWavelets' names, e.g. db1, sym2).")
+    use_idwt: bool = Field(True, description="Build ΔW with the inverse wavelet transform; false: place the "
+                           "coefficients directly.")
+    random_loc_seed: int = Field(777, ge=0, description="Seed of the coefficients' locations.")
+    init_weights: bool = Field(True, description="Start the coefficients at zero (the base model).")
+    target_modules: list[str] | None = Field(None, min_length=1, description=TARGETS_DESCRIPTION)
+    bias_type: Bias = Field("none", description=BIAS)
+
+    peft_class: ClassVar[str] = "WaveFTConfig"
+    peft_type: ClassVar[str] = "WAVEFT"
+    default_targets: ClassVar[str | None] = "TRANSFORMERS_MODELS_TO_WAVEFT_TARGET_MODULES_MAPPING"
+
+
 class TinyLora(PeftFields):
     type: Literal["tinylora"]
     r: int = Field(2, gt=0, description="Rank of the fixed projections.")
@@ -184,4 +203,4 @@ class LNTuning(PeftFields):
     default_targets: ClassVar[str | None] = "TRANSFORMERS_MODELS_TO_LNTUNING_TARGET_MODULES_MAPPING"
 
 
-SECTIONS = (OFT, BOFT, HRA, VBLoRA, FourierFT, TinyLora, LNTuning)
+SECTIONS = (OFT, BOFT, HRA, VBLoRA, FourierFT, WaveFT, TinyLora, LNTuning)
