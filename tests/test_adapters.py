@@ -359,7 +359,8 @@ def test_adalora_schedule_without_a_pruning_phase_fails_at_planning(model_dirs, 
      "adaption_prompt adapters cannot be merged into the base model"),
     ({"type": "lora", "rank": 4}, "input_features[0].encoder.adapter.rank: unknown key"),
     ({"type": "lorra"}, "'lorra' is not supported (one of: lora, adalora, adaption_prompt, ia3, loha, lokr, vera, "
-                        "prompt_tuning) (did you mean 'lora'?)"),
+                        "prompt_tuning, oft, boft, hra, vblora, fourierft, waveft, tinylora, ln_tuning) "
+                        "(did you mean 'lora'?)"),
     ({"type": "ia3", "target_modules": ["key"], "feedforward_modules": ["output.dense"]},
      "feedforward_modules must be among target_modules; not there: output.dense"),
     ({"type": "adalora", "init_r": 4, "target_r": 8}, "target_r (8) must not exceed init_r (4)"),

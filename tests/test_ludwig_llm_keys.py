@@ -93,13 +93,13 @@ def test_llm_encoder_is_the_auto_transformer_on_the_causal_lm(tiny_llama, tmp_pa
     from tunefork import Model
 
     written = ecd({"type": "llm", "base_model": str(tiny_llama), "adapter": {"type": "lora", "r": 4}},
-                  trainer={"epochs": 2, "batch_size": 8, "learning_rate": 0.01})
+                  trainer={"epochs": 1, "batch_size": 8, "learning_rate": 0.01})
     cfg = config_mod.load(written)
     encoder = cfg.input_features[0].encoder
     assert encoder.type == "auto_transformer" and encoder.pretrained_model_name_or_path == str(tiny_llama)
     assert encoder.adapter.type == "lora" and encoder.adapter.r == 4
     model = Model(written, progress=False, quiet=True)
-    frame = tiny.sentiment_frame(64, seed=2)
+    frame = tiny.sentiment_frame(32, seed=2)
     result = model.train(frame, output_directory=tmp_path)
     assert result.plan["pooling.review"]["value"] == "last"  # a causal LM: its last real token
     loaded = Model.load(result.output_directory)
