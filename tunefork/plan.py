@@ -204,7 +204,8 @@ def _backend(plan: _Draft, config, workers) -> None:
     plan.decide("cluster", ray.ray.address or "RAY_ADDRESS, else a local cluster started for the run",
                 "backend.ray.address")
     shown = strategy.type + (f" (reshard_after_forward: {strategy.reshard_after_forward}"
-                             f"{', offload: cpu' if strategy.offload else ''})" if strategy.type == "fsdp" else "")
+                             f"{', offload: cpu' if strategy.offload else ''}{' (pinned)' if strategy.pin_memory else ''})"
+                             if strategy.type == "fsdp" else "")
     written = ray.trainer.strategy
     reason = written.translated()[1] if written.type == "deepspeed" else "backend.trainer.strategy"
     plan.decide("strategy", shown, reason)

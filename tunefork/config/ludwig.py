@@ -29,7 +29,7 @@ NAMED_TRANSFORMERS = {
     "longformer": "allenai/longformer-base-4096",
     # state-space models, through transformers' MambaModel / Mamba2Model
     "mamba": "state-spaces/mamba-130m-hf",
-    "mamba2": "AntonV/mamba2-130m-hf",
+    "mamba2": None,  # no small Mamba-2 checkpoint in transformers' format to default to: name one
 }
 DEFAULT_SECTIONS = ("preprocessing", "encoder", "decoder", "loss")
 # `defaults.category` serves inputs and outputs alike: each takes only the sections it has (Ludwig's rule).
@@ -110,8 +110,9 @@ def _encoder(feature: dict, path: str) -> None:
     if isinstance(encoder.get("type"), str) and encoder["type"] in NAMED_TRANSFORMERS:
         name = encoder["type"]
         encoder["type"] = "auto_transformer"
-        encoder.setdefault("pretrained_model_name_or_path", NAMED_TRANSFORMERS[name])
-        log.info("%s.encoder: Ludwig's '%s' encoder is auto_transformer on %s", path, name, encoder["pretrained_model_name_or_path"])
+        if NAMED_TRANSFORMERS[name] is not None:
+            encoder.setdefault("pretrained_model_name_or_path", NAMED_TRANSFORMERS[name])
+        log.info("%s.encoder: Ludwig's '%s' encoder is auto_transformer on %s", path, name, encoder.get("pretrained_model_name_or_path"))
     if "max_sequence_length" in encoder and feature.get("type") == "text":
         length = encoder.pop("max_sequence_length")
         preprocessing = feature.setdefault("preprocessing", {})
