@@ -432,6 +432,41 @@ LLM = {
     "preprocessing.global_max_sequence_length": Case(40),  # room for max_new_tokens 4 and a 32-token prompt
     "backend[local].cache_dir": Case("@tmp/cache"),
 }
+# peft's newer methods and LoRA's initialisations, shown on the causal LM (the ECD encoder builds the same peft
+# configs: EXEMPT below). Sizes fit the tiny Llama: hidden 32, k/v projections 32 → 16.
+NEWER = ("oft", "boft", "hra", "vblora", "fourierft", "waveft", "tinylora", "ln_tuning")
+FITTED = {"vblora": {"num_vectors": 16, "vector_length": 16}, "fourierft": {"n_frequency": 64},
+          "waveft": {"n_frequency": 64}}
+PREFIX_CONTEXTS["llm"] += [(rf"adapter\[{kind}\]", {"adapter": {"type": kind, **sizes}}) for kind, sizes in FITTED.items()]
+LLM.update({f"adapter[{kind}].pretrained_adapter_weights": Case("@default_run/model/adapter") for kind in NEWER})
+LLM.update({f"adapter[{kind}].postprocessor.progressbar": Case(True, {"@adapter": MERGE}, display=True) for kind in NEWER})
+LLM.update({f"adapter[{kind}].target_modules": Case(["q_proj"]) for kind in NEWER if kind != "ln_tuning"})
+# the tiny Llama has no biases; GPT-2's Conv1D layers take only some of the methods: the others show it on BERT
+CONV1D = ("vblora", "fourierft", "waveft", "tinylora")
+LLM.update({f"adapter[{kind}].bias_type": Case("all", {"base_model": "@gpt2", "adapter": {"type": kind, **FITTED.get(
+    kind, {}), "target_modules": ["c_attn"]}}) for kind in CONV1D})
+ECD.update({f"{ECD_ADAPTER}[{kind}].bias_type": Case("all") for kind in ("oft", "boft", "hra")})
+LLM.update({
+    "adapter[ln_tuning].target_modules": Case(["norm"]),
+    "adapter[oft].r": Case(2, {"@adapter": {"oft_block_size": 0, "r": 4}}),
+    # with one 32-wide block per layer there is nothing to share: four blocks of 8
+    "adapter[oft].block_share": Case(True, {"@adapter": {"oft_block_size": 8}}),
+    "adapter[oft].oft_block_size": Case(16),
+    "adapter[oft].eps": Case(1e-3, {"@adapter": {"coft": True}}),
+    "adapter[boft].boft_block_size": Case(8),
+    "adapter[boft].boft_block_num": Case(8, {"@adapter": {"boft_block_size": 0, "boft_block_num": 4}}),
+    "adapter[hra].r": Case(4),
+    "adapter[vblora].vector_length": Case(8),
+    "adapter[vblora].num_vectors": Case(8),
+    "adapter[vblora].topk": Case(1),
+    "adapter[waveft].wavelet_family": Case("db2"),
+    "adapter[lora].rank_pattern": Case({"q_proj": 2}),
+    "adapter[lora].alpha_pattern": Case({"q_proj": 1.0}),
+    "adapter[lora].eva_config.rho": Case(1.0, {"@adapter": {"init_lora_weights": "eva"}}),
+    "adapter[lora].eva_config.use_label_mask": Case(False, {"@adapter": {"init_lora_weights": "eva"}}),
+    "adapter[lora].eva_config.whiten": Case(True, {"@adapter": {"init_lora_weights": "eva"}}),
+    "adapter[lora].corda_config.corda_method": Case("kpm", {"@adapter": {"init_lora_weights": "corda"}}),
+})
 CASES = {"ecd": {k: v for k, v in ECD.items() if v is not None}, "llm": LLM}
 
 QUANTIZATION = ("quantization loads 4/8-bit weights with bitsandbytes, which needs a CUDA GPU; on a CPU the plan "
@@ -463,6 +498,28 @@ EXEMPT = {
                                                        "bnb_4bit_quant_type")},
     },
 }
+SAME_PEFT_CONFIG = ("the same section and peft config as the causal LM's adapter, whose case shows the key; on the "
+                    "encoder each method trains, saves, loads and merges in tests/test_adapters.py")
+NAMED = ("a named adapter is the same section as `adapter` (the active one is `adapter`, whose cases show each key); "
+         "tests/test_peft_methods.py trains, saves and reloads named adapters")
+LOFTQ = "init_lora_weights: loftq is refused (REFUSED), so its settings can never be in effect"
+EXEMPT["ecd"].update({
+    **{f"input_features[text].encoder.quantization.{k}": QUANTIZATION for k in (
+        "bits", "llm_int8_threshold", "llm_int8_has_fp16_weight", "bnb_4bit_compute_dtype",
+        "bnb_4bit_use_double_quant", "bnb_4bit_quant_type")},
+})
+EXEMPT["llm"].update({f"adapter[lora].loftq_config.{k}": LOFTQ for k in ("loftq_iter",)})
+EXEMPT["llm"].update({k: NAMED for k in LEAVES["llm"] if k.startswith("adapters.")})
+EXEMPT["llm"].update({f"adapter[{kind}].bias_type": "the tiny Llama has no biases and peft's " + kind + " takes no "
+                      "GPT-2 Conv1D layer: the BERT encoder's case shows it" for kind in ("oft", "boft", "hra")})
+EVA_RANKS = ("acts only when EVA moves rank between layers or stops reading batches early, which the tiny Llama's two "
+             "layers on three batches of 8 rows do not make it do (tests/test_peft_methods.py checks that eva's start "
+             "differs from the default one)")
+EXEMPT["llm"].update({f"adapter[lora].eva_config.{k}": EVA_RANKS for k in ("tau", "adjust_scaling_factors")})
+EXEMPT["ecd"].update({k: SAME_PEFT_CONFIG for k in LEAVES["ecd"] if k not in ECD and any(
+    k.startswith(f"{ECD_ADAPTER}[{kind}]") for kind in NEWER) or k in (
+    f"{ECD_ADAPTER}[lora].rank_pattern", f"{ECD_ADAPTER}[lora].alpha_pattern")})
+EXEMPT["ecd"].update({f"{ECD_ADAPTER}[lora].loftq_config.{k}": LOFTQ for k in ("loftq_iter",)})
 # The Ray backend's keys are plan-level: the plan records the cluster, workers, strategy, resources, restarts and
 # checkpoint storage. Each is checked by resolving the plan against a cluster offering 8 CPUs and 2 GPUs, without
 # starting one (the real Ray runs are in tests/test_ray.py).
@@ -470,6 +527,20 @@ RAY_PLAN_KEYS = {
     "backend.type": "ray",
     "backend[ray].trainer.strategy.type": "fsdp",
     "backend[ray].trainer.strategy[fsdp].reshard_after_forward": False,
+    "backend[ray].trainer.strategy[fsdp].offload": (True, {"backend": {"type": "ray", "trainer": {"use_gpu": True}}}),
+    "backend[ray].trainer.strategy[fsdp].pin_memory": (True, {"backend": {"type": "ray", "trainer": {
+        "use_gpu": True, "strategy": {"type": "fsdp", "offload": True}}}}),
+    "backend[ray].trainer.strategy[deepspeed].zero_optimization.stage": 3,
+    "backend[ray].trainer.strategy[deepspeed].zero_optimization.offload_optimizer.device": (
+        "none", {"backend": {"type": "ray", "trainer": {"use_gpu": True, "strategy": {
+            "type": "deepspeed", "zero_optimization": {"offload_param": {"device": "none"}}}}}}),
+    "backend[ray].trainer.strategy[deepspeed].zero_optimization.offload_optimizer.pin_memory": (
+        True, {"backend": {"type": "ray", "trainer": {"use_gpu": True}}}),
+    "backend[ray].trainer.strategy[deepspeed].zero_optimization.offload_param.device": (
+        "none", {"backend": {"type": "ray", "trainer": {"use_gpu": True, "strategy": {
+            "type": "deepspeed", "zero_optimization": {"offload_optimizer": {"device": "none"}}}}}}),
+    "backend[ray].trainer.strategy[deepspeed].zero_optimization.offload_param.pin_memory": (
+        True, {"backend": {"type": "ray", "trainer": {"use_gpu": True}}}),
     "backend[ray].trainer.num_workers": 1,
     "backend[ray].trainer.use_gpu": False,
     "backend[ray].trainer.resources_per_worker": {"CPU": 2},
@@ -500,8 +571,16 @@ def _refused_adapter_keys(adapter: str) -> dict:
 
 REFUSED = {
     "ecd": {**_refused_adapter_keys(ECD_ADAPTER),
+            # eva and corda read training batches, which an encoder is built without
+            **{f"{ECD_ADAPTER}[lora].{section}.{key}": (value, r"write pissa or olora instead",
+                                                       {"@adapter": {"init_lora_weights": section.split("_")[0]}})
+               for section, key, value in (("eva_config", "rho", 1.0), ("eva_config", "tau", 0.5),
+                                           ("eva_config", "use_label_mask", False), ("eva_config", "whiten", True),
+                                           ("eva_config", "adjust_scaling_factors", False),
+                                           ("corda_config", "corda_method", "kpm"))},
             "input_features[binary].tied": ("flag2", r"has a passthrough encoder, which has none", BINARY_TIED)},
-    "llm": _refused_adapter_keys("adapter"),
+    "llm": {**_refused_adapter_keys("adapter"),
+            "adapter[boft].boft_n_butterfly_factor": (2, r"butterfly factors above 1 with its CUDA extension only")},
 }
 
 # ------------------------------------------------------------------------------------- configs for a key

@@ -178,7 +178,9 @@ def _train(recipe, console, data: Data, options: Options):
     # the estimate is of this process; a Ray worker holds a shard (FSDP) on its own machine
     prepared, plan = recipe.ready(model, prepared, plan, resolve, console, phases, config.backend.type == "local")
     for key, decision in plan.decisions.items():
-        if key in ("precision", "batch_size", "learning_rate", "max_sequence_length") or key.startswith("cache_embeddings."):
+        translated = key == "strategy" and decision.reason != "backend.trainer.strategy"  # Ludwig's deepspeed
+        if key in ("precision", "batch_size", "learning_rate", "max_sequence_length") or translated or \
+                key.startswith("cache_embeddings."):
             console.note(f"{key}: {decision.value} — {decision.reason}")
 
     run = resumed

@@ -3,6 +3,8 @@
 Every key below keeps peft's name (and default, unless noted), except Ludwig's `bias_type` for peft's `bias`; the
 section's `to_peft` passes each field through, so a key here is exactly the peft argument of that name. None of these
 methods is re-implemented: peft builds, trains, saves, loads and merges them. All merge into the base weights.
+Left out: OFT's `module_dropout` (peft 0.21 builds the dropout layer and never applies it) and TinyLoRA's `init_v_bound`
+(its trained vector starts at zero).
 
     oft        Orthogonal Finetuning (Qiu et al. 2023, https://arxiv.org/abs/2306.07280): each adapted weight is
                rotated by a trained block-diagonal orthogonal matrix, which preserves the angles between neurons.
@@ -54,7 +56,6 @@ class OFT(PeftFields):
                    "Set exactly one of r and oft_block_size.")
     oft_block_size: int = Field(32, ge=0, description="Size of each orthogonal block; 0: derived from r. It must "
                                 "divide the adapted layers' input size.")
-    module_dropout: float = Field(0.0, ge=0, lt=1, description="Probability of skipping a block's rotation in training.")
     coft: bool = Field(False, description="Constrained OFT: keep the rotation within eps of the identity.")
     eps: float | None = Field(None, gt=0, description="How far the constrained rotation may move (coft only); "
                               "null: peft's 6e-5.")
@@ -90,6 +91,16 @@ class BOFT(PeftFields):
     peft_class: ClassVar[str] = "BOFTConfig"
     peft_type: ClassVar[str] = "BOFT"
     default_targets: ClassVar[str | None] = "TRANSFORMERS_MODELS_TO_BOFT_TARGET_MODULES_MAPPING"
+
+    def check(self, model, where: str) -> None:
+        super().check(model, where)
+        import torch
+
+        if self.boft_n_butterfly_factor > 1 and not torch.cuda.is_available():
+            from tunefork.errors import ConfigError
+
+            raise ConfigError([f"{where}.boft_n_butterfly_factor: peft builds butterfly factors above 1 with its CUDA "
+                               f"extension only, and this machine has no CUDA (peft would quietly use 1); remove it"])
 
     @model_validator(mode="after")
     def _one_of_size_and_number(self):
@@ -182,7 +193,6 @@ class TinyLora(PeftFields):
     u: int = Field(64, gt=0, description="Size of the trained vector each layer's update is projected from.")
     weight_tying: float = Field(0.0, ge=0, le=1, description="Share of layers that share one trained vector.")
     projection_seed: int = Field(42, ge=0, description="Seed of the fixed random projections.")
-    init_v_bound: float = Field(0.02, gt=0, description="Trained vector initialised uniformly in ±this.")
     tinylora_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the input of the adapted branch.")
     target_modules: list[str] | None = Field(None, min_length=1, description=TARGETS_DESCRIPTION)
     bias_type: Bias = Field("none", description=BIAS)
