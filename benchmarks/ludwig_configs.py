@@ -88,6 +88,10 @@ def for_one_step(raw: dict, bert: Path, llama: Path) -> tuple[dict, list[str]]:
         cfg["base_model"] = str(llama)
     for feature in _features(cfg):
         encoder = feature.get("encoder")
+        if isinstance(encoder, dict) and encoder.get("type") == "llm":  # Ludwig's LLM encoder: a causal LM
+            swapped.append(f"{feature['name']}: {encoder.get('base_model')} -> tiny Llama")
+            encoder["base_model"] = str(llama)
+            continue
         if isinstance(encoder, dict) and any(k in encoder for k in PRETRAINED_KEYS) or (
                 isinstance(encoder, dict) and encoder.get("type") in ("bert", "auto_transformer")):
             swapped.append(f"{feature['name']}: {encoder.get('pretrained_model_name_or_path', encoder['type'])} -> tiny BERT")

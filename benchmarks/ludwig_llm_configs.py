@@ -1,14 +1,16 @@
 """Of the complete configs on Ludwig's LLM, fine-tuning and PEFT pages, the share that validates and the share that
 trains one step, with the reason for each failure.
 
-    .venv/bin/python benchmarks/ludwig_llm_configs.py [--only NAME]
+    python benchmarks/ludwig_llm_configs.py            # validate and run one step: about a minute on 2 CPU cores
+    python benchmarks/ludwig_llm_configs.py --no-run   # validate only
 
-Each YAML file in benchmarks/ludwig_llm_configs/ is a config as a Ludwig page writes it (the first comment names
-the page). It is run as written except for what a machine without the hub needs: every model id becomes a local
-tiny model (causal LMs → the tests' tiny Llama, BERT ids → the tiny BERT), and the trainer is cut to one optimizer
-step of 4 rows (`trainer.train_steps: 1`). The data is a small table with every column the config reads. A config
-"validates" when `tunefork.config.load` accepts it, and "runs" when `Model.train` finishes that step. Results, with
-each failure's one-line reason, go to benchmarks/results/ludwig_llm_configs.json; re-run it as other keys land.
+Each YAML file in benchmarks/ludwig_llm_configs/, and the LLM ones of tests/ludwig_configs/ (SHARED), is a config
+as a Ludwig page writes it (its first line names the
+page: the LLM configuration page, LLM fine-tuning for classification, text classification with an LLM encoder,
+"Advanced PEFT Adapters", "Multi-Adapter PEFT"; where a page's snippet has no features, the LLM page's are added and
+the comment says so). The measuring is benchmarks/ludwig_configs.py's, on this folder: validate as written, then,
+for the run only, tiny local models for the hub ids, one optimizer step, a local backend. Results, with each
+failure's one line, go to benchmarks/results/ludwig_llm_configs.json; re-run it as other keys land.
 """
 
 from __future__ import annotations
@@ -19,103 +21,46 @@ import sys
 import tempfile
 from pathlib import Path
 
-import yaml
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+from benchmarks.common import quiet_transformers, save  # noqa: E402
+from benchmarks.ludwig_configs import measure, summary  # noqa: E402
 
-FOLDER = Path(__file__).resolve().parent / "ludwig_llm_configs"
-
-
-def tiny_models(root: Path) -> dict[str, Path]:
-    sys.path.insert(0, str(common.ROOT / "tests"))
-    import tiny
-
-    return {"llm": tiny.build_llama(root / "llama", pad_token=True), "bert": tiny.build_bert(root / "bert")}
-
-
-def localised(raw: dict, models: dict[str, Path]) -> dict:
-    """The config with every model id replaced by a tiny local model and the trainer cut to one step."""
-    config = json.loads(json.dumps(raw))
-    if "base_model" in config:
-        config["base_model"] = str(models["llm"])
-    for feature in config.get("input_features", []):
-        encoder = feature.get("encoder")
-        if isinstance(encoder, dict):
-            for key in ("base_model", "pretrained_model_name_or_path"):
-                if key in encoder:
-                    encoder[key] = str(models["bert" if "bert" in str(encoder[key]).lower() else "llm"])
-    trainer = config.setdefault("trainer", {})
-    if isinstance(trainer, dict) and trainer.get("type", "finetune") == "finetune":
-        trainer.update(train_steps=1, batch_size=4)
-        trainer.pop("gradient_accumulation_steps", None)
-    return config
+FOLDER = ROOT / "benchmarks" / "ludwig_llm_configs"
+# The LLM, fine-tuning and PEFT configs of tests/ludwig_configs/ (Ludwig's documentation pages and examples/)
+SHARED = ("llama2_7b_llm_docs.yaml", "llama2_7b_4bit.yaml", "alpaca_qlora_getting_started.yaml",
+          "llm_zero_shot_classification.yaml", "llm_few_shot_retrieval.yaml", "phi2_json_schema.yaml",
+          "llm_classification_full_finetune.yaml", "llm_classification_cached_embeddings.yaml",
+          "llm_classification_lora.yaml", "llama32_pissa_lora.yaml", "imdb_deepspeed_zero3.yaml")
 
 
-def frame_for(raw: dict):
-    """A table with each column the config reads: text inputs, the output, and any prompt template column."""
-    import string
-
-    sys.path.insert(0, str(common.ROOT / "tests"))
-    import tiny
-
-    base = tiny.sentiment_frame(32, seed=1)
-    columns = {}
-    for feature in raw.get("input_features", []):
-        columns[feature.get("column") or feature["name"]] = base["review"]
-    for feature in raw.get("output_features", []):
-        columns[feature.get("column") or feature["name"]] = base["sentiment"]
-    template = (raw.get("prompt") or {}).get("template")
-    if template:
-        for _, name, _, _ in string.Formatter().parse(template):
-            if name and not name.startswith("__"):
-                columns.setdefault(name, base["review"])
-    import pandas as pd
-
-    return pd.DataFrame(columns)
-
-
-def check(path: Path, models: dict[str, Path]) -> dict:
-    from tunefork import Model
-    from tunefork import config as config_mod
-    from tunefork.errors import first_line
-
-    raw = yaml.safe_load(path.read_text())
-    source = path.read_text().splitlines()[0].removeprefix("# ")
-    config = localised(raw, models)
-    out = {"config": path.name, "source": source, "validates": False, "runs": False, "reason": None}
-    try:
-        config_mod.load(config)
-        out["validates"] = True
-        with tempfile.TemporaryDirectory() as tmp:
-            Model(config, progress=False, quiet=True).train(frame_for(raw), output_directory=tmp)
-        out["runs"] = True
-    except Exception as exc:  # every failure is a finding: its first line is the reason
-        out["reason"] = f"{type(exc).__name__}: {first_line(exc)}"
-    return out
+def configs() -> list[Path]:
+    shared = [ROOT / "tests" / "ludwig_configs" / name for name in SHARED]
+    return sorted(FOLDER.glob("*.yaml")) + [path for path in shared if path.is_file()]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", help="run one config file (its name)")
+    parser.add_argument("--no-run", action="store_true", help="validate only")
     args = parser.parse_args()
-    common.quiet_transformers()
-    paths = sorted(FOLDER.glob("*.yaml"))
-    if args.only:
-        paths = [p for p in paths if p.name == args.only]
-    with tempfile.TemporaryDirectory() as root:
-        models = tiny_models(Path(root))
-        results = [check(path, models) for path in paths]
-    for r in results:
-        status = "runs" if r["runs"] else "validates only" if r["validates"] else "refused"
-        print(f"{r['config']:45s} {status:15s} {r['reason'] or ''}")
-    count = len(results)
-    summary = {"configs": count,
-               "validates": sum(r["validates"] for r in results), "runs": sum(r["runs"] for r in results)}
-    summary.update(validates_share=round(summary["validates"] / count, 3), runs_share=round(summary["runs"] / count, 3))
-    print(json.dumps(summary))
-    if not args.only:
-        common.save("ludwig_llm_configs", {**summary, "results": results})
+    run, bert, llama = not args.no_run, None, None
+    with tempfile.TemporaryDirectory() as folder:
+        if run:
+            import tiny
+
+            quiet_transformers()
+            bert = tiny.build_bert(Path(folder) / "bert")
+            llama = tiny.build_llama(Path(folder) / "llama", pad_token=True)
+        entries = [measure(path, run, bert, llama) for path in configs()]
+    result = {**summary(entries, run), "results": entries}
+    for e in entries:
+        verdict = "valid" if e["validates"] else f"refused: {e['error']}"
+        if e.get("ran_one_step") is not None:
+            verdict += "; one step ran" if e["ran_one_step"] else f"; the step failed: {e['run_error']}"
+        print(f"{e['file']}: {verdict}")
+    print(json.dumps({k: v for k, v in result.items() if k != "results"}, indent=2))
+    print(f"written to {save('ludwig_llm_configs', result)}")
 
 
 if __name__ == "__main__":

@@ -142,3 +142,10 @@ def test_mamba_encoders_train_and_reload(version, tmp_path):
     assert type(encoder).__name__ == ("MambaModel" if version == 1 else "Mamba2Model")
     loaded = Model.load(result.output_directory)
     assert loaded.predict(frame.head(8)).equals(model.predict(frame.head(8)))
+
+
+def test_ludwigs_older_deepspeed_backend_is_the_ray_strategy(tiny_bert):
+    cfg = config_mod.load(ecd({"type": "auto_transformer", "pretrained_model_name_or_path": str(tiny_bert)},
+                              backend={"type": "deepspeed", "zero_optimization": {"stage": 2}}))
+    assert cfg.backend.type == "ray" and cfg.backend.trainer.strategy.type == "deepspeed"
+    assert cfg.backend.trainer.effective_strategy.reshard_after_forward is False

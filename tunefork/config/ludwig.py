@@ -138,12 +138,23 @@ def _refuse_other_types(raw: dict) -> None:
         raise ConfigError(errors)
 
 
+def _deepspeed_backend(raw: dict) -> None:
+    """Ludwig's older `backend: {type: deepspeed, zero_optimization: ...}` is its Ray backend with a DeepSpeed
+    strategy (`backend.trainer.strategy`), which runs as the FSDP2 sharding of the same memory class."""
+    backend = raw.get("backend")
+    if isinstance(backend, dict) and backend.get("type") == "deepspeed":
+        strategy = {k: v for k, v in backend.items() if k != "type"}
+        raw["backend"] = {"type": "ray", "trainer": {"strategy": {"type": "deepspeed", **strategy}}}
+        log.info("backend: Ludwig's deepspeed backend is backend.type ray with trainer.strategy deepspeed")
+
+
 def translate(raw: dict) -> dict:
     """Return a new dict in tunefork's schema; the caller's dict is never modified."""
     raw = copy.deepcopy(raw)
     if "ludwig_version" in raw:
         log.info("ludwig_version %s ignored", raw.pop("ludwig_version"))
     _refuse_other_types(raw)
+    _deepspeed_backend(raw)
     defaults = _defaults(raw)
     for key in ("input_features", "output_features"):
         features = raw.get(key)
