@@ -34,7 +34,7 @@ def ray_plan(tiny_bert, strategy, use_gpu=True):
     ({"stage": 3}, "fsdp (reshard_after_forward: True)", "DeepSpeed ZeRO-3 runs as FSDP2 (full shard)"),
     ({"stage": 2}, "fsdp (reshard_after_forward: False)", "DeepSpeed ZeRO-2 runs as FSDP2 (gradients and optimizer"),
     ({"stage": 3, "offload_optimizer": {"device": "cpu", "pin_memory": True}, "offload_param": {"device": "cpu"}},
-     "fsdp (reshard_after_forward: True, offload: cpu)", "DeepSpeed ZeRO-3 with CPU offload runs as FSDP2"),
+     "fsdp (reshard_after_forward: True, offload: cpu (pinned))", "DeepSpeed ZeRO-3 with CPU offload runs as FSDP2"),
     ({"stage": 0}, "ddp", "DeepSpeed ZeRO-0 (no sharding) runs as DDP"),
 ])
 def test_deepspeed_runs_as_the_fsdp2_sharding_of_its_memory_class(tiny_bert, zero, shown, reason):
