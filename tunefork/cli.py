@@ -140,7 +140,8 @@ def _product_flags(parsers: dict) -> None:
     p.add_argument("-f", "--format", required=True, choices=("hf", "onnx"), help="hf: a transformers folder; onnx: a graph")
     p.add_argument("-o", "--output", required=True, help="the folder to write (must not exist or be empty)")
     p.add_argument("--merge-adapter", action="store_true",
-                   help="fold a trained adapter (every weight method: lora, adalora, ia3, loha, lokr, vera, oft, boft, hra, vblora, fourierft, tinylora, ln_tuning) into the base weights first")
+                   help="fold a trained adapter (every weight method: lora, adalora, ia3, loha, lokr, vera, oft, "
+                   "boft, hra, vblora, fourierft, waveft, tinylora, ln_tuning) into the base weights first")
     p = parsers["convert-gguf"]
     p.add_argument("gguf_file", help="the .gguf file")
     p.add_argument("-o", "--output", help="the folder to write (default: <cache dir>/converted/<file name>)")

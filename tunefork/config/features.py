@@ -42,8 +42,9 @@ class TransformerEncoder(Section):
     adapter: Adapter = Field(
         None,
         description="A parameter-efficient fine-tuning method (lora, adalora, adaption_prompt, ia3, loha, lokr, vera, "
-        "prompt_tuning, oft, boft, hra, vblora, fourierft, tinylora, ln_tuning), as `adapter: lora` or a mapping with a type. The base weights stay frozen and only the "
-        "adapter and the heads train, whatever `trainable` says; model/ then holds the adapter, not the base.",
+        "prompt_tuning, oft, boft, hra, vblora, fourierft, waveft, tinylora, ln_tuning), as `adapter: lora` or a "
+        "mapping with a type. The base weights stay frozen and only the adapter and the heads train, whatever "
+        "`trainable` says; model/ then holds the adapter, not the base.",
     )
     reduce_output: Literal["auto", "cls_pooled", "mean", "sum", "max", "last"] = Field(
         "auto",
