@@ -81,7 +81,9 @@ class _Axes:
         return (self.left + (x - x0) / (x1 - x0) * (self.right - self.left),
                 self.bottom - (y - y0) / (y1 - y0) * (self.bottom - self.top))
 
-    def frame(self, xticks: list[float], yticks: list[float], xname: str, yname: str, ylabel_room: float) -> None:
+    def frame(self, xticks: list[float], yticks: list[float], xname: str, yname: str, ylabel_room: float,
+              xlabel=None) -> None:
+        """`xlabel`: a tick value → its label (default: the value with the decimals the step needs)."""
         svg = self.svg
         for value in yticks:
             _, py = self.px(self.x[0], value)
@@ -90,7 +92,8 @@ class _Axes:
         for value in xticks:
             px, _ = self.px(value, self.y[0])
             svg.add("line", x1=f"{px:.1f}", x2=f"{px:.1f}", y1=self.top, y2=self.bottom, stroke=GRID)
-            svg.text(px, self.bottom + 16, _label(value, xticks), size=10.5, anchor="middle", fill=MUTED)
+            svg.text(px, self.bottom + 16, xlabel(value) if xlabel else _label(value, xticks), size=10.5,
+                     anchor="middle", fill=MUTED)
         svg.add("path", d=f"M{self.left},{self.top} V{self.bottom} H{self.right}", stroke=MUTED, fill="none")
         svg.text((self.left + self.right) / 2, self.bottom + 34, xname, size=11.5, anchor="middle")
         ymid = (self.top + self.bottom) / 2
@@ -147,6 +150,31 @@ def learning_curves(statistics: dict[str, dict], output: str, metric: str) -> by
         if line.best is not None and math.isfinite(line.y[line.best]):
             cx, cy = axes.px(line.x[line.best], line.y[line.best])
             svg.add("circle", cx=f"{cx:.1f}", cy=f"{cy:.1f}", r=7, fill="none", stroke=INK, stroke_width=1.4)
+    return svg.render()
+
+
+def range_test(curve: list[dict], chosen: float) -> bytes:
+    """`learning_rate: auto`'s range test: the smoothed loss against the learning rate (a log axis), the chosen
+    learning rate marked by a ring and a dashed line."""
+    svg = _Svg(WIDTH, 340)
+    svg.title(["learning-rate range test", f"chosen: {chosen:.3g} (steepest descent of the smoothed loss)"])
+    xs = [math.log10(p["learning_rate"]) for p in curve]
+    ys = [p["loss"] for p in curve]
+    xspan, yspan = (math.floor(min(xs)), math.ceil(max(xs)) + (min(xs) == max(xs))), _span(ys)
+    yticks = ticks(*yspan)
+    left, room = _left_margin(yticks)
+    axes = _Axes(svg, (left, 60, WIDTH - 18, svg.height - 46), xspan, yspan)
+    axes.frame(ticks(*xspan, integer=True), yticks, "learning rate", "smoothed loss", room,
+               xlabel=lambda v: f"1e{int(v)}")
+    svg.add("polyline", points=" ".join("{:.1f},{:.1f}".format(*axes.px(x, y)) for x, y in zip(xs, ys, strict=True)),
+            fill="none", stroke=PALETTE[0], stroke_width=1.8, stroke_linejoin="round")
+    x = math.log10(chosen)
+    top, bottom = axes.px(x, yspan[1]), axes.px(x, yspan[0])
+    svg.add("line", x1=f"{top[0]:.1f}", x2=f"{bottom[0]:.1f}", y1=f"{top[1]:.1f}", y2=f"{bottom[1]:.1f}", stroke=INK,
+            stroke_dasharray="4 3")
+    y = next(p["loss"] for p in curve if p["learning_rate"] == chosen)
+    cx, cy = axes.px(x, y)
+    svg.add("circle", cx=f"{cx:.1f}", cy=f"{cy:.1f}", r=7, fill="none", stroke=INK, stroke_width=1.4)
     return svg.render()
 
 

@@ -113,18 +113,22 @@ def check_validation_metric(config) -> None:
     if metric not in allowed:
         raise ConfigError([f"trainer.validation_metric: '{metric}' is not reported for '{field_}' (one of: "
                            f"{', '.join(allowed)}){did_you_mean(metric, allowed)}"])
+    plateau = config.trainer.learning_rate_scheduler.reduce_eval_metric
+    if plateau not in allowed:
+        raise ConfigError([f"trainer.learning_rate_scheduler.reduce_eval_metric: '{plateau}' is not reported for "
+                           f"'{field_}' (one of: {', '.join(allowed)}){did_you_mean(plateau, allowed)}"])
 
 
-def resolve(config, facts: DataFacts, hardware, workers=LocalWorkers(), measured: Measured | None = None) -> Plan:
+def resolve(config, facts: DataFacts, hardware, workers=LocalWorkers(), measured: Measured | None = None,
+            range_test: dict | None = None) -> Plan:
+    """`range_test`: what `learning_rate: auto`'s range test found (`training.lr_range`), once it has run."""
     check_validation_metric(config)
     _check_quantization(config, hardware)
     plan = _Draft()
     trainer, llm = config.trainer, config.model_type == "llm"
     plan.decide("device", hardware.device, "CUDA is available" if hardware.device == "cuda" else "no CUDA device")
     _batches(plan, config, measured)
-    scale = {"constant": 1.0, "sqrt": math.sqrt(workers.count), "linear": float(workers.count)}[trainer.learning_rate_scaling]
-    plan.decide("learning_rate", trainer.learning_rate * scale,
-                f"trainer.learning_rate × {scale:g} ({trainer.learning_rate_scaling} scaling over {workers.count} worker(s))")
+    _learning_rate(plan, trainer, workers, range_test)
     schedule(plan, config, facts, workers.count)
     higher = "higher" if higher_is_better(trainer.validation_metric) else "lower"
     plan.decide("best_model", f"{trainer.validation_field} {trainer.validation_metric}",
@@ -145,6 +149,19 @@ def resolve(config, facts: DataFacts, hardware, workers=LocalWorkers(), measured
     return plan.frozen()
 
 
+def _learning_rate(plan: _Draft, trainer, workers, range_test: dict | None) -> None:
+    scale = {"constant": 1.0, "sqrt": math.sqrt(workers.count), "linear": float(workers.count)}[trainer.learning_rate_scaling]
+    scaling = f"{scale:g} ({trainer.learning_rate_scaling} scaling over {workers.count} worker(s))"
+    if trainer.learning_rate != "auto":
+        plan.decide("learning_rate", trainer.learning_rate * scale, f"trainer.learning_rate × {scaling}")
+    elif range_test is None:
+        plan.decide("learning_rate", None, "auto: a learning-rate range test before training picks it")
+    else:
+        plan.decide("learning_rate", range_test["learning_rate"] * scale,
+                    f"auto: the range test's steepest loss descent ({range_test['steps']} steps from "
+                    f"{range_test['min_lr']:g} to {range_test['max_lr']:g}) × {scaling}")
+
+
 def _batches(plan: _Draft, config, measured: Measured | None) -> None:
     trainer, llm = config.trainer, config.model_type == "llm"
     if trainer.batch_size != "auto":
@@ -158,6 +175,12 @@ def _batches(plan: _Draft, config, measured: Measured | None) -> None:
         target, why = 32, "auto: a transformer that trains, fully or through an adapter (fixed rule: 32, else 128)"
     else:
         target, why = 128, "auto: frozen or no transformer (fixed rule: 32 when a transformer trains, else 128)"
+    cap = trainer.max_batch_size
+    if trainer.batch_size == "auto" and target > cap:
+        target, why = cap, f"auto, capped by trainer.max_batch_size ({why.removeprefix('auto: ')})"
+    elif trainer.batch_size != "auto" and target > cap:
+        raise ConfigError([f"trainer.max_batch_size ({cap}) is below trainer.batch_size ({target}); raise it, or "
+                           f"write batch_size: auto to let it cap the batch"])
     accumulation = 1 if trainer.gradient_accumulation_steps == "auto" else trainer.gradient_accumulation_steps
     acc_why = "auto: 1" if trainer.gradient_accumulation_steps == "auto" else "trainer.gradient_accumulation_steps"
     if measured is not None and measured.batch_size and measured.batch_size != target:
@@ -171,10 +194,18 @@ def _batches(plan: _Draft, config, measured: Measured | None) -> None:
     plan.decide("gradient_accumulation_steps", accumulation, acc_why)
     eval_size, floor = trainer.eval_batch_size, (8 if llm else 64)
     if eval_size in (None, "auto"):
-        plan.decide("eval_batch_size", max(plan["batch_size"], floor),
-                    f"no gradients at evaluation: at least {floor} rows a batch")
+        size = max(plan["batch_size"], floor)
+        plan.decide("eval_batch_size", *((size, f"no gradients at evaluation: at least {floor} rows a batch")
+                                        if size <= trainer.max_batch_size else
+                                        (trainer.max_batch_size, "capped by trainer.max_batch_size")))
     else:
         plan.decide("eval_batch_size", eval_size, "trainer.eval_batch_size")
+    if trainer.eval_steps:
+        plan.decide("evaluation_rows", trainer.eval_steps * plan["eval_batch_size"],
+                    "trainer.eval_steps × eval_batch_size: the first rows of each split, at evaluations during "
+                    "training (the final evaluation scores every row)")
+    else:
+        plan.decide("evaluation_rows", None, "every row of each split (trainer.eval_steps is null)")
 
 
 def schedule(plan: _Draft, config, facts: DataFacts, workers: int = 1) -> None:
@@ -217,9 +248,15 @@ def _backend(plan: _Draft, config, workers) -> None:
     plan.decide("resources_per_worker", workers.resources, workers.reasons["resources_per_worker"])
     plan.decide("max_failures", ray.trainer.max_failures, "backend.trainer.max_failures: restarts from the last checkpoint")
     plan.decide("checkpoint_storage", ray.ray.storage_path or "the run directory", "backend.ray.storage_path")
+    trainer = config.trainer
+    for refused, why in ((trainer.compile, "trainer.compile: the model is compiled in one process only (Ray's "
+                          "workers wrap it in DDP or FSDP first); remove it, or use backend local"),
+                         (trainer.learning_rate == "auto", "trainer.learning_rate: auto runs its range test in one "
+                          "process; set a number (a local run with auto finds one)")):
+        if refused:
+            raise ConfigError([why])
     if strategy.type != "fsdp":
         return
-    trainer = config.trainer
     if trainer.regularization_type and trainer.regularization_lambda:
         raise ConfigError(["trainer.regularization_type with backend.trainer.strategy fsdp: the penalty would be taken "
                            "over weight shards; use strategy ddp"])

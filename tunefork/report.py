@@ -59,6 +59,7 @@ class RunReport:
     matrices: dict = field(default_factory=dict)  # split → output → confusion matrix (at the best evaluation)
     points: dict = field(default_factory=dict)  # split → output → (true values, predictions)
     test: dict | None = None
+    range_test: dict | None = None  # learning_rate: auto (training.lr_range)
 
     def add_test(self, statistics: dict, predictions, frame) -> None:
         """The test split from `experiment`: its metrics, confusion matrices and regression points."""
@@ -81,12 +82,13 @@ class RunReport:
 
 
 def collect(name: str, config_dict: dict, plan, recorder: Recorder, statistics: dict, efficiency: dict, meta: dict,
-            points: dict) -> RunReport:
+            points: dict, range_test: dict | None = None) -> RunReport:
     """Everything the report shows: the records of the run, the confusion matrices the recorder kept at the best
-    evaluation, and `points` (split → number output → (true, predicted)) from the recipe's model."""
+    evaluation, `points` (split → number output → (true, predicted)) from the recipe's model, and the learning-rate
+    range test when `learning_rate: auto` ran one."""
     best = (statistics.get("best") or {}).get("evaluation")
     return RunReport(name, config_dict, plan.to_dict(), statistics, efficiency, meta.get("outputs", {}),
-                     recorder.at(best), dict(points))
+                     recorder.at(best), dict(points), range_test=range_test)
 
 
 def regression_points(model, table, config, meta, plan, numbers) -> dict:
@@ -187,6 +189,16 @@ def _curves(report: RunReport) -> str:
     return '<div class="grid">' + "".join(figures) + '</div><p class="note">The ringed point is the evaluation whose weights were kept.</p>'
 
 
+def _range_test(report: RunReport) -> str:
+    test = report.range_test
+    if not test:
+        return ""
+    figure = _image(charts.range_test(test["curve"], test["learning_rate"]), "learning-rate range test")
+    return (f'<section><h2>Learning rate: auto</h2><div class="grid">{figure}</div><p class="note">'
+            f'{test["steps"]} steps from {test["min_lr"]:g} to {test["max_lr"]:g}; chosen {test["learning_rate"]:.3g} '
+            f'by {_e(test["rule"])} (learning_rate_range_test.json).</p></section>')
+
+
 def _outcomes(report: RunReport) -> str:
     figures = []
     held_out = "validation" if report.matrices.get("validation") or report.points.get("validation") else "training"
@@ -267,7 +279,7 @@ def render(report: RunReport) -> str:
 <div class="meta">{when} · {"experiment (train + test)" if report.test else "train"} · tunefork {__version__}</div></header>
 {_cards(report, splits)}
 <section><h2>Metrics</h2>{metrics}</section>
-<section><h2>Learning curves</h2>{_curves(report)}</section>
+{_range_test(report)}<section><h2>Learning curves</h2>{_curves(report)}</section>
 <section><h2>{outcome_title}</h2>{_outcomes(report)}</section>
 <section><h2>Efficiency</h2>{_efficiency(report)}</section>
 <section><h2>Configuration</h2>{_config(report)}</section>

@@ -21,10 +21,11 @@ from tunefork import config as config_mod
 from tunefork import plan as plan_mod
 from tunefork.data import read, split
 from tunefork.errors import DivergedError, TuneforkError
-from tunefork.rundir import RunDirectory, check_names, remote_code
+from tunefork.rundir import RunDirectory, check_names, remote_code, write_json
 from tunefork.training.efficiency import Phases
 
 log = logging.getLogger("tunefork")
+LR_RANGE_TEST = "learning_rate_range_test.json"  # learning_rate: auto's chosen value, rule and loss curve
 
 
 @dataclass
@@ -166,17 +167,28 @@ def _train(recipe, console, data: Data, options: Options):
     workers = backends.workers(config)  # local: this process; ray: from the cluster's resources
     hardware = backends.hardware(config, workers)
 
+    found: dict = {"measured": None, "range_test": None}  # what was measured on the built model, for a new plan
+
     def resolve(measured=None):
-        return plan_mod.resolve(config, prepared.facts, hardware, workers, measured)
+        found["measured"] = measured
+        return plan_mod.resolve(config, prepared.facts, hardware, workers, measured, found["range_test"])
 
     plan = resolve()
     with phases("load"):
         model = recipe.build(prepared, plan, seed)
+    freeze_matching(model, config.trainer.layers_to_freeze_regex)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     console.note(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / max(1, total):.2f}%)")
     # the estimate is of this process; a Ray worker holds a shard (FSDP) on its own machine
     prepared, plan = recipe.ready(model, prepared, plan, resolve, console, phases, config.backend.type == "local")
+    if config.trainer.learning_rate == "auto" and plan["total_steps"]:
+        from tunefork.training import lr_range
+
+        with phases("learning_rate_range_test"):
+            found["range_test"] = lr_range.run(recipe.task(prepared, plan), model, prepared.tables["training"],
+                                               config, plan, seed)
+        plan = resolve(found["measured"])
     for key, decision in plan.decisions.items():
         translated = key == "strategy" and decision.reason != "backend.trainer.strategy"  # Ludwig's deepspeed
         if key in ("precision", "batch_size", "learning_rate", "max_sequence_length") or translated or \
@@ -191,6 +203,8 @@ def _train(recipe, console, data: Data, options: Options):
         run = RunDirectory.create(options.output_directory, options.experiment_name, options.model_name,
                                   config_mod.to_dict(config), plan, prepared.fingerprints,
                                   {k: len(v) for k, v in prepared.tables.items()}, seed, remote_code(config))
+    if run is not None and found["range_test"] is not None:
+        write_json(run.path / LR_RANGE_TEST, found["range_test"])
     recorder = report_mod.Recorder()  # the Console, the report's recorder and any trackers all hear the loop
     board = tracking.Fanout(console, recorder, *tracking.start(options.logger, options.output_directory,
                                                                f"{options.experiment_name}_{options.model_name}",
@@ -205,6 +219,8 @@ def _train(recipe, console, data: Data, options: Options):
             board.close()
     model = recipe.finish(model, console)
     phases.seconds.update(train=history.train_seconds, evaluate=history.evaluate_seconds)
+    if history.compile_seconds is not None:
+        phases.seconds["compile"] = history.compile_seconds  # the first compiled step, inside train
     if seconds is not None:
         phases.seconds["checkpoint"] = seconds  # inside evaluate: each follows an evaluation
     fitted = recipe.fitted(model, prepared, plan)
@@ -212,12 +228,35 @@ def _train(recipe, console, data: Data, options: Options):
     efficiency = _efficiency(recipe, prepared, plan, phases, history, distributed)
     if run is not None:
         report = report_mod.collect(run.name, config_mod.to_dict(config), plan, recorder, statistics, efficiency,
-                                    prepared.meta, fitted.report_points(prepared.tables))
+                                    prepared.meta, fitted.report_points(prepared.tables), found["range_test"])
         run.finish(fitted, statistics, efficiency, report, keep_statistics=not options.skip_save_training_statistics,
                    keep_description=not options.skip_save_training_description)
         console.note(f"saved: {run.path}")
     result = TrainResult(run.path if run else None, statistics, efficiency, plan.to_dict())
     return Trained(result, fitted, frames, report if run is not None else None, prepared)
+
+
+def freeze_matching(model, pattern: str | None) -> None:
+    """`trainer.layers_to_freeze_regex`: parameters whose names the pattern finds (`re.search`, as Ludwig) stop
+    training. A pattern that freezes nothing, or everything that trained, is refused with some names to match."""
+    import re
+
+    from tunefork.errors import ConfigError
+
+    if pattern is None:
+        return
+    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    matched = [p for name, p in trainable if re.search(pattern, name)]
+    shown = ", ".join(name for name, _ in trainable[:3])
+    if not matched:
+        raise ConfigError([f"trainer.layers_to_freeze_regex: '{pattern}' matches no trainable parameter's name "
+                           f"(they read like: {shown}, ...)"])
+    if len(matched) == len(trainable):
+        raise ConfigError([f"trainer.layers_to_freeze_regex: '{pattern}' matches every trainable parameter, so "
+                           f"nothing would train; narrow it"])
+    for p in matched:
+        p.requires_grad_(False)
+    log.info("layers_to_freeze_regex: %d of %d trainable parameter tensors frozen", len(matched), len(trainable))
 
 
 def _fit(recipe, model, prepared, plan, seed, board, run, resume, workers):

@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from tunefork.adapters.registry import Adapter
+from tunefork.config.layers import Activation, BiasInitializer, FCLayer, Initializer, Norm, stack_problem
 from tunefork.sections import Section, tagged
 
 MissingStrategy = Literal["fill_with_const", "fill_with_mode", "fill_with_mean", "fill_with_false", "bfill", "ffill", "drop_row"]
@@ -164,9 +165,22 @@ class Decoder(Section):
 
     type: Literal["classifier"] = "classifier"
     num_fc_layers: int = Field(0, ge=0)
+    fc_layers: list[FCLayer] | None = Field(None, description="Explicit layers; overrides num_fc_layers.")
     fc_output_size: int = Field(256, gt=0)
     fc_dropout: float = Field(0.0, ge=0, lt=1)
-    fc_activation: Literal["relu", "gelu", "tanh", "silu"] = "relu"
+    fc_activation: Activation = "relu"
+    fc_norm: Norm | None = None
+    fc_norm_params: dict[str, Any] | None = None
+    fc_use_bias: bool = True
+    fc_weights_initializer: Initializer | None = Field(None, description="null: PyTorch's default (Kaiming uniform).")
+    fc_bias_initializer: BiasInitializer | None = Field(None, description="null: PyTorch's default (uniform by fan-in).")
+
+    @model_validator(mode="after")
+    def _norm_params_fit(self):
+        problem = stack_problem(self.fc_norm, self.fc_norm_params, self.fc_layers, prefix="fc_")
+        if problem:
+            raise ValueError(problem)
+        return self
 
     @model_validator(mode="before")
     @classmethod

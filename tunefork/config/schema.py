@@ -8,17 +8,12 @@ from pydantic import Field, model_validator
 
 from tunefork.config.backend import Backend, LocalBackend
 from tunefork.config.features import InputFeature, OutputFeature
+from tunefork.config.layers import Activation, FCLayer, FCStack
 from tunefork.config.trainer import Trainer
 from tunefork.sections import Section, tagged
 
 
-class FCLayer(Section):
-    output_size: int = Field(gt=0)
-    dropout: float | None = Field(None, ge=0, lt=1)
-    activation: Literal["relu", "gelu", "tanh", "silu"] | None = None
-
-
-class ConcatCombiner(Section):
+class ConcatCombiner(FCStack):
     """Concatenates every input's vector, then optional fully connected layers."""
 
     type: Literal["concat"] = "concat"
@@ -26,11 +21,10 @@ class ConcatCombiner(Section):
     output_size: int = Field(256, gt=0)
     fc_layers: list[FCLayer] | None = Field(None, description="Explicit layers; overrides num_fc_layers.")
     dropout: float = Field(0.0, ge=0, lt=1)
-    activation: Literal["relu", "gelu", "tanh", "silu"] = "relu"
-    norm: Literal["batch", "layer"] | None = None
+    activation: Activation = "relu"
 
 
-class ComparatorCombiner(Section):
+class ComparatorCombiner(FCStack):
     """Compares two groups of inputs (`entity_1`, `entity_2`): [e1, e2, e1·e2, |e1 − e2|], then the decoders."""
 
     type: Literal["comparator"]
@@ -40,8 +34,7 @@ class ComparatorCombiner(Section):
     output_size: int = Field(256, gt=0)
     fc_layers: list[FCLayer] | None = Field(None, description="Explicit layers; overrides num_fc_layers.")
     dropout: float = Field(0.0, ge=0, lt=1)
-    activation: Literal["relu", "gelu", "tanh", "silu"] = "relu"
-    norm: Literal["batch", "layer"] | None = None
+    activation: Activation = "relu"
 
 
 Combiner = tagged(ConcatCombiner, ComparatorCombiner, default="concat")

@@ -2,48 +2,20 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import Field, PositiveInt
+from pydantic import Field, PositiveInt, field_validator, model_validator
 
-from tunefork.sections import Section, tagged
+from tunefork.config.optimizers import AdamOptimizer, Optimizer, refusal
+from tunefork.sections import Section
 
-
-class AdamOptimizer(Section):
-    type: Literal["adam", "adamw", "adamax", "nadam"]
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = Field(1e-8, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    amsgrad: bool = False
-
-
-class SGDOptimizer(Section):
-    type: Literal["sgd"]
-    momentum: float = Field(0.0, ge=0)
-    weight_decay: float = Field(0.0, ge=0)
-    nesterov: bool = False
-
-
-class RMSPropOptimizer(Section):
-    type: Literal["rmsprop"]
-    momentum: float = Field(0.0, ge=0)
-    alpha: float = Field(0.99, gt=0)
-    eps: float = Field(1e-8, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-
-
-class AdagradOptimizer(Section):
-    type: Literal["adagrad"]
-    lr_decay: float = Field(0.0, ge=0)
-    eps: float = Field(1e-10, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-
-
-Optimizer = tagged(AdamOptimizer, SGDOptimizer, RMSPropOptimizer, AdagradOptimizer, default="adam")
+MAX_BATCH_SIZE = 2**40  # Ludwig's default: no cap
 
 
 class LearningRateScheduler(Section):
-    """Linear warm-up over `warmup_fraction` of the steps, then `decay` down to zero (or by `decay_rate`)."""
+    """Linear warm-up over `warmup_fraction` of the steps, then `decay` down to zero (or by `decay_rate`, or to
+    `eta_min` along a cosine that restarts every `t_0` steps); reductions on a plateau multiply the whole schedule."""
 
     decay: Literal["linear", "cosine", "exponential"] | None = None
     decay_rate: float = Field(0.96, gt=0, le=1, description="Exponential decay: factor per decay_steps.")
@@ -54,6 +26,23 @@ class LearningRateScheduler(Section):
     reduce_on_plateau: int = Field(0, ge=0, description="Halve-style LR reductions allowed on a plateau (0: off).")
     reduce_on_plateau_patience: int = Field(10, gt=0)
     reduce_on_plateau_rate: float = Field(0.1, gt=0, lt=1)
+    reduce_eval_metric: str = Field("loss", description="The metric of trainer.validation_field a plateau is read on.")
+    reduce_eval_split: Literal["training", "validation", "test"] = Field(
+        "training", description="The split a plateau is read on (Ludwig's default: training).")
+    t_0: PositiveInt | None = Field(None, description="decay cosine: steps before the first restart (null: one "
+                                    "cosine over the steps after warm-up, no restart).")
+    t_mult: PositiveInt = Field(1, description="decay cosine with t_0: each period is t_mult times the one before.")
+    eta_min: float = Field(0.0, ge=0, description="decay cosine: the learning rate at the bottom of each cosine.")
+
+    @model_validator(mode="after")
+    def _cosine_keys_need_cosine(self):
+        moved = [k for k, default in (("t_0", None), ("t_mult", 1), ("eta_min", 0.0)) if getattr(self, k) != default]
+        if moved and self.decay != "cosine":
+            raise ValueError(f"{', '.join(moved)}: only the cosine decay reads {'it' if len(moved) == 1 else 'them'}; "
+                             f"add decay: cosine, or remove {'it' if len(moved) == 1 else 'them'}")
+        if self.t_mult != 1 and self.t_0 is None:
+            raise ValueError("t_mult lengthens the periods between restarts, which start with t_0; set t_0")
+        return self
 
 
 class GradientClipping(Section):
@@ -68,7 +57,12 @@ class Trainer(Section):
     train_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps (overrides epochs).")
     batch_size: PositiveInt | Literal["auto"] = Field("auto", description="Rows per step per worker.")
     eval_batch_size: PositiveInt | Literal["auto"] | None = Field(None, description="Rows per evaluation batch.")
-    learning_rate: float = Field(0.001, gt=0)
+    max_batch_size: PositiveInt = Field(MAX_BATCH_SIZE, description="Caps batch_size: auto (and eval_batch_size: auto).")
+    eval_steps: PositiveInt | None = Field(
+        None, description="Evaluations during training score the first eval_steps batches of each split (null: all "
+        "rows); the final evaluation always scores every row.")
+    learning_rate: float | Literal["auto"] = Field(
+        0.001, description="A number (> 0), or 'auto': a learning-rate range test before training picks it.")
     learning_rate_scaling: Literal["constant", "sqrt", "linear"] = "linear"
     optimizer: Optimizer = AdamOptimizer(type="adam")
     learning_rate_scheduler: LearningRateScheduler = LearningRateScheduler()
@@ -90,6 +84,35 @@ class Trainer(Section):
         True, description="Shuffle, then batch rows of similar token length together (less padding, same data)."
     )
     use_mixed_precision: bool = False
+    compile: bool = Field(False, description="torch.compile the model before training; the compilation time is "
+                          "recorded in efficiency.json (seconds.compile).")
+    layers_to_freeze_regex: str | None = Field(
+        None, description="Parameters whose names this regular expression matches (re.search) do not train.")
     enable_gradient_checkpointing: bool = Field(
         False, description="Keep each transformer layer's input only and recompute the layer in backward: less "
         "activation memory for about one more forward pass. Needs a transformer that trains.")
+
+    @field_validator("learning_rate")
+    @classmethod
+    def _positive(cls, value):
+        if value != "auto" and not value > 0:
+            raise ValueError(f"should be greater than 0, or 'auto' (got {value!r})")
+        return value
+
+    @field_validator("optimizer", mode="before")
+    @classmethod
+    def _torch_has_it(cls, value):
+        problem = refusal(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("layers_to_freeze_regex")
+    @classmethod
+    def _compiles(cls, value):
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a regular expression ({exc})") from None
+        return value

@@ -5,17 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tunefork.models.layers import fc_stack
-
-
-def _layers(section) -> list[tuple[int, str, float]]:
-    """(output size, activation, dropout) per layer: an `fc_layers` entry's own activation and dropout where it gives
-    them, the combiner's otherwise (Ludwig's rule); without `fc_layers`, `num_fc_layers` copies of the combiner's."""
-    if section.fc_layers:
-        return [(layer.output_size,
-                 section.activation if layer.activation is None else layer.activation,
-                 section.dropout if layer.dropout is None else layer.dropout) for layer in section.fc_layers]
-    return [(section.output_size, section.activation, section.dropout)] * section.num_fc_layers
+from tunefork.models.layers import fc_stack, stack_layers
 
 
 class Concat(nn.Module):
@@ -24,7 +14,7 @@ class Concat(nn.Module):
     def __init__(self, section, widths: dict[str, int]):
         super().__init__()
         self.names = list(widths)
-        self.fc, self.output_size = fc_stack(sum(widths.values()), _layers(section), section.norm)
+        self.fc, self.output_size = fc_stack(sum(widths.values()), stack_layers(section))
 
     def forward(self, vectors: dict[str, torch.Tensor]) -> torch.Tensor:
         parts = [vectors[name] for name in self.names]
@@ -42,9 +32,9 @@ class Comparator(nn.Module):
         self.entity_1, self.entity_2 = list(section.entity_1), list(section.entity_2)
         width_1 = sum(widths[n] for n in self.entity_1)
         width_2 = sum(widths[n] for n in self.entity_2)
-        layers = _layers(section)
-        self.project_1, out_1 = fc_stack(width_1, layers, section.norm)
-        self.project_2, out_2 = (self.project_1, out_1) if width_1 == width_2 else fc_stack(width_2, layers, section.norm)
+        layers = stack_layers(section)
+        self.project_1, out_1 = fc_stack(width_1, layers)
+        self.project_2, out_2 = (self.project_1, out_1) if width_1 == width_2 else fc_stack(width_2, layers)
         self.output_size = 4 * out_1
 
     def forward(self, vectors: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -16,7 +16,7 @@ from tunefork.encoders import tabular
 from tunefork.encoders.transformer import TransformerEncoder
 from tunefork.features import OUTPUTS
 from tunefork.models import combiners
-from tunefork.models.layers import fc_stack
+from tunefork.models.layers import fc_stack, stack_layers
 
 
 def module_key(name: str) -> str:
@@ -50,8 +50,7 @@ class ECD(nn.Module):
         self.heads = nn.ModuleDict()
         for feature in config.output_features:
             decoder = feature.decoder
-            fc, out_width = fc_stack(
-                width, [(decoder.fc_output_size, decoder.fc_activation, decoder.fc_dropout)] * decoder.num_fc_layers)
+            fc, out_width = fc_stack(width, stack_layers(decoder, prefix="fc_"))
             n = OUTPUTS[feature.type].num_outputs(meta["outputs"][feature.name])
             self.heads[module_key(feature.name)] = nn.Sequential(fc, nn.Linear(out_width, n))
 

@@ -18,6 +18,7 @@ class History:
     train_tokens: int = 0
     train_seconds: float = 0.0
     evaluate_seconds: float = 0.0
+    compile_seconds: float | None = None  # trainer.compile: the first compiled step, compilation included
 
     def record(self, split: str, scores: dict) -> None:
         for output, values in scores.items():

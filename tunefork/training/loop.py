@@ -168,6 +168,8 @@ class Progress:
     best_value: float | None = None
     stale: int = 0  # evaluations since the last improvement
     reductions: int = 0  # learning-rate reductions on plateau so far
+    plateau_best: float | None = None  # reduce_eval_metric on reduce_eval_split: the best so far
+    plateau_stale: int = 0  # evaluations since it last improved
 
 
 @dataclass
@@ -278,7 +280,10 @@ def _start(task, model, tables, config, plan, seed, report, checkpoints, resume,
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = optim.optimizer(trainer.optimizer, params, plan["learning_rate"])
     factor = optim.schedule(trainer.learning_rate_scheduler, plan["total_steps"],
-                            plan["evaluate_every_steps"] or plan["steps_per_epoch"])
+                            plan["evaluate_every_steps"] or plan["steps_per_epoch"], plan["learning_rate"])
+    _check_plateau_split(trainer.learning_rate_scheduler, tables)
+    if trainer.compile:  # compiled lazily, at the first step: `_backward` times that step
+        model = torch.compile(model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     run = _Run(task, model, tables, config, plan, dist, report, checkpoints, params, optimizer, scheduler,
                dist.scaler(plan["precision"]), adapters, rng, History(trainer.evaluate_training_set), Progress(),
@@ -292,6 +297,8 @@ def _backward(run: _Run, train, index: np.ndarray, group_units: int, running):
     """Forward and backward of this worker's share of one global micro-batch."""
     trainer = run.config.trainer
     mine, counts = run.dist.shard(index)
+    first = trainer.compile and run.history.compile_seconds is None
+    started = time.perf_counter()
     with autocast(run.plan):
         out = run.task.forward(run.model, train, mine, run.plan["device"])
         objective = out.loss
@@ -305,6 +312,8 @@ def _backward(run: _Run, train, index: np.ndarray, group_units: int, running):
     share = run.dist.world * out.units / max(1, group_units) if counts else 0.0
     scaled = objective * share
     (run.scaler.scale(scaled) if run.scaler else scaled).backward()
+    if first:
+        run.history.compile_seconds = time.perf_counter() - started
     if counts:
         run.history.train_tokens += out.tokens
         if not trainer.evaluate_training_set:
@@ -325,9 +334,10 @@ def _evaluate_and_keep(run: _Run, running) -> None:
     """Score the splits, keep the best weights, count a plateau, checkpoint, and tell the report."""
     trainer, progress, history, plan, task = run.config.trainer, run.progress, run.history, run.plan, run.task
     started = time.perf_counter()
-    tables = run.tables
+    tables = {split: _first_rows(table, plan["evaluation_rows"]) for split, table in run.tables.items()
+              if table is not None}
     scores = {"training": evaluate(task, run.model, tables["training"], plan, run.dist) if trainer.evaluate_training_set
-              else run.dist.merged(task, running).scores(tables["training"])}
+              else run.dist.merged(task, running).scores(run.tables["training"])}
     if not trainer.skip_all_evaluation:
         for split in ("validation", "test"):
             if tables.get(split) is not None and len(tables[split]):
@@ -347,7 +357,7 @@ def _evaluate_and_keep(run: _Run, running) -> None:
                         "split": watch, "field": field_, "metric": metric, "value": value}
     else:
         progress.stale += 1
-        _reduce_on_plateau(run)
+    _reduce_on_plateau(run, scores)
     if run.checkpoints is not None:
         tensors, current = run.adapters.checkpoint_state()
         run.checkpoints.save(run.dist.state(run.model), run.optimizer, run.scheduler, run.scaler, asdict(progress),
@@ -359,12 +369,34 @@ def _evaluate_and_keep(run: _Run, running) -> None:
     run.model.train()
 
 
-def _reduce_on_plateau(run: _Run) -> None:
-    """Ludwig's rule: after `patience` evaluations without improvement, multiply the learning rate by `rate`, at
-    most `reduce_on_plateau` times."""
+def _first_rows(table, rows: int | None):
+    """`trainer.eval_steps`: the first `rows` rows of a split (Ludwig's first eval_steps batches), or all of them."""
+    return table if rows is None or len(table) <= rows else table.take(np.arange(rows))
+
+
+def _check_plateau_split(section, tables: dict) -> None:
+    from tunefork.errors import ConfigError
+
+    split = section.reduce_eval_split
+    if section.reduce_on_plateau and (tables.get(split) is None or not len(tables[split])):
+        raise ConfigError([f"trainer.learning_rate_scheduler.reduce_eval_split: this run has no {split} rows to read "
+                           f"a plateau on; write training or a split the data has"])
+
+
+def _reduce_on_plateau(run: _Run, scores: dict) -> None:
+    """Ludwig's rule: after `patience` evaluations in which `reduce_eval_metric` of the validation field did not
+    improve on `reduce_eval_split`, multiply the learning rate by `rate`, at most `reduce_on_plateau` times."""
     section, progress = run.config.trainer.learning_rate_scheduler, run.progress
-    if (section.reduce_on_plateau and progress.reductions < section.reduce_on_plateau
-            and progress.stale % section.reduce_on_plateau_patience == 0):
+    if not section.reduce_on_plateau or section.reduce_eval_split not in scores:
+        return
+    metric = section.reduce_eval_metric
+    value = scores[section.reduce_eval_split][run.config.trainer.validation_field][metric]
+    best = progress.plateau_best
+    if math.isfinite(value) and (best is None or (value > best if higher_is_better(metric) else value < best)):
+        progress.plateau_best, progress.plateau_stale = value, 0
+        return
+    progress.plateau_stale += 1
+    if progress.reductions < section.reduce_on_plateau and progress.plateau_stale % section.reduce_on_plateau_patience == 0:
         progress.reductions += 1
         run.scheduler.base_lrs = [lr * section.reduce_on_plateau_rate for lr in run.scheduler.base_lrs]
 

@@ -20,7 +20,8 @@ import torch
 from tunefork.errors import TuneforkError
 
 # optimizer state per trainable parameter, in parameter copies
-OPTIMIZER_COPIES = {"adam": 2, "adamw": 2, "adamax": 2, "nadam": 2, "sgd": 1, "rmsprop": 2, "adagrad": 1}
+OPTIMIZER_COPIES = {"adam": 2, "adamw": 2, "adamax": 2, "nadam": 2, "radam": 2, "sgd": 1, "rmsprop": 2, "adagrad": 1,
+                    "adadelta": 2}
 HEADROOM = 0.9  # never plan to use the last 10% of free memory: allocators fragment and the OS needs some
 
 
@@ -111,8 +112,10 @@ def estimate(model, config, plan, train_table) -> Estimate:
     copies = OPTIMIZER_COPIES.get(config.trainer.optimizer.type, 2)
     if config.trainer.optimizer.type == "sgd" and not config.trainer.optimizer.momentum:
         copies = 0
-    elif config.trainer.optimizer.type == "rmsprop" and not config.trainer.optimizer.momentum:
-        copies = 1
+    elif config.trainer.optimizer.type == "rmsprop":  # square average, + momentum buffer, + centered mean
+        copies = 1 + bool(config.trainer.optimizer.momentum) + config.trainer.optimizer.centered
+    elif config.trainer.optimizer.type in ("adam", "adamw") and config.trainer.optimizer.amsgrad:
+        copies = 3  # + the running maximum of the second moment
     per_row = 0.0
     word = 2 if plan["precision"] in ("bf16", "fp16") else 4
     for name, encoder in model.text_encoders().items():
