@@ -163,6 +163,7 @@ class Whole:
 # Placeholders, filled in per run: @bert / @llama / @gpt2 (the tiny models), @tmp (the run's own folder),
 # @default_run (the run directory of the context's default run: a trained adapter to start from).
 
+GHOST = {"virtual_batch_size": 4}  # of a batch of 8: two ghost batches, each normalised by its own statistics
 BERT_TEXT = {"name": "review", "type": "text", "preprocessing": {"max_sequence_length": 16},
              "encoder": {"type": "auto_transformer", "pretrained_model_name_or_path": "@bert"}}
 TRAINER = {"epochs": 2, "batch_size": 8, "learning_rate": 0.01, "early_stop": -1}
@@ -201,7 +202,12 @@ PREFIX_CONTEXTS = {
             {"name": "sentiment", "type": "category", "decoder": {"num_fc_layers": 1, "fc_output_size": 8}},
             {"name": "score", "type": "number", "decoder": {"num_fc_layers": 1, "fc_output_size": 8}},
             {"name": "recommended", "type": "binary", "decoder": {"num_fc_layers": 1, "fc_output_size": 8}}]}),
-        (r"combiner\[concat\]\.(dropout|activation|norm|output_size)$", {"combiner": {"num_fc_layers": 1}}),
+        (r"output_features\[\w+\]\.decoder\.fc_layers", {"output_features": [
+            {"name": "sentiment", "type": "category", "decoder": {"fc_layers": [{"output_size": 8}]}},
+            {"name": "score", "type": "number", "decoder": {"fc_layers": [{"output_size": 8}]}},
+            {"name": "recommended", "type": "binary", "decoder": {"fc_layers": [{"output_size": 8}]}}]}),
+        (r"combiner\[concat\]\.(dropout|activation|norm|norm_params|output_size|use_bias|\w+_initializer)$",
+         {"combiner": {"num_fc_layers": 1}}),
         (r"combiner\[concat\]\.fc_layers", {"combiner": {"fc_layers": [{"output_size": 8}]}}),
         (r"combiner\[comparator\]", {"+input_features": [{"name": "length2", "type": "number"}],
                                      "combiner": {"type": "comparator", "entity_1": ["review", "genre"],
@@ -252,6 +258,19 @@ def common(model_type: str) -> dict[str, Case]:
         "learning_rate_scheduler": {"reduce_on_plateau": 3, "reduce_on_plateau_patience": 3}}})),
     "trainer.learning_rate_scheduler.reduce_on_plateau_rate": Case(0.5, _merge(plateau, {"trainer": {
         "learning_rate_scheduler": {"reduce_on_plateau": 3, "reduce_on_plateau_patience": 1}}})),
+    "trainer.optimizer[adamax].betas": Case((0.5, 0.9)),
+    "trainer.optimizer[nadam].betas": Case((0.5, 0.9)),
+    "trainer.optimizer[radam].betas": Case((0.5, 0.9)),
+    "trainer.optimizer[sgd].dampening": Case(0.5, {"trainer": {"optimizer": {"type": "sgd", "momentum": 0.9}}}),
+    "trainer.learning_rate_scheduler.t_0": Case(2, {"trainer": {"learning_rate_scheduler": {"decay": "cosine"}}}),
+    "trainer.learning_rate_scheduler.t_mult": Case(2, {"trainer": {"learning_rate_scheduler": {
+        "decay": "cosine", "t_0": 2}}}),
+    "trainer.learning_rate_scheduler.eta_min": Case(0.005, {"trainer": {"learning_rate_scheduler": {"decay": "cosine"}}}),
+    # Ludwig's default listens to the training loss; the validation loss plateaus at other evaluations
+    "trainer.learning_rate_scheduler.reduce_eval_split": Case("validation", _merge(plateau, {"trainer": {
+        "learning_rate_scheduler": {"reduce_on_plateau": 3, "reduce_on_plateau_patience": 1}}})),
+    "trainer.eval_steps": Case(1, {"trainer": {"eval_batch_size": 2}}),
+    "trainer.max_batch_size": Case(32),  # caps the evaluation batch (64 rows at least, by default)
     "trainer.gradient_accumulation_steps": Case(2),
     "trainer.gradient_clipping.clipnorm": Case(0.001),
     "trainer.gradient_clipping.clipvalue": Case(0.0001),
@@ -366,6 +385,27 @@ ECD = {
     "output_features[number].preprocessing.fill_value": Case(9.0, {"output_features": [
         {"name": "score", "type": "number", "preprocessing": {"missing_value_strategy": "fill_with_const"}}]}),
     "combiner.type": Case(Whole({"type": "comparator", "entity_1": ["review", "genre"], "entity_2": ["length", "flag"]})),
+    "combiner[concat].norm_params": Case(GHOST, {"combiner": {"norm": "ghost"}}),
+    "combiner[comparator].norm_params": Case(GHOST, {"combiner": {"norm": "ghost"}}),
+    "combiner[concat].fc_layers[].norm_params": Case(GHOST, {"combiner": {"fc_layers": [{"output_size": 8, "norm": "ghost"}]}}),
+    "combiner[comparator].fc_layers[].norm_params": Case(GHOST, {"combiner": {"fc_layers": [
+        {"output_size": 8, "norm": "ghost"}]}}),
+    "combiner[concat].fc_layers[].use_bias": Case(False),
+    "combiner[comparator].fc_layers[].use_bias": Case(False),
+    **{f"output_features[{kind}].decoder.{key}": case for kind in ("category", "binary", "number") for key, case in (
+        ("fc_norm_params", Case(GHOST, {"output_features": [{"name": "sentiment", "type": "category", "decoder": {
+            "num_fc_layers": 1, "fc_output_size": 8, "fc_norm": "ghost"}}, {"name": "score", "type": "number", "decoder": {
+            "num_fc_layers": 1, "fc_output_size": 8, "fc_norm": "ghost"}}, {"name": "recommended", "type": "binary",
+                                                                           "decoder": {"num_fc_layers": 1, "fc_output_size": 8, "fc_norm": "ghost"}}]})),
+        ("fc_layers[].dropout", Case(0.5)), ("fc_layers[].activation", Case("tanh")), ("fc_layers[].use_bias", Case(False)),
+        ("fc_layers[].norm_params", Case(GHOST, {"output_features": [
+            {"name": "sentiment", "type": "category", "decoder": {"fc_layers": [{"output_size": 8, "norm": "ghost"}]}},
+            {"name": "score", "type": "number", "decoder": {"fc_layers": [{"output_size": 8, "norm": "ghost"}]}},
+            {"name": "recommended", "type": "binary", "decoder": {"fc_layers": [{"output_size": 8, "norm": "ghost"}]}}]})))},
+    "trainer.layers_to_freeze_regex": Case(r"^heads\.sentiment\."),
+    "trainer.learning_rate_scheduler.reduce_eval_metric": Case("accuracy", _merge(PLATEAU["ecd"], {"trainer": {
+        "validation_field": "sentiment", "learning_rate_scheduler": {
+            "reduce_on_plateau": 3, "reduce_on_plateau_patience": 1, "reduce_eval_split": "validation"}}})),
     "combiner[concat].fc_layers[].dropout": Case(0.5),
     "combiner[comparator].fc_layers[].dropout": Case(0.5),
     "combiner[concat].fc_layers[].activation": Case("tanh"),  # unset means the combiner's relu: tanh differs
@@ -423,6 +463,12 @@ LLM = {
     "generation.num_beams": Case(4),
     "generation.repetition_penalty": Case(5.0, {"generation": {"max_new_tokens": 8}}),
     "generation.no_repeat_ngram_size": Case(1, {"generation": {"max_new_tokens": 8}}),
+    "trainer.layers_to_freeze_regex": Case(r"embed_tokens"),
+    "trainer.max_batch_size": Case(2, {"trainer": {"batch_size": "auto"}}),  # auto: 4 rows a step
+    # at lr 1.0 both losses climb together; at 0.1 the batches' loss and the validation loss plateau apart
+    "trainer.learning_rate_scheduler.reduce_eval_split": Case("validation", {"trainer": {
+        "learning_rate": 0.1, "steps_per_checkpoint": 1, "epochs": 3, "learning_rate_scheduler": {"reduce_on_plateau": 3,
+                                                                            "reduce_on_plateau_patience": 1}}}),
     "trainer.type": Case("none"),
     "trainer.validation_field": Case("output"),
     "trainer.validation_metric": Case("perplexity", {"trainer": {"validation_field": "output"}}),
@@ -471,6 +517,8 @@ CASES = {"ecd": {k: v for k, v in ECD.items() if v is not None}, "llm": LLM}
 
 QUANTIZATION = ("quantization loads 4/8-bit weights with bitsandbytes, which needs a CUDA GPU; on a CPU the plan "
                 "refuses the section (tests/test_llm.py)")
+COMPILE = ("compiles the same computation: its effect is speed, and efficiency.json's seconds.compile "
+           "(tests/test_trainer_keys.py); a compiled run costs seconds of compilation here")
 RAY_EXEMPT = {
     "backend[ray].loader.fully_executed": "no valid alternative: only true is accepted (Ludwig's streaming loader "
     "is refused by name)",
@@ -485,11 +533,13 @@ EXEMPT = {
         "input_features[text].encoder.trust_remote_code": "runs code shipped in the model folder; the tiny models "
         "are built-in architectures with no code of their own, so there is nothing to run",
         **RAY_EXEMPT,
+        "trainer.compile": COMPILE,
     },
     "llm": {
         "trust_remote_code": "runs code shipped in the model folder; the tiny models are built-in architectures "
         "with no code of their own, so there is nothing to run",
         **RAY_EXEMPT,
+        "trainer.compile": COMPILE,
         **{f"input_features[{kind}].name": "an identifier every feature has (Ludwig requires it); a causal LM's input "
            "has no weights or metadata of its own, and with `column` set the prompt reads the column"
            for kind in ("text", "messages")},
@@ -580,7 +630,9 @@ REFUSED = {
                                            ("corda_config", "corda_method", "kpm"))},
             "input_features[binary].tied": ("flag2", r"has a passthrough encoder, which has none", BINARY_TIED)},
     "llm": {**_refused_adapter_keys("adapter"),
-            "adapter[boft].boft_n_butterfly_factor": (2, r"butterfly factors above 1 with its CUDA extension only")},
+            "adapter[boft].boft_n_butterfly_factor": (2, r"butterfly factors above 1 with its CUDA extension only"),
+            "trainer.learning_rate_scheduler.reduce_eval_metric": (
+                "perplexity", r"perplexity is exp\(loss\)", {"trainer": {"validation_field": "output"}})},
 }
 
 # ------------------------------------------------------------------------------------- configs for a key

@@ -215,6 +215,13 @@ class LLMTrainer(Trainer):
     packing_max_sequences_per_pack: int | None = Field(
         None, gt=0, description="Most rows in one packed sequence (null: as many as fit).")
 
+    @field_validator("learning_rate_scheduler")
+    @classmethod
+    def _plateau_on_loss(cls, section):
+        if section.reduce_eval_metric == "perplexity":
+            raise ValueError("reduce_eval_metric: perplexity is exp(loss), so both plateau together; write loss")
+        return section
+
 
 class LLMPreprocessing(Preprocessing):
     global_max_sequence_length: int | None = Field(

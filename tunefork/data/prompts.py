@@ -98,6 +98,9 @@ class Encoded:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def take(self, index: np.ndarray) -> Encoded:
+        return Encoded(self.ids.take(index), self.prompt_lengths[index], None if self.cut is None else self.cut[index])
+
     @property
     def target_lengths(self) -> np.ndarray:
         return self.ids.lengths - self.prompt_lengths
