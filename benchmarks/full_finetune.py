@@ -32,7 +32,8 @@ def data(rows: int):
     return pd.read_csv(folder / "train.csv").head(rows), pd.read_csv(folder / "dev.csv"), pd.read_csv(folder / "test.csv")
 
 
-def tunefork_case(rows: int, epochs: int, group_by_length: bool) -> dict:
+def tunefork_case(rows: int, epochs: int, group_by_length: bool, learning_rate: float | str = LR) -> dict:
+    """`learning_rate: "auto"` runs the range test first (benchmarks/lr_auto.py)."""
     from tunefork import Model
 
     train, dev, test = data(rows)
@@ -40,7 +41,7 @@ def tunefork_case(rows: int, epochs: int, group_by_length: bool) -> dict:
         "input_features": [{"name": "sentence", "type": "text", "preprocessing": {"max_sequence_length": LENGTH},
                             "encoder": {"type": "auto_transformer", "pretrained_model_name_or_path": str(common.minilm()), "trainable": True}}],
         "output_features": [{"name": "label", "type": "category"}],
-        "trainer": {"epochs": epochs, "batch_size": BATCH, "learning_rate": LR, "optimizer": {"type": "adamw"},
+        "trainer": {"epochs": epochs, "batch_size": BATCH, "learning_rate": learning_rate, "optimizer": {"type": "adamw"},
                     "learning_rate_scheduler": {"warmup_fraction": 0.1, "decay": "linear"},
                     "validation_field": "label", "validation_metric": "accuracy", "group_by_length": group_by_length},
     }
@@ -49,7 +50,9 @@ def tunefork_case(rows: int, epochs: int, group_by_length: bool) -> dict:
         result, test_stats = model.experiment(training_set=train, validation_set=dev, test_set=test, output_directory=tmp)
     eff = result.efficiency
     return {"train_examples_per_second": eff["train_examples_per_second"], "train_seconds": eff["seconds"]["train"],
-            "peak_rss_mb": eff["peak_rss_mb"], "test_accuracy": test_stats["label"]["accuracy"]}
+            "peak_rss_mb": eff["peak_rss_mb"], "test_accuracy": test_stats["label"]["accuracy"],
+            "learning_rate": result.plan["learning_rate"]["value"],
+            "range_test_seconds": eff["seconds"].get("learning_rate_range_test")}
 
 
 def plain_case(rows: int, epochs: int) -> dict:

@@ -22,6 +22,7 @@ from tunefork import plan as plan_mod
 from tunefork.data import read, split
 from tunefork.errors import DivergedError, TuneforkError
 from tunefork.rundir import RunDirectory, check_names, remote_code, write_json
+from tunefork.training import plateau
 from tunefork.training.efficiency import Phases
 
 log = logging.getLogger("tunefork")
@@ -189,6 +190,7 @@ def _train(recipe, console, data: Data, options: Options):
             found["range_test"] = lr_range.run(recipe.task(prepared, plan), model, prepared.tables["training"],
                                                config, plan, seed)
         plan = resolve(found["measured"])
+    plateau.check_split(config.trainer.learning_rate_scheduler, prepared.tables)
     for key, decision in plan.decisions.items():
         translated = key == "strategy" and decision.reason != "backend.trainer.strategy"  # Ludwig's deepspeed
         if key in ("precision", "batch_size", "learning_rate", "max_sequence_length") or translated or \

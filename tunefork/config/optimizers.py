@@ -2,8 +2,8 @@
 
 Each class holds exactly the keyword arguments its torch optimizer takes (`training.optim` passes them through), so
 no key is accepted that the optimizer would ignore. Ludwig's optimizers that torch lacks (bitsandbytes' 8-bit and
-paged ones, lamb, lars, lion, ftrl) and L-BFGS, which needs the loss re-evaluated several times per step, are refused
-with what to write instead (`REFUSED`).
+paged ones, lamb, lars, lion, ftrl, adafactor, schedule-free AdamW, muon, soap) and L-BFGS, which needs the loss
+re-evaluated several times per step, are refused with what to write instead (`REFUSED`).
 """
 
 from __future__ import annotations
@@ -106,6 +106,12 @@ REFUSED = {
                                                                            "paged_lion_8bit")},
     "lamb": "LAMB is not in torch.optim; write type: adamw (LAMB is AdamW with a per-layer trust ratio)",
     "lars": "LARS is not in torch.optim; write type: sgd with momentum: 0.9",
+    "lars_8bit": f"{_BNB}; torch has no LARS: write type: sgd with momentum: 0.9",
+    "adafactor": "transformers' Adafactor, not a torch.optim optimizer; write type: adamw",
+    "schedule_free_adamw": "the schedulefree package's optimizer, not torch.optim's; write type: adamw with a "
+                           "learning_rate_scheduler",
+    "muon": "not in torch.optim; write type: sgd with momentum: 0.95 and nesterov: true",
+    "soap": "the soap package's optimizer, not torch.optim's; write type: adamw",
     "ftrl": "FTRL is not in torch.optim; write type: adagrad (FTRL-Proximal's closest torch optimizer)",
     "lbfgs": "L-BFGS re-evaluates the loss several times per step (a closure), which a step over accumulated "
              "micro-batches cannot do; write type: adam, or sgd",

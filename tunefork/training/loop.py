@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from tunefork.adapters.steps import AdapterSteps
 from tunefork.plan import Plan, higher_is_better
-from tunefork.training import batches, optim
+from tunefork.training import batches, optim, plateau
 from tunefork.training.divergence import Watch
 from tunefork.training.history import History
 
@@ -281,7 +281,6 @@ def _start(task, model, tables, config, plan, seed, report, checkpoints, resume,
     optimizer = optim.optimizer(trainer.optimizer, params, plan["learning_rate"])
     factor = optim.schedule(trainer.learning_rate_scheduler, plan["total_steps"],
                             plan["evaluate_every_steps"] or plan["steps_per_epoch"], plan["learning_rate"])
-    _check_plateau_split(trainer.learning_rate_scheduler, tables)
     if trainer.compile:  # compiled lazily, at the first step: `_backward` times that step
         model = torch.compile(model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
@@ -357,7 +356,7 @@ def _evaluate_and_keep(run: _Run, running) -> None:
                         "split": watch, "field": field_, "metric": metric, "value": value}
     else:
         progress.stale += 1
-    _reduce_on_plateau(run, scores)
+    plateau.reduce(run.config, run.progress, run.scheduler, scores)
     if run.checkpoints is not None:
         tensors, current = run.adapters.checkpoint_state()
         run.checkpoints.save(run.dist.state(run.model), run.optimizer, run.scheduler, run.scaler, asdict(progress),
@@ -372,33 +371,6 @@ def _evaluate_and_keep(run: _Run, running) -> None:
 def _first_rows(table, rows: int | None):
     """`trainer.eval_steps`: the first `rows` rows of a split (Ludwig's first eval_steps batches), or all of them."""
     return table if rows is None or len(table) <= rows else table.take(np.arange(rows))
-
-
-def _check_plateau_split(section, tables: dict) -> None:
-    from tunefork.errors import ConfigError
-
-    split = section.reduce_eval_split
-    if section.reduce_on_plateau and (tables.get(split) is None or not len(tables[split])):
-        raise ConfigError([f"trainer.learning_rate_scheduler.reduce_eval_split: this run has no {split} rows to read "
-                           f"a plateau on; write training or a split the data has"])
-
-
-def _reduce_on_plateau(run: _Run, scores: dict) -> None:
-    """Ludwig's rule: after `patience` evaluations in which `reduce_eval_metric` of the validation field did not
-    improve on `reduce_eval_split`, multiply the learning rate by `rate`, at most `reduce_on_plateau` times."""
-    section, progress = run.config.trainer.learning_rate_scheduler, run.progress
-    if not section.reduce_on_plateau or section.reduce_eval_split not in scores:
-        return
-    metric = section.reduce_eval_metric
-    value = scores[section.reduce_eval_split][run.config.trainer.validation_field][metric]
-    best = progress.plateau_best
-    if math.isfinite(value) and (best is None or (value > best if higher_is_better(metric) else value < best)):
-        progress.plateau_best, progress.plateau_stale = value, 0
-        return
-    progress.plateau_stale += 1
-    if progress.reductions < section.reduce_on_plateau and progress.plateau_stale % section.reduce_on_plateau_patience == 0:
-        progress.reductions += 1
-        run.scheduler.base_lrs = [lr * section.reduce_on_plateau_rate for lr in run.scheduler.base_lrs]
 
 
 def _restore(run: _Run, resume: dict) -> None:
