@@ -59,10 +59,14 @@ BAD = [
     ("unknown category encoder", make(input_features=[{"name": "g", "type": "category", "encoder": {"type": "sparse"}}]),
      "input_features[0].encoder.type: 'sparse' is not supported (one of: dense, onehot)"),
     ("unknown optimizer", make(trainer={"optimizer": {"type": "adamm"}}),
-     "trainer.optimizer.type: 'adamm' is not supported (one of: adam, adamw, adamax, nadam, sgd, rmsprop, adagrad) "
-     "(did you mean 'adam'?)"),
-    ("unknown optimizer shorthand", make(trainer={"optimizer": "lion"}),
-     "trainer.optimizer: 'lion' is not supported (one of: adam, adamw, adamax, nadam, sgd, rmsprop, adagrad)"),
+     "trainer.optimizer.type: 'adamm' is not supported (one of: adam, adamw, adamax, nadam, radam, sgd, rmsprop, "
+     "adagrad, adadelta) (did you mean 'adam'?)"),
+    ("unknown optimizer shorthand", make(trainer={"optimizer": "adamm"}),
+     "trainer.optimizer: 'adamm' is not supported (one of: adam, adamw, adamax, nadam, radam, sgd, rmsprop, adagrad, "
+     "adadelta)"),
+    ("optimizer torch lacks", make(trainer={"optimizer": "lion"}),
+     "trainer.optimizer: 'lion': a bitsandbytes optimizer, which needs a CUDA GPU and the bitsandbytes package; torch "
+     "has no Lion: write type: adamw"),
     ("unknown split type", make(preprocessing={"split": {"type": "hash"}}),
      "preprocessing.split.type: 'hash' is not supported (one of: random, stratify, fixed)"),
     ("unknown backend", make(backend={"type": "horovod"}), "backend.type: 'horovod' is not supported (one of: local, ray)"),
@@ -96,7 +100,7 @@ BAD = [
     # out of range
     ("epochs zero", make(trainer={"epochs": 0}), "trainer.epochs: Input should be greater than 0 (got 0)"),
     ("negative learning rate", make(trainer={"learning_rate": -1}),
-     "trainer.learning_rate: Input should be greater than 0 (got -1)"),
+     "trainer.learning_rate: Input should be greater than 0, or 'auto' (got -1)"),
     ("batch_size zero", make(trainer={"batch_size": 0}), "trainer.batch_size: should be greater than 0 or 'auto' (got 0)"),
     ("accumulation zero", make(trainer={"gradient_accumulation_steps": 0}),
      "trainer.gradient_accumulation_steps: should be greater than 0 or 'auto' (got 0)"),
@@ -151,7 +155,7 @@ def test_every_problem_is_reported_and_counted():
     assert caught.value.errors == [  # in the schema's order
         "combiner.dropout: Input should be less than 1 (got 2)",
         "trainer.epochs: Input should be greater than 0 (got 0)",
-        "trainer.learning_rate: Input should be greater than 0 (got -1)",
+        "trainer.learning_rate: Input should be greater than 0, or 'auto' (got -1)",
     ]
     assert str(caught.value) == "combiner.dropout: Input should be less than 1 (got 2) (and 2 more problems)"
 

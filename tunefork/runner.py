@@ -184,11 +184,7 @@ def _train(recipe, console, data: Data, options: Options):
     # the estimate is of this process; a Ray worker holds a shard (FSDP) on its own machine
     prepared, plan = recipe.ready(model, prepared, plan, resolve, console, phases, config.backend.type == "local")
     if config.trainer.learning_rate == "auto" and plan["total_steps"]:
-        from tunefork.training import lr_range
-
-        with phases("learning_rate_range_test"):
-            found["range_test"] = lr_range.run(recipe.task(prepared, plan), model, prepared.tables["training"],
-                                               config, plan, seed)
+        found["range_test"] = _range_test(recipe, model, prepared, plan, seed, resumed, phases)
         plan = resolve(found["measured"])
     plateau.check_split(config.trainer.learning_rate_scheduler, prepared.tables)
     for key, decision in plan.decisions.items():
@@ -236,6 +232,18 @@ def _train(recipe, console, data: Data, options: Options):
         console.note(f"saved: {run.path}")
     result = TrainResult(run.path if run else None, statistics, efficiency, plan.to_dict())
     return Trained(result, fitted, frames, report if run is not None else None, prepared)
+
+
+def _range_test(recipe, model, prepared, plan, seed: int, resumed: RunDirectory | None, phases) -> dict:
+    """`learning_rate: auto`: the range test's result — the one a resumed run recorded when it started, else a new
+    test on the model as built (`training.lr_range`)."""
+    from tunefork.training import lr_range
+
+    recorded = resumed.path / LR_RANGE_TEST if resumed is not None else None
+    if recorded is not None and recorded.is_file():
+        return json.loads(recorded.read_text())
+    with phases("learning_rate_range_test"):
+        return lr_range.run(recipe.task(prepared, plan), model, prepared.tables["training"], recipe.config, plan, seed)
 
 
 def freeze_matching(model, pattern: str | None) -> None:

@@ -205,7 +205,8 @@ class LLMTrainer(Trainer):
 
     type: Literal["finetune", "none"] = "none"
     epochs: int = Field(3, gt=0)
-    learning_rate: float = Field(0.0001, gt=0)
+    learning_rate: float | Literal["auto"] = Field(
+        0.0001, description="A number (> 0), or 'auto': a learning-rate range test before training picks it.")
     validation_metric: Literal["loss", "perplexity"] = "loss"
     group_by_length: bool = Field(
         True, description="Shuffle, then batch rows of similar token length together (less padding, same data).")

@@ -6,6 +6,7 @@ import re
 from typing import Literal
 
 from pydantic import Field, PositiveInt, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from tunefork.config.optimizers import AdamOptimizer, Optimizer, refusal
 from tunefork.sections import Section
@@ -92,11 +93,11 @@ class Trainer(Section):
         False, description="Keep each transformer layer's input only and recompute the layer in backward: less "
         "activation memory for about one more forward pass. Needs a transformer that trains.")
 
-    @field_validator("learning_rate")
+    @field_validator("learning_rate", mode="before")
     @classmethod
     def _positive(cls, value):
-        if value != "auto" and not value > 0:
-            raise ValueError(f"should be greater than 0, or 'auto' (got {value!r})")
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not value > 0:
+            raise PydanticCustomError("greater_than", "Input should be greater than 0, or 'auto'")
         return value
 
     @field_validator("optimizer", mode="before")
