@@ -334,3 +334,15 @@ def test_ray_refuses_what_runs_in_one_process(trainer, message):
     workers = cluster.workers(config.backend, offered={"CPU": 4.0})
     with pytest.raises(ConfigError, match=message):
         plan_mod.resolve(config, facts, hardware.detect(), workers)
+
+
+def test_a_resumed_run_keeps_its_range_test(tmp_path):
+    """Resuming reads the learning rate the run's own range test chose, instead of testing again."""
+    from tunefork import runner
+    from tunefork.rundir import RunDirectory
+    from tunefork.training.efficiency import Phases
+
+    recorded = {"learning_rate": 0.0123, "steps": 40, "min_lr": 1e-8, "max_lr": 1.0, "rule": "r", "curve": []}
+    (tmp_path / runner.LR_RANGE_TEST).write_text(json.dumps(recorded))
+    untouched = object()  # a new test would need a recipe and a model: reading the record must not touch them
+    assert runner._range_test(untouched, untouched, untouched, {}, 0, RunDirectory(tmp_path), Phases()) == recorded
