@@ -346,3 +346,19 @@ def test_a_resumed_run_keeps_its_range_test(tmp_path):
     (tmp_path / runner.LR_RANGE_TEST).write_text(json.dumps(recorded))
     untouched = object()  # a new test would need a recipe and a model: reading the record must not touch them
     assert runner._range_test(untouched, untouched, untouched, {}, 0, RunDirectory(tmp_path), Phases()) == recorded
+
+
+def test_older_ludwig_layouts_of_an_outputs_fc_stack():
+    """Before 0.5 Ludwig wrote an output's layers on the feature; 0.5-0.7 wrote them unprefixed inside the decoder."""
+    from tunefork import config as config_mod
+
+    old = yaml.safe_load(TABULAR.replace("    type: category\n", "    type: category\n    fc_layers: [{output_size: 50}]\n")
+                         .replace("  - name: genre\n    type: category\n    fc_layers: [{output_size: 50}]\n",
+                                  "  - name: genre\n    type: category\n"))
+    assert config_mod.load(old).output("sentiment").decoder.fc_layers[0].output_size == 50
+    middle = ludwig("", TABULAR.replace("  - name: sentiment\n    type: category\n", """  - name: sentiment
+    type: category
+    decoder: {num_fc_layers: 2, output_size: 32, dropout: 0.1, norm: batch}
+"""))
+    decoder = config_mod.load(middle).output("sentiment").decoder
+    assert (decoder.num_fc_layers, decoder.fc_output_size, decoder.fc_dropout, decoder.fc_norm) == (2, 32, 0.1, "batch")

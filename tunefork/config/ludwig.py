@@ -125,6 +125,27 @@ def _encoder(feature: dict, path: str) -> None:
             log.info("%s.encoder.%s ignored: derived from the model and tokenizer", path, key)
 
 
+# An output's fully connected stack: on the feature itself in Ludwig before 0.5, inside `decoder` since; and inside
+# `decoder`, unprefixed in Ludwig 0.5-0.7 (their `use_bias` and initializers were the final layer's: not moved).
+STACK_KEYS = ("fc_layers", "num_fc_layers", "fc_output_size", "fc_dropout", "fc_activation", "fc_norm", "fc_norm_params",
+              "fc_use_bias", "fc_weights_initializer", "fc_bias_initializer")
+UNPREFIXED_STACK_KEYS = ("output_size", "activation", "dropout", "norm", "norm_params")
+
+
+def _decoder(feature: dict, path: str) -> None:
+    moved = [key for key in STACK_KEYS if key in feature]
+    if moved and isinstance(feature.setdefault("decoder", {}), dict):
+        for key in moved:
+            feature["decoder"].setdefault(key, feature.pop(key))
+            log.info("%s.%s moved to %s.decoder.%s (older Ludwig layout)", path, key, path, key)
+    decoder = feature.get("decoder")
+    if isinstance(decoder, dict) and (decoder.get("type") or "classifier") in ("classifier", "regressor"):
+        for key in UNPREFIXED_STACK_KEYS:
+            if key in decoder and f"fc_{key}" not in decoder:
+                decoder[f"fc_{key}"] = decoder.pop(key)
+                log.info("%s.decoder.%s is decoder.fc_%s (Ludwig 0.5-0.7 name)", path, key, key)
+
+
 def _refuse_other_types(raw: dict) -> None:
     """Ludwig's image, audio, sequence, ... features: one line each, saying what to write instead."""
     errors = []
@@ -166,4 +187,6 @@ def translate(raw: dict) -> dict:
                 _apply_defaults(feature, defaults, path, ROLE_SECTIONS[key])
                 if key == "input_features":
                     _encoder(feature, path)
+                elif raw.get("model_type") != "llm":
+                    _decoder(feature, path)
     return raw
