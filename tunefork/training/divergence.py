@@ -48,7 +48,10 @@ class Watch:
     def advice(self) -> str:
         """What usually brings a diverging run back, for this run's settings."""
         trainer = self.config.trainer
-        tips = [f"lower trainer.learning_rate (now {trainer.learning_rate:g})"]
+        if trainer.learning_rate == "auto":  # the range test chose it: a number below its pick is the way back
+            tips = [f"set trainer.learning_rate below the {self.plan['learning_rate']:g} its range test chose"]
+        else:
+            tips = [f"lower trainer.learning_rate (now {trainer.learning_rate:g})"]
         clipping = trainer.gradient_clipping
         if clipping.clipglobalnorm is None and clipping.clipnorm is None and clipping.clipvalue is None:
             tips.append("enable gradient clipping (trainer.gradient_clipping.clipglobalnorm)")

@@ -1,10 +1,10 @@
 """`learning_rate: auto`: a learning-rate range test before training (Smith, "Cyclical Learning Rates for Training
 Neural Networks", 2017, §3.3), with the defaults and the pick of PyTorch Lightning's `lr_find`, which Ludwig's
-`tune_learning_rate` follows:
+`tune_learning_rate` follows (with Ludwig's stopping threshold, 3; Lightning's is 4):
 
     100 optimizer steps on training batches, the learning rate growing exponentially from 1e-8 to 1;
     the loss smoothed (exponential moving average, β 0.98, bias-corrected);
-    stop early once the smoothed loss exceeds 4 × its best, or is not finite;
+    stop early once the smoothed loss exceeds 3 × its best, or is not finite;
     the pick: the learning rate where the smoothed loss falls fastest (the most negative `np.gradient` of the curve,
     the first 10 and the last point left out, as Lightning's `suggestion(skip_begin=10, skip_end=1)`).
 
@@ -25,7 +25,7 @@ from tunefork.errors import TuneforkError
 from tunefork.training import batches, optim
 from tunefork.training.loop import autocast, placed, trainable_state
 
-STEPS, MIN_LR, MAX_LR, STOP_FACTOR, BETA, SKIP_BEGIN, SKIP_END = 100, 1e-8, 1.0, 4.0, 0.98, 10, 1
+STEPS, MIN_LR, MAX_LR, STOP_FACTOR, BETA, SKIP_BEGIN, SKIP_END = 100, 1e-8, 1.0, 3.0, 0.98, 10, 1
 
 
 def steepest(losses: list[float], skip_begin: int = SKIP_BEGIN, skip_end: int = SKIP_END) -> int | None:
