@@ -362,3 +362,15 @@ def test_older_ludwig_layouts_of_an_outputs_fc_stack():
 """))
     decoder = config_mod.load(middle).output("sentiment").decoder
     assert (decoder.num_fc_layers, decoder.fc_output_size, decoder.fc_dropout, decoder.fc_norm) == (2, 32, 0.1, "batch")
+
+
+def test_a_diverging_auto_run_is_told_the_rate_its_range_test_chose():
+    from tunefork import config as config_mod
+    from tunefork.errors import DivergedError
+    from tunefork.plan import Decision, Plan
+    from tunefork.training.divergence import Watch
+
+    config = config_mod.load({**ludwig(""), "trainer": {"learning_rate": "auto"}})
+    watch = Watch(config, Plan({"learning_rate": Decision(0.0316, "auto"), "precision": Decision("fp32", "")}))
+    with pytest.raises(DivergedError, match=r"set trainer\.learning_rate below the 0\.0316 its range test chose"):
+        watch.loss(3, math.nan, None)
