@@ -193,19 +193,15 @@ def _batches(plan: _Draft, config, measured: Measured | None) -> None:
         plan.decide("batch_size", target, why)
     plan.decide("gradient_accumulation_steps", accumulation, acc_why)
     eval_size, floor = trainer.eval_batch_size, (8 if llm else 64)
-    if eval_size in (None, "auto"):
-        size = max(plan["batch_size"], floor)
-        plan.decide("eval_batch_size", *((size, f"no gradients at evaluation: at least {floor} rows a batch")
-                                        if size <= trainer.max_batch_size else
-                                        (trainer.max_batch_size, "capped by trainer.max_batch_size")))
-    else:
+    if eval_size not in (None, "auto"):
         plan.decide("eval_batch_size", eval_size, "trainer.eval_batch_size")
-    if trainer.eval_steps:
-        plan.decide("evaluation_rows", trainer.eval_steps * plan["eval_batch_size"],
-                    "trainer.eval_steps × eval_batch_size: the first rows of each split, at evaluations during "
-                    "training (the final evaluation scores every row)")
+    elif max(plan["batch_size"], floor) > trainer.max_batch_size:
+        plan.decide("eval_batch_size", trainer.max_batch_size, "capped by trainer.max_batch_size")
     else:
-        plan.decide("evaluation_rows", None, "every row of each split (trainer.eval_steps is null)")
+        plan.decide("eval_batch_size", max(plan["batch_size"], floor), f"no gradients at evaluation: at least {floor} rows a batch")
+    plan.decide("evaluation_rows", trainer.eval_steps and trainer.eval_steps * plan["eval_batch_size"],
+                "trainer.eval_steps × eval_batch_size: the first rows of each split at evaluations during training (the "
+                "final evaluation scores every row)" if trainer.eval_steps else "every row (trainer.eval_steps is null)")
 
 
 def schedule(plan: _Draft, config, facts: DataFacts, workers: int = 1) -> None:
@@ -249,12 +245,11 @@ def _backend(plan: _Draft, config, workers) -> None:
     plan.decide("max_failures", ray.trainer.max_failures, "backend.trainer.max_failures: restarts from the last checkpoint")
     plan.decide("checkpoint_storage", ray.ray.storage_path or "the run directory", "backend.ray.storage_path")
     trainer = config.trainer
-    for refused, why in ((trainer.compile, "trainer.compile: the model is compiled in one process only (Ray's "
-                          "workers wrap it in DDP or FSDP first); remove it, or use backend local"),
-                         (trainer.learning_rate == "auto", "trainer.learning_rate: auto runs its range test in one "
-                          "process; set a number (a local run with auto finds one)")):
-        if refused:
-            raise ConfigError([why])
+    if trainer.compile or trainer.learning_rate == "auto":  # both run in the one process that builds the model
+        raise ConfigError(["trainer.compile: the model is compiled in one process only (Ray's workers wrap it in DDP "
+                           "or FSDP first); remove it, or use backend local" if trainer.compile else
+                           "trainer.learning_rate: auto runs its range test in one process; set a number (a local "
+                           "run with auto finds one)"])
     if strategy.type != "fsdp":
         return
     if trainer.regularization_type and trainer.regularization_lambda:

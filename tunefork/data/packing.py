@@ -42,6 +42,10 @@ class Packed:
     def __len__(self) -> int:
         return len(self.packs)
 
+    def take(self, index: np.ndarray) -> Packed:
+        """Packs `index` (their rows stay where they are)."""
+        return Packed(self.rows, self.packs.take(index), self.lengths[index], self.capacity)
+
     def members(self, index: np.ndarray) -> np.ndarray:
         return np.concatenate([self.packs.row(p) for p in index]) if len(index) else np.zeros(0, dtype=np.int64)
 

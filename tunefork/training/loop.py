@@ -333,14 +333,13 @@ def _evaluate_and_keep(run: _Run, running) -> None:
     """Score the splits, keep the best weights, count a plateau, checkpoint, and tell the report."""
     trainer, progress, history, plan, task = run.config.trainer, run.progress, run.history, run.plan, run.task
     started = time.perf_counter()
-    tables = {split: _first_rows(table, plan["evaluation_rows"]) for split, table in run.tables.items()
-              if table is not None}
-    scores = {"training": evaluate(task, run.model, tables["training"], plan, run.dist) if trainer.evaluate_training_set
-              else run.dist.merged(task, running).scores(run.tables["training"])}
+    tables, rows = run.tables, plan["evaluation_rows"]
+    scores = {"training": evaluate(task, run.model, _first_rows(tables["training"], rows), plan, run.dist)
+              if trainer.evaluate_training_set else run.dist.merged(task, running).scores(tables["training"])}
     if not trainer.skip_all_evaluation:
         for split in ("validation", "test"):
             if tables.get(split) is not None and len(tables[split]):
-                scores[split] = evaluate(task, run.model, tables[split], plan, run.dist)
+                scores[split] = evaluate(task, run.model, _first_rows(tables[split], rows), plan, run.dist)
     for split, values in scores.items():
         history.record(split, values)
     history.evaluations.append({"epoch": progress.epoch, "step": progress.step, "learning_rate": run.scheduler.get_last_lr()[0]})
