@@ -1415,7 +1415,7 @@ def test_non_finite_config_numbers_are_config_errors(tmp_path, value):
                     f"trainer: {{learning_rate: {value}}}\n")
     code, stderr = _b_cli("check-config", str(path))
     assert code == 2
-    assert _b_one_error_line(stderr).startswith("error: trainer.learning_rate: Input should be a finite number (got ")
+    assert _b_one_error_line(stderr).startswith("error: trainer.learning_rate: should be a finite number or 'auto' (got ")
 
 
 @pytest.fixture()

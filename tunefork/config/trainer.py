@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Literal
 
@@ -96,7 +97,7 @@ class Trainer(Section):
     @field_validator("learning_rate", mode="before")
     @classmethod
     def _positive(cls, value):
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and not value > 0:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value <= 0:
             raise PydanticCustomError("greater_than", "Input should be greater than 0, or 'auto'")
         return value
 
