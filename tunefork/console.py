@@ -9,7 +9,9 @@ from rich.console import Console as RichConsole
 from rich.table import Table
 
 SHOWN = ("loss", "accuracy", "macro_f1", "roc_auc", "mean_absolute_error", "root_mean_squared_error", "r2",
-         "perplexity", "exact_match", "rouge_l", "bleu")
+         "perplexity", "exact_match", "rouge_l", "bleu",
+         # preference tuning (TRL's names: training.preference)
+         "rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected", "logps/chosen", "logps/rejected")
 
 
 def _fmt(value) -> str:

@@ -103,7 +103,9 @@ def reported_metrics(config, field: str) -> tuple[str, ...]:
     if field == "combined":
         return ("loss",)
     if config.model_type == "llm":
-        return LLM_METRICS
+        from tunefork.config.preference import METRICS as PREFERENCE_METRICS
+
+        return PREFERENCE_METRICS.get(config.trainer.type, LLM_METRICS)
     return METRICS[config.output(field).type]
 
 
@@ -313,8 +315,17 @@ def _cache_embeddings(feature) -> tuple[bool, str]:
 def _llm(plan: _Draft, config, facts: DataFacts, hardware) -> None:
     plan.decide("max_sequence_length", *sequence_limit(config, facts.context_length))
     _generation(plan, config)
-    if config.trainer.type == "finetune":
+    if config.trainer.type != "none":  # finetune, or preference tuning
         _adalora(plan, config)
+    if config.trainer.type in ("dpo", "kto"):
+        plan.decide("reference_model", *_reference(config))
+
+
+def _reference(config) -> tuple[str, str]:
+    """What DPO and KTO compare the model with: the frozen base, and what holding it costs."""
+    if config.adapter is not None:
+        return "the base model (adapter disabled)", "the adapter is switched off for the reference: no second copy"
+    return "a frozen copy of the base model", "no adapter: every weight trains, so the base is held twice in memory"
 
 
 def _check_quantization(config, hardware) -> None:

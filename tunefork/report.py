@@ -22,8 +22,12 @@ MAIN_METRIC = {"category": "accuracy", "binary": "accuracy", "number": "r2", "te
 
 
 def _main_metric(config: dict, feature: dict) -> str:
-    """What a run's first card and curves show: a causal LM's evaluations report loss and perplexity only."""
-    return "perplexity" if config.get("model_type") == "llm" else MAIN_METRIC[feature["type"]]
+    """What a run's first card and curves show: a causal LM's evaluations report loss and perplexity only (and
+    preference tuning its reward accuracy, or KTO's reward margin)."""
+    if config.get("model_type") == "llm":
+        kind = (config.get("trainer") or {}).get("type")
+        return {"dpo": "rewards/accuracies", "orpo": "rewards/accuracies", "kto": "rewards/margins"}.get(kind, "perplexity")
+    return MAIN_METRIC[feature["type"]]
 
 
 class Recorder:

@@ -25,6 +25,7 @@ from tunefork.adapters.named import NamedAdapters
 from tunefork.adapters.registry import Adapter
 from tunefork.config.backend import Backend, LocalBackend
 from tunefork.config.features import FeatureBase, Quantization
+from tunefork.config.preference import PREFERENCE_TRAINERS
 from tunefork.config.schema import Preprocessing
 from tunefork.config.trainer import Trainer
 from tunefork.sections import Section, tagged
@@ -247,7 +248,7 @@ class LLMConfig(Section):
         "`adapter`. Exclusive with a different `adapter`.")
     quantization: Quantization | None = None
     generation: Generation = Generation()
-    trainer: LLMTrainer = LLMTrainer()
+    trainer: tagged(LLMTrainer, *PREFERENCE_TRAINERS, default="none") = LLMTrainer()  # dpo, orpo, kto: preference.py
     preprocessing: LLMPreprocessing = LLMPreprocessing()
     backend: Backend = LocalBackend()  # or a Ray cluster: DDP and FSDP2 workers, as for ECD
 
@@ -279,7 +280,7 @@ class LLMConfig(Section):
         if inp.name == out.name:
             raise ValueError(f"feature names must be unique; repeated: {inp.name} (rename one, and point its "
                              "`column` at the data's column)")
-        finetune = self.trainer.type == "finetune"
+        finetune = self.trainer.type != "none"  # finetune, or preference tuning (dpo, orpo, kto)
         if self.quantization is not None and finetune and self.adapter is None:
             raise ValueError("quantization with trainer.type finetune needs an adapter (QLoRA): quantized base "
                              "weights cannot be trained directly; add adapter: lora, or remove quantization")

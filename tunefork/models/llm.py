@@ -76,7 +76,7 @@ def build(config, total_steps: int | None = None, batches: list | None = None):
     batches for the LoRA initialisations that read data (eva, corda).
     """
     model = load_base(config)
-    finetune = config.trainer.type == "finetune"
+    finetune = config.trainer.type != "none"  # finetune, or preference tuning
     adapter = config.adapter
     if config.quantization is not None and finetune:
         from peft import prepare_model_for_kbit_training
