@@ -25,7 +25,7 @@ from tunefork.adapters.named import NamedAdapters
 from tunefork.adapters.registry import Adapter
 from tunefork.config.backend import Backend, LocalBackend
 from tunefork.config.features import FeatureBase, Quantization
-from tunefork.config.preference import PREFERENCE_TRAINERS
+from tunefork.config.preference import PreferenceKeys
 from tunefork.config.schema import Preprocessing
 from tunefork.config.trainer import Trainer
 from tunefork.sections import Section, tagged
@@ -196,19 +196,20 @@ class Generation(Section):
         return out
 
 
-class LLMTrainer(Trainer):
-    """Ludwig's `finetune` (the ECD trainer's keys) or `none` (zero-shot: nothing trains, metrics only).
+class LLMTrainer(PreferenceKeys, Trainer):
+    """Ludwig's `finetune` (the ECD trainer's keys), `none` (zero-shot: nothing trains, metrics only), or preference
+    tuning: `dpo`, `orpo`, `kto` with their keys (config/preference.py).
 
     Defaults differ from ECD where ECD's would be wrong for an LLM: 3 epochs and lr 1e-4 (Ludwig's LLM example),
     batch size 'auto' resolves small (see plan.resolve_llm), and `validation_metric` is loss or perplexity — the
     generation metrics need a full decode of the validation set and are computed by `evaluate` instead.
     """
 
-    type: Literal["finetune", "none"] = "none"
+    type: Literal["finetune", "none", "dpo", "orpo", "kto"] = "none"  # preference tuning: config/preference.py
     epochs: int = Field(3, gt=0)
     learning_rate: float | Literal["auto"] = Field(
         0.0001, description="A number (> 0), or 'auto': a learning-rate range test before training picks it.")
-    validation_metric: Literal["loss", "perplexity"] = "loss"
+    validation_metric: Literal["loss", "perplexity", "rewards/accuracies", "rewards/margins"] = "loss"
     group_by_length: bool = Field(
         True, description="Shuffle, then batch rows of similar token length together (less padding, same data).")
     packing: bool = Field(
@@ -248,7 +249,7 @@ class LLMConfig(Section):
         "`adapter`. Exclusive with a different `adapter`.")
     quantization: Quantization | None = None
     generation: Generation = Generation()
-    trainer: tagged(LLMTrainer, *PREFERENCE_TRAINERS, default="none") = LLMTrainer()  # dpo, orpo, kto: preference.py
+    trainer: LLMTrainer = LLMTrainer()
     preprocessing: LLMPreprocessing = LLMPreprocessing()
     backend: Backend = LocalBackend()  # or a Ray cluster: DDP and FSDP2 workers, as for ECD
 

@@ -1,5 +1,5 @@
 """Preference tuning of a causal LM (`model_type: llm`, `trainer.type: dpo | orpo | kto`): Ludwig's keys, TRL's
-defaults.
+meaning.
 
     trainer: {type: dpo, beta: 0.1, dpo_loss_type: sigmoid, rejected_column: rejected}
 
@@ -7,9 +7,10 @@ The data is laid out as Ludwig lays it out: the prompt is the input feature (or 
 feature's column is the chosen completion, `rejected_column` the rejected one (DPO, ORPO). KTO takes one completion
 per row (the output feature) and `label_column`, true where that completion is desirable.
 
-Each type has only its own keys, so a key of another type is refused with a did-you-mean. Ludwig's example configs
-write a plain `beta`; it sets the type's own beta (`dpo_beta`, `orpo_beta`, `kto_beta`), and both given with
-different values is an error. Defaults are TRL's (beta 0.1, learning rate 1e-6), epochs Ludwig's LLM 3.
+The keys sit flat in the `trainer` section, as in Ludwig, beside the step loop's keys, whose defaults stay Ludwig's
+LLM defaults. A key that belongs to another type than `trainer.type` is refused, naming the type it belongs to.
+Ludwig's example configs write a plain `beta`: it sets the type's own beta (`dpo_beta`, `orpo_beta`, `kto_beta`), and
+both given with different values is an error. An unset beta is TRL's 0.1.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from tunefork.config.trainer import Trainer
+from tunefork.sections import Section
 
 PREFERENCE_TYPES = ("dpo", "orpo", "kto")
 DEFAULT_BETA = 0.1  # TRL's DPOConfig, ORPOConfig and KTOConfig
@@ -28,74 +29,45 @@ PAIRED_METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accurac
 METRICS = {"dpo": PAIRED_METRICS, "orpo": (*PAIRED_METRICS, "nll_loss", "log_odds_ratio"),
            "kto": ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "logps/rejected",
                    "kl")}
+OWNERS = {"beta": PREFERENCE_TYPES, "dpo_beta": ("dpo",), "dpo_loss_type": ("dpo",), "dpo_label_smoothing": ("dpo",),
+          "orpo_beta": ("orpo",), "kto_beta": ("kto",), "kto_desirable_weight": ("kto",),
+          "kto_undesirable_weight": ("kto",), "rejected_column": ("dpo", "orpo"), "label_column": ("kto",)}
 
 
-class PreferenceTrainer(Trainer):
-    """What DPO, ORPO and KTO share: the step loop's keys (as `finetune`), Ludwig's plain `beta`."""
+class PreferenceKeys(Section):
+    """The `trainer` keys of DPO, ORPO and KTO (mixed into the LLM trainer section)."""
 
-    epochs: int = Field(3, gt=0)
-    learning_rate: float = Field(1e-6, gt=0, description="TRL's default for preference tuning (1e-6); LoRA "
-                                 "usually takes a larger one, e.g. 5e-5.")
-    validation_metric: Literal["loss", "rewards/accuracies", "rewards/margins"] = Field(
-        "loss", description="loss, or rewards/accuracies or rewards/margins (higher is better).")
     beta: float | None = Field(None, gt=0, description="Ludwig's plain beta: the type's own beta (dpo_beta, "
                                "orpo_beta, kto_beta).")
-
-    @property
-    def own_beta(self) -> str:
-        return f"{self.type}_beta"
+    dpo_beta: float | None = Field(None, gt=0, description="DPO: how far the model may move from the reference (0.1).")
+    dpo_loss_type: Literal["sigmoid", "ipo"] = Field(
+        "sigmoid", description="DPO's loss; ipo: IPO's squared loss on per-token log-ratios (TRL's form).")
+    dpo_label_smoothing: float = Field(
+        0.0, ge=0, lt=0.5, description="cDPO: the probability that a pair's preference is flipped (sigmoid only).")
+    orpo_beta: float | None = Field(None, gt=0, description="ORPO: weight of the odds-ratio term (0.1).")
+    kto_beta: float | None = Field(None, gt=0, description="KTO: how far the model may move from the reference (0.1).")
+    kto_desirable_weight: float = Field(1.0, gt=0, description="KTO: weight of the desirable rows' losses.")
+    kto_undesirable_weight: float = Field(1.0, gt=0, description="KTO: weight of the undesirable rows' losses.")
+    rejected_column: str = Field("rejected", min_length=1, description="DPO, ORPO: the rejected completion's column.")
+    label_column: str = Field("label", min_length=1,
+                              description="KTO: boolean column, true where the row's completion is desirable.")
 
     @property
     def strength(self) -> float:
         """The beta this run uses: the type's own key, else the plain `beta`, else TRL's 0.1."""
-        own = getattr(self, self.own_beta)
+        own = getattr(self, f"{self.type}_beta", None)
         return own if own is not None else (self.beta if self.beta is not None else DEFAULT_BETA)
 
     @model_validator(mode="after")
-    def _one_beta(self):
-        own = getattr(self, self.own_beta)
+    def _keys_of_the_type(self):
+        for key in sorted(self.model_fields_set & set(OWNERS)):
+            if self.type not in OWNERS[key]:
+                owners = " or ".join(OWNERS[key])
+                raise ValueError(f"{key} applies to trainer.type {owners}, not {self.type}; remove it")
+        own = getattr(self, f"{self.type}_beta", None)
         if self.beta is not None and own is not None and own != self.beta:
-            raise ValueError(f"beta {self.beta} and {self.own_beta} {own} disagree; give one of them")
-        return self
-
-
-class DPOTrainer(PreferenceTrainer):
-    """Direct Preference Optimization (Rafailov et al., 2023) against the frozen base model."""
-
-    type: Literal["dpo"]
-    dpo_beta: float | None = Field(None, gt=0, description="How far the model may move from the reference (0.1).")
-    dpo_loss_type: Literal["sigmoid", "ipo"] = Field(
-        "sigmoid", description="sigmoid: DPO's loss; ipo: IPO's squared loss on per-token log-ratios (TRL's form).")
-    dpo_label_smoothing: float = Field(
-        0.0, ge=0, lt=0.5, description="cDPO: the probability that a pair's preference is flipped (sigmoid only).")
-    rejected_column: str = Field("rejected", min_length=1, description="Column of the rejected completion.")
-
-    @model_validator(mode="after")
-    def _smoothing_is_sigmoid(self):
+            raise ValueError(f"beta {self.beta} and {self.type}_beta {own} disagree; give one of them")
         if self.dpo_label_smoothing and self.dpo_loss_type != "sigmoid":
             raise ValueError(f"dpo_label_smoothing applies to dpo_loss_type sigmoid, not {self.dpo_loss_type}; "
                              f"remove it")
         return self
-
-
-class ORPOTrainer(PreferenceTrainer):
-    """Odds Ratio Preference Optimization (Hong et al., 2024): no reference model, SFT and preference in one loss."""
-
-    type: Literal["orpo"]
-    orpo_beta: float | None = Field(None, gt=0, description="Weight of the odds-ratio term (TRL's beta, 0.1).")
-    rejected_column: str = Field("rejected", min_length=1, description="Column of the rejected completion.")
-
-
-class KTOTrainer(PreferenceTrainer):
-    """Kahneman-Tversky Optimization (Ethayarajh et al., 2024): unpaired completions labelled desirable or not."""
-
-    type: Literal["kto"]
-    validation_metric: Literal["loss", "rewards/margins"] = "loss"
-    kto_beta: float | None = Field(None, gt=0, description="How far the model may move from the reference (0.1).")
-    kto_desirable_weight: float = Field(1.0, gt=0, description="Weight of the desirable rows' losses.")
-    kto_undesirable_weight: float = Field(1.0, gt=0, description="Weight of the undesirable rows' losses.")
-    label_column: str = Field("label", min_length=1,
-                              description="Boolean column: true where the row's completion is desirable.")
-
-
-PREFERENCE_TRAINERS = (DPOTrainer, ORPOTrainer, KTOTrainer)
