@@ -8,7 +8,8 @@ feature's column is the chosen completion, `rejected_column` the rejected one (D
 per row (the output feature) and `label_column`, true where that completion is desirable.
 
 The keys sit flat in the `trainer` section, as in Ludwig, beside the step loop's keys, whose defaults stay Ludwig's
-LLM defaults. A key that belongs to another type than `trainer.type` is refused, naming the type it belongs to.
+LLM defaults. A key of another type than `trainer.type`, set off its default, is refused, naming the type it belongs
+to.
 Ludwig's example configs write a plain `beta`: it sets the type's own beta (`dpo_beta`, `orpo_beta`, `kto_beta`), and
 both given with different values is an error. An unset beta is TRL's 0.1.
 """
@@ -60,8 +61,8 @@ class PreferenceKeys(Section):
 
     @model_validator(mode="after")
     def _keys_of_the_type(self):
-        for key in sorted(self.model_fields_set & set(OWNERS)):
-            if self.type not in OWNERS[key]:
+        for key in sorted(OWNERS):  # off its default (a saved config writes every key at its default)
+            if self.type not in OWNERS[key] and getattr(self, key) != type(self).model_fields[key].default:
                 owners = " or ".join(OWNERS[key])
                 raise ValueError(f"{key} applies to trainer.type {owners}, not {self.type}; remove it")
         own = getattr(self, f"{self.type}_beta", None)
