@@ -424,6 +424,7 @@ LLM_ADAPTER = "adapter"
 CHAT_TEMPLATE = ("{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n{% endfor %}"
                  "{% if add_generation_prompt %}<s>assistant\n{% endif %}")
 CHAT = {"input_features": [{"name": "messages", "type": "messages"}], "prompt": {"chat_template": CHAT_TEMPLATE}}
+DPO, KTO = {"trainer": {"type": "dpo"}}, {"trainer": {"type": "kto"}}
 NEVER = {"type": "regex", "value": "^x{50}$"}
 LLM = {
     **common("llm"),
@@ -477,6 +478,17 @@ LLM = {
     "trainer.enable_gradient_checkpointing": Case(True),
     "preprocessing.global_max_sequence_length": Case(40),  # room for max_new_tokens 4 and a 32-token prompt
     "backend[local].cache_dir": Case("@tmp/cache"),
+    # preference tuning: the output column is the chosen completion, `rejected` the rejected one, `label` KTO's
+    "trainer.beta": Case(0.5, DPO),
+    "trainer.dpo_beta": Case(0.5, DPO),
+    "trainer.dpo_loss_type": Case("ipo", DPO),
+    "trainer.dpo_label_smoothing": Case(0.2, DPO),
+    "trainer.rejected_column": Case("rejected2", DPO),
+    "trainer.orpo_beta": Case(0.5, {"trainer": {"type": "orpo"}}),
+    "trainer.kto_beta": Case(0.5, KTO),
+    "trainer.kto_desirable_weight": Case(3.0, KTO),
+    "trainer.kto_undesirable_weight": Case(3.0, KTO),
+    "trainer.label_column": Case("label2", KTO),
 }
 # peft's newer methods and LoRA's initialisations, shown on the causal LM (the ECD encoder builds the same peft
 # configs: EXEMPT below). Sizes fit the tiny Llama: hidden 32, k/v projections 32 → 16.
@@ -782,6 +794,8 @@ def ecd_frame() -> pd.DataFrame:
 
 def llm_frame() -> pd.DataFrame:
     frame, other = tiny.sentiment_frame(40, seed=0), tiny.sentiment_frame(40, seed=1)
+    opposite = {"positive": "negative", "negative": "positive"}
+
     def chats(questions, answers):
         return [json.dumps([{"role": "user", "content": q}, {"role": "assistant", "content": a}])
                 for q, a in zip(questions, answers, strict=True)]
@@ -790,6 +804,8 @@ def llm_frame() -> pd.DataFrame:
                          "output": frame["sentiment"], "output2": other["genre"],
                          "messages": chats(frame["review"], frame["sentiment"]),
                          "messages2": chats(other["review"], other["genre"]),
+                         "rejected": frame["sentiment"].map(opposite), "rejected2": frame["genre"],
+                         "label": frame["recommended"] == "yes", "label2": other["recommended"] == "yes",
                          "split": [0] * 24 + [1] * 8 + [2] * 8, "split2": [2] * 8 + [1] * 8 + [0] * 24})
 
 
