@@ -247,6 +247,30 @@ def test_llm_on_two_workers_retraces_the_local_loss_curve(ray_cluster, tiny_llam
         np.testing.assert_allclose(wb[key].numpy(), wa[key].numpy(), rtol=0, atol=TOLERANCE, err_msg=key)
 
 
+def test_dpo_on_two_workers_retraces_the_local_run(ray_cluster, tiny_llama, tmp_path):
+    """Preference tuning (DPO, LoRA, the reference being the base under the adapter) on 2 DDP workers × 4 pairs
+    against one process × 8: the same losses and reward metrics, merged across workers, and the same adapter."""
+    frame = _frame(40)
+    frame["rejected"] = frame["sentiment"].map({"positive": "negative", "negative": "positive"})
+    config = {**_llm_config(tiny_llama, adapter=True), "trainer": {
+        "type": "dpo", "beta": 0.5, "epochs": 1, "batch_size": 8, "learning_rate": 0.01,
+        "learning_rate_scaling": "constant", "steps_per_checkpoint": 2, "early_stop": -1}}
+    local = _train(config, frame, tmp_path, "local")
+    backend = {"type": "ray", "trainer": {"strategy": "ddp", "num_workers": 2}}
+    distributed = _train({**config, "backend": backend, "trainer": {**config["trainer"], "batch_size": 4}}, frame,
+                         tmp_path, "ray")
+    a, b = local.statistics, distributed.statistics
+    assert [e["step"] for e in a["evaluations"]] == [e["step"] for e in b["evaluations"]] and len(a["evaluations"]) >= 2
+    for metric in ("loss", "rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected"):
+        np.testing.assert_allclose(b["validation"]["sentiment"][metric], a["validation"]["sentiment"][metric],
+                                   rtol=1e-5, atol=TOLERANCE, err_msg=metric)
+    wa, wb = (load_file(str(r.output_directory / "model" / "adapter" / "adapter_model.safetensors"))
+              for r in (local, distributed))
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        np.testing.assert_allclose(wb[key].numpy(), wa[key].numpy(), rtol=0, atol=TOLERANCE, err_msg=key)
+
+
 def test_a_run_that_diverges_on_ray_ends_once_as_a_divergence(ray_cluster, tiny_bert, tmp_path):
     """Every worker sees the same all-reduced NaN loss and stops at the same step; the run ends with the driver's
     DivergedError (a worker failure would have been retried `max_failures` times and come back as another error)."""

@@ -209,8 +209,8 @@ class PreferenceTask(LLMTask):
                                         self.pad_id), device)
         logps, _ = token_logps(logits(model, batch), batch["labels"])
         ref, _ = token_logps(self.reference.logits(model, batch, device), batch["labels"])
-        with torch.no_grad():
-            kl_logps, _ = token_logps(logits(model, other), other["labels"])
+        with torch.no_grad():  # the plain module: a no-grad pass needs no DDP bookkeeping before the backward
+            kl_logps, _ = token_logps(logits(getattr(model, "module", model), other), other["labels"])
             kl_ref, _ = token_logps(self.reference.logits(model, other, device), other["labels"])
         kl = (kl_logps - kl_ref).mean().clamp(min=0)
         good = torch.as_tensor(table.desirable[index], device=logps.device)
