@@ -5,7 +5,7 @@
 Pairs from SST-2 (../shared/data/sst2/train.csv, sentences of 8 words or more): the prompt "Write a positive movie
 review:" in SmolLM2's chat format, a positive sentence chosen, a negative one rejected; --pairs for training, the next
 --heldout pairs (sentences the training never saw) for validation. DPO (sigmoid, beta 0.1) with LoRA r 8 / alpha 16
-/ dropout 0 on peft's default modules, AdamW lr 1e-4, batch 8 pairs, --epochs epochs, seed 42; the reference is the
+/ dropout 0 on peft's default modules, AdamW lr 2e-4, batch 8 pairs, --epochs epochs, seed 42; the reference is the
 base model (the adapter disabled).
 
 Before and after: --samples generations sampled from the prompt (temperature 1.0, top-k 50, top-p 0.95, 48 new
@@ -69,7 +69,7 @@ def config(folder: Path, trained: bool, epochs: int) -> dict:
     if trained:
         out["adapter"] = {"type": "lora", "r": 8, "alpha": 16, "dropout": 0.0}
         out["trainer"] = {"type": "dpo", "beta": 0.1, "epochs": epochs, "batch_size": 8, "eval_batch_size": 16,
-                          "learning_rate": 1e-4, "optimizer": {"type": "adamw"}, "early_stop": -1}
+                          "learning_rate": 2e-4, "optimizer": {"type": "adamw"}, "early_stop": -1}
     return out
 
 

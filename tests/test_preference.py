@@ -43,12 +43,18 @@ def parts(raw: dict, frame: pd.DataFrame, scale: float = 0.05):
     prepared = recipe.prepare({"training": frame}, 42, None)
     plan = plan_mod.resolve(loaded, prepared.facts, hardware.detect())
     model = recipe.build(prepared, plan, 42)
-    # move the weights off the base (LoRA starts as the identity, B = 0), so the policy differs from the reference
+    moved(model, scale)
+    return model, recipe.task(prepared, plan), prepared.tables["training"]
+
+
+def moved(model, scale: float):
+    """The weights moved off the base (LoRA starts as the identity, B = 0), so the policy differs from the reference;
+    the trained adapter's only, never a frozen reference copy."""
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if "lora_B" in name or (not raw["adapter"] and "lm_head" in name):
+            if (".default." in name and "lora_B" in name) or (not hasattr(model, "peft_config") and "lm_head" in name):
                 p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))) * scale)
-    return model, recipe.task(prepared, plan), prepared.tables["training"]
+    return model
 
 
 def twin(model, folder):
@@ -158,6 +164,25 @@ def test_dpo_equals_trl(tmp_path, tiny_llama, adapter, loss_type):
     for name in ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
                  "logps/rejected"):
         assert scores[name] == pytest.approx(metrics[name], abs=1e-5), name
+
+
+def test_dpo_continuing_an_adapter_compares_with_it_as_loaded(tmp_path, tiny_llama):
+    """pretrained_adapter_weights: the reference is the adapter as loaded (TRL's frozen "ref" copy), not the base."""
+    frame = pairs()
+    saved, _, _ = parts(config(tiny_llama, {"type": "dpo"}, True), frame)
+    saved.save_pretrained(tmp_path / "sft")
+    raw = config(tiny_llama, {"type": "dpo", "beta": 0.3}, True)
+    raw["adapter"]["pretrained_adapter_weights"] = str(tmp_path / "sft")
+    model, task, table = parts(raw, frame, scale=0.0)
+    policy = copy.deepcopy(model)
+    trainer = trl.DPOTrainer(model=policy, args=_args(trl.DPOConfig, tmp_path / "trl", len(frame), beta=0.3),
+                             train_dataset=_dataset(frame), processing_class=_tokenizer(tiny_llama))
+    moved(model, 0.05), moved(policy, 0.05)  # a step away from where both runs started
+    loss, grads, scores = ours(model, task, table)
+    their_loss, their_grads, metrics, _ = theirs(trainer, policy)
+    assert abs(loss - their_loss) < 1e-5 and abs(metrics["rewards/margins"]) > 1e-4
+    _assert_same({n: g for n, g in grads.items()}, their_grads)
+    assert scores["rewards/margins"] == pytest.approx(metrics["rewards/margins"], abs=1e-5)
 
 
 def test_dpo_label_smoothing_is_cdpo_of_trl_losses(tmp_path, tiny_llama):

@@ -101,6 +101,18 @@ def test_export_merges_the_preference_tuned_adapter(whole, tmp_path):
         assert torch.allclose(merged(input_ids=ids).logits, expected, atol=1e-4)
 
 
+def test_continued_adapter_saves_without_its_reference_copy(whole, tiny_llama, tmp_path):
+    _, result = whole
+    raw = config(tiny_llama, epochs=1, steps_per_checkpoint=0)
+    raw["adapter"]["pretrained_adapter_weights"] = str(result.output_directory / "model" / "adapter")
+    continued = Model(raw, quiet=True).train(dataset=frame(), output_directory=tmp_path)
+    assert result.plan["reference_model"]["value"] != continued.plan["reference_model"]["value"]
+    saved = sorted(p.name for p in (continued.output_directory / "model" / "adapter").iterdir())
+    assert "adapter_model.safetensors" in saved and "reference" not in saved  # the trained adapter alone
+    # it starts where the first run ended, compared with itself: rewards 0 at the first batch, so a margin grows
+    assert continued.statistics["validation"]["chosen"]["rewards/margins"][-1] > 0
+
+
 @pytest.mark.parametrize(("trainer", "message"), [
     ({"type": "dpo", "kto_beta": 0.2}, "kto_beta applies to trainer.type kto, not dpo"),
     ({"type": "finetune", "beta": 0.2}, "beta applies to trainer.type dpo or orpo or kto, not finetune"),

@@ -323,6 +323,9 @@ def _llm(plan: _Draft, config, facts: DataFacts, hardware) -> None:
 
 def _reference(config) -> tuple[str, str]:
     """What DPO and KTO compare the model with: the frozen base, and what holding it costs."""
+    if config.adapter is not None and config.adapter.pretrained_adapter_weights:
+        return ("the adapter as loaded (a frozen copy)", "adapter.pretrained_adapter_weights: the run is compared with "
+                "where it starts, as TRL does; the copy is an adapter's size")
     if config.adapter is not None:
         return "the base model (adapter disabled)", "the adapter is switched off for the reference: no second copy"
     return "a frozen copy of the base model", "no adapter: every weight trains, so the base is held twice in memory"

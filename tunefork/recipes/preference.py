@@ -51,6 +51,24 @@ class PreferenceRecipe(LLMRecipe):
         column, _ = preference.second_column(self.config)  # the column a row's second part is read from
         return f"{super()._cache_key(fingerprints, tokenizer, total)}-{cache.key({'column': column})}"
 
+    def build(self, prepared: Prepared | None, plan, seed: int):
+        """The causal LM; an adapter continued from `pretrained_adapter_weights` is loaded twice, the second copy
+        frozen as the reference (TRL's "ref" adapter: the model the run starts from, not the bare base)."""
+        from tunefork.training.preference import REFERENCE
+
+        model = super().build(prepared, plan, seed)
+        adapter = self.config.adapter
+        if adapter is not None and adapter.pretrained_adapter_weights and self.config.trainer.type != "orpo":
+            model.load_adapter(str(adapter.pretrained_adapter_weights), adapter_name=REFERENCE, is_trainable=False)
+        return model
+
+    def finish(self, model, console):
+        from tunefork.training.preference import REFERENCE
+
+        if REFERENCE in getattr(model, "peft_config", {}):
+            model.delete_adapter(REFERENCE)  # the saved model is the trained adapter alone
+        return super().finish(model, console)
+
     def ready(self, model, prepared: Prepared, plan, resolve, console, phases, measure: bool):
         if self.config.trainer.type == "kto" and plan["batch_size"] < 2:
             raise ConfigError([f"trainer.batch_size {plan['batch_size']}: KTO estimates its KL term from the other "

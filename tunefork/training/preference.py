@@ -16,7 +16,9 @@ KTOTrainer: the same tiny Llama, weights and batch give the same first-step loss
 
 The reference model is the frozen base: with an adapter, the same model with the adapter disabled (peft's
 `disable_adapter`, so no second copy of the weights is held); without one, a frozen copy of the base weights loaded
-once from `base_model` (a resumed run's reference is still the base, never the resumed weights).
+once from `base_model` (a resumed run's reference is still the base, never the resumed weights). An adapter continued
+from `pretrained_adapter_weights` is compared with itself as it was loaded, as TRL does: a second, frozen copy of it
+(`recipes.preference` loads it), switched on for the reference forward.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from tunefork.data.tensors import TokenIds
 from tunefork.training.llm import LLMTask
 from tunefork.training.loop import Out, to_device
 
+REFERENCE = "reference"  # the frozen copy of an adapter continued from pretrained_adapter_weights
 PAIRED = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
           "logps/rejected")
 
@@ -83,6 +86,13 @@ class Reference:
         from tunefork.models import llm
 
         net = getattr(model, "module", model)  # DDP wraps the model; the adapter is switched on the model itself
+        if adapters.is_peft(net) and REFERENCE in net.peft_config:
+            trained = net.active_adapter
+            net.set_adapter(REFERENCE, inference_mode=True)
+            try:
+                return llm.logits(net, batch)
+            finally:
+                net.set_adapter(trained)
         if adapters.is_peft(net):
             with net.disable_adapter():  # no virtual tokens either: the base model's own positions
                 return net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
@@ -160,8 +170,9 @@ class PreferenceTask(LLMTask):
         from tunefork.models.llm import logits
 
         batch, beta, n = self._pair_batch(table, index, device), self.trainer.strength, len(index)
-        logps, tokens = token_logps(logits(model, batch), batch["labels"])
+        # the reference first: switching adapters toggles requires_grad, which must not happen inside a graph
         ref, _ = token_logps(self.reference.logits(model, batch, device), batch["labels"])
+        logps, tokens = token_logps(logits(model, batch), batch["labels"])
         ratios = logps - ref
         chosen, rejected = ratios[:n], ratios[n:]
         if self.trainer.dpo_loss_type == "ipo":  # per-token log-ratios (TRL's normalised IPO)
@@ -207,12 +218,12 @@ class PreferenceTask(LLMTask):
         batch = to_device(prompts.batch(table.completion, index, self.pad_id), device)
         other = to_device(prompts.batch(mismatched(table.completion, index, self.limit), np.arange(len(index)),
                                         self.pad_id), device)
-        logps, _ = token_logps(logits(model, batch), batch["labels"])
-        ref, _ = token_logps(self.reference.logits(model, batch, device), batch["labels"])
-        with torch.no_grad():  # the plain module: a no-grad pass needs no DDP bookkeeping before the backward
+        ref, _ = token_logps(self.reference.logits(model, batch, device), batch["labels"])  # first, as in DPO
+        kl_ref, _ = token_logps(self.reference.logits(model, other, device), other["labels"])
+        with torch.no_grad():  # the plain module: a no-grad pass needs no DDP bookkeeping
             kl_logps, _ = token_logps(logits(getattr(model, "module", model), other), other["labels"])
-            kl_ref, _ = token_logps(self.reference.logits(model, other, device), other["labels"])
         kl = (kl_logps - kl_ref).mean().clamp(min=0)
+        logps, _ = token_logps(logits(model, batch), batch["labels"])
         good = torch.as_tensor(table.desirable[index], device=logps.device)
         ratios = logps - ref
         losses = torch.where(good, trainer.kto_desirable_weight * (1 - torch.sigmoid(beta * (ratios - kl))),
