@@ -314,7 +314,7 @@ BAD = [
     ({"prompt": {"template": "no placeholder"}}, "prompt: template has no {column} placeholder"),
     ({"quantization": {"bits": 4}, "trainer": {"type": "finetune"}}, "quantization with trainer.type finetune needs an adapter"),
     ({"adapter": "lora"}, "adapter lora with trainer.type none would stay at its initial weights"),
-    ({"trainer": {"type": "finetun"}}, "trainer.type: 'finetun' is not one of 'finetune', 'none' (did you mean 'finetune'?)"),
+    ({"trainer": {"type": "finetun"}}, "trainer.type: 'finetun' is not one of 'finetune', 'none', 'dpo', 'orpo', 'kto' (did you mean 'finetune'?)"),
     ({"generation": {"max_new_token": 4}}, "generation.max_new_token: unknown key (did you mean 'max_new_tokens'?)"),
     ({"model_type": "llms"}, "model_type: 'llms' is not one of 'ecd', 'llm' (did you mean 'llm'?)"),
 ]
