@@ -122,17 +122,18 @@ class Sums:
         return Sums(self.output, self.kind, merged)
 
     def scores(self, table=None) -> dict:
-        s, nan = self.sums, float("nan")
-        if self.kind == "kto":
-            chosen, rejected = s.get("chosen", 0), s.get("rejected", 0)
-            values = {"loss": s["loss"] / s["rows"] if s.get("rows") else nan, "kl": s["kl"] / s["rows"] if s.get("rows") else nan}
-            for part, n in (("chosen", chosen), ("rejected", rejected)):
-                values[f"rewards/{part}"] = s[f"rewards/{part}"] / n if n else nan
-                values[f"logps/{part}"] = s[f"logps/{part}"] / n if n else nan
+        s = self.sums
+
+        def mean(key: str, count: str = "rows") -> float:
+            return s[key] / s[count] if s.get(count) else float("nan")
+
+        if self.kind == "kto":  # TRL's: rewards and log-probs over the desirable rows, and over the undesirable ones
+            values = {"loss": mean("loss"), "kl": mean("kl")}
+            values.update({f"{what}/{part}": mean(f"{what}/{part}", part)
+                           for part in ("chosen", "rejected") for what in ("rewards", "logps")})
             values["rewards/margins"] = values["rewards/chosen"] - values["rewards/rejected"]
         else:
-            keys = ["loss", *PAIRED, *(("nll_loss", "log_odds_ratio") if self.kind == "orpo" else ())]
-            values = {k: s[k] / s["rows"] if s.get("rows") else nan for k in keys}
+            values = {k: mean(k) for k in ("loss", *PAIRED, *(("nll_loss", "log_odds_ratio") if self.kind == "orpo" else ()))}
         return {self.output: values, "combined": {"loss": values["loss"]}}
 
 
