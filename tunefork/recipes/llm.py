@@ -115,7 +115,7 @@ class LLMRecipe:
         else:
             limits_ = limits(config, total)
             tables = {name: encode(config, frame, tokenizer, limits_) for name, frame in frames.items()}
-            meta = _meta(config, tokenizer, limits_, context, frames["training"], config.trainer.type != "none")
+            meta = _meta(config, tokenizer, limits_, context, frames["training"], config.trainer.type == "finetune")
             cache.store(folder, meta, {name: encoded.to_table() for name, encoded in tables.items()})
         if config.trainer.packing:  # after the cache: packs are cheap to rebuild, and deterministic
             tables["training"] = packing.pack(tables["training"], total, config.trainer.packing_max_sequences_per_pack)
