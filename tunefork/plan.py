@@ -24,7 +24,6 @@ METRICS = {
     "binary": ("loss", "accuracy", "macro_f1", "roc_auc"),
     "number": ("loss", "mean_absolute_error", "mean_squared_error", "root_mean_squared_error", "r2"),
 }
-LLM_METRICS = ("loss", "perplexity")  # what every evaluation of a causal LM reports (generation metrics: evaluate)
 LOWER_IS_BETTER = {"loss", "perplexity", "mean_absolute_error", "mean_squared_error", "root_mean_squared_error"}
 
 
@@ -102,11 +101,7 @@ def reported_metrics(config, field: str) -> tuple[str, ...]:
     """The metrics an evaluation reports for `field` (an output feature's name, or 'combined')."""
     if field == "combined":
         return ("loss",)
-    if config.model_type == "llm":
-        from tunefork.config.preference import METRICS as PREFERENCE_METRICS
-
-        return PREFERENCE_METRICS.get(config.trainer.type, LLM_METRICS)
-    return METRICS[config.output(field).type]
+    return config.trainer.reported_metrics if config.model_type == "llm" else METRICS[config.output(field).type]
 
 
 def check_validation_metric(config) -> None:
@@ -318,17 +313,7 @@ def _llm(plan: _Draft, config, facts: DataFacts, hardware) -> None:
     if config.trainer.type != "none":  # finetune, or preference tuning
         _adalora(plan, config)
     if config.trainer.type in ("dpo", "kto"):
-        plan.decide("reference_model", *_reference(config))
-
-
-def _reference(config) -> tuple[str, str]:
-    """What DPO and KTO compare the model with: the frozen base, and what holding it costs."""
-    if config.adapter is not None and config.adapter.pretrained_adapter_weights:
-        return ("the adapter as loaded (a frozen copy)", "adapter.pretrained_adapter_weights: the run is compared with "
-                "where it starts, as TRL does; the copy is an adapter's size")
-    if config.adapter is not None:
-        return "the base model (adapter disabled)", "the adapter is switched off for the reference: no second copy"
-    return "a frozen copy of the base model", "no adapter: every weight trains, so the base is held twice in memory"
+        plan.decide("reference_model", *config.trainer.reference_model(config.adapter))
 
 
 def _check_quantization(config, hardware) -> None:

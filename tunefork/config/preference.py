@@ -59,6 +59,20 @@ class PreferenceKeys(Section):
         own = getattr(self, f"{self.type}_beta", None)
         return own if own is not None else (self.beta if self.beta is not None else DEFAULT_BETA)
 
+    @property
+    def reported_metrics(self) -> tuple[str, ...]:
+        """What an evaluation reports: loss and perplexity (the generation metrics are `evaluate`'s), or TRL's."""
+        return METRICS.get(self.type, ("loss", "perplexity"))
+
+    def reference_model(self, adapter) -> tuple[str, str]:
+        """What DPO and KTO compare the model with, and what holding it costs: the plan's decision and reason."""
+        if adapter is not None and adapter.pretrained_adapter_weights:
+            return ("the adapter as loaded (a frozen copy)", "adapter.pretrained_adapter_weights: the run is compared "
+                    "with where it starts, as TRL does; the copy is an adapter's size")
+        if adapter is not None:
+            return "the base model (adapter disabled)", "the adapter is switched off for the reference: no second copy"
+        return "a frozen copy of the base model", "no adapter: every weight trains, so the base is held twice in memory"
+
     @model_validator(mode="after")
     def _keys_of_the_type(self):
         for key in sorted(OWNERS):  # off its default (a saved config writes every key at its default)
