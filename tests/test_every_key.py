@@ -197,7 +197,7 @@ PLATEAU = {"ecd": {"trainer": {"learning_rate": 0.5, "steps_per_checkpoint": 1, 
            "llm": {"trainer": {"learning_rate": 1.0, "steps_per_checkpoint": 1, "epochs": 3}}}
 PREFIX_CONTEXTS = {
     "ecd": [
-        (r"input_features\[text\]\.encoder\.adapter\[adaption_prompt\]", LLAMA_TEXT),  # peft: llama, mistral, gpt2
+        (r"input_features\[text\]\.encoder\[auto_transformer\]\.adapter\[adaption_prompt\]", LLAMA_TEXT),  # peft: llama, mistral, gpt2
         (r"output_features\[\w+\]\.decoder\.fc_", {"output_features": [
             {"name": "sentiment", "type": "category", "decoder": {"num_fc_layers": 1, "fc_output_size": 8}},
             {"name": "score", "type": "number", "decoder": {"num_fc_layers": 1, "fc_output_size": 8}},
@@ -288,7 +288,7 @@ def common(model_type: str) -> dict[str, Case]:
     "preprocessing.sample_size": Case(20),
     }
 
-# Adapter keys, relative to the adapter section (`adapter` for llm, `input_features[text].encoder.adapter` for ECD).
+# Adapter keys, relative to the adapter section (`adapter` for llm, `input_features[text].encoder[auto_transformer].adapter` for ECD).
 MERGE = {"postprocessor": {"merge_adapter_into_base_model": True}}
 
 
@@ -323,7 +323,7 @@ def adapter_cases(targets: dict[str, list[str]], trained: str) -> dict[str, Case
     return cases
 
 
-ECD_ADAPTER = "input_features[text].encoder.adapter"
+ECD_ADAPTER = "input_features[text].encoder[auto_transformer].adapter"
 ECD = {
     **common("ecd"),
     **{ECD_ADAPTER + (k if k.startswith("[") else "." + k): v for k, v in adapter_cases(
@@ -333,12 +333,12 @@ ECD = {
     # frozen, two copies of one checkpoint are the same weights: tie encoders that train
     "input_features[text].tied": Case("review2", {"input_features": [
         *TRAINABLE["input_features"], {**TRAINABLE["input_features"][0], "name": "review2"}, *BASE["ecd"]["input_features"][1:]]}),
-    "input_features[text].encoder.pretrained_model_name_or_path": Case("@llama", {"input_features": [
+    "input_features[text].encoder[auto_transformer].pretrained_model_name_or_path": Case("@llama", {"input_features": [
         {**BERT_TEXT, "preprocessing": {"max_sequence_length": 16, "fill_value": "movie"}}]}),
-    "input_features[text].encoder.pretrained_kwargs": Case({"hidden_dropout_prob": 0.5}, TRAINABLE),
-    "input_features[text].encoder.trust_remote_code": None,  # EXEMPT below
-    "input_features[text].encoder.use_pretrained": Case(False),
-    "input_features[text].encoder.reduce_output": Case("max"),
+    "input_features[text].encoder[auto_transformer].pretrained_kwargs": Case({"hidden_dropout_prob": 0.5}, TRAINABLE),
+    "input_features[text].encoder[auto_transformer].trust_remote_code": None,  # EXEMPT below
+    "input_features[text].encoder[auto_transformer].use_pretrained": Case(False),
+    "input_features[text].encoder[auto_transformer].reduce_output": Case("max"),
     "input_features[text].preprocessing.max_sequence_length": Case(4),
     # BERT's tokenizer lowercases anyway: a case-sensitive (BPE) tokenizer shows the key
     "input_features[text].preprocessing.lowercase": Case(True, LLAMA_TEXT),
@@ -530,7 +530,7 @@ RAY_EXEMPT = {
 }
 EXEMPT = {
     "ecd": {
-        "input_features[text].encoder.trust_remote_code": "runs code shipped in the model folder; the tiny models "
+        "input_features[text].encoder[auto_transformer].trust_remote_code": "runs code shipped in the model folder; the tiny models "
         "are built-in architectures with no code of their own, so there is nothing to run",
         **RAY_EXEMPT,
         "trainer.compile": COMPILE,

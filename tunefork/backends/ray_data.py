@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tunefork.config.features import is_transformer
 from tunefork.errors import DataError, TuneforkError
 
 SPLIT = "__tunefork_split"
@@ -130,7 +131,7 @@ def _stand_ins(frame: pd.DataFrame, config, seed: int) -> pd.DataFrame:
     out = {}
     for feature in (*config.input_features, *config.output_features):
         values = frame[feature.source]
-        if feature.type == "text" and feature.preprocessing.missing_value_strategy != "fill_with_mode":
+        if is_transformer(feature) and feature.preprocessing.missing_value_strategy != "fill_with_mode":
             values = pd.Series(np.where(missing.is_missing(values), None, "t"), index=frame.index, dtype=object)
         out[feature.source] = values
     result = pd.DataFrame(out)
