@@ -291,24 +291,27 @@ class TextInput(InputFeatureBase):
 
     @model_validator(mode="after")
     def _preprocessing_fits_the_encoder(self):
-        given = self.preprocessing.model_fields_set
+        p = self.preprocessing
+        moved = [key for key in SCRATCH_ONLY if getattr(p, key) != TextPreprocessing.model_fields[key].default]
         if self.encoder.type == "auto_transformer":
-            wrong = sorted(given & set(SCRATCH_ONLY)) + (["tokenizer"] if self.preprocessing.tokenizer not in
-                                                         (None, "hf_tokenizer") else [])
+            wrong = moved + (["tokenizer"] if p.tokenizer not in (None, "hf_tokenizer") else [])
             if wrong:
                 raise ValueError(f"preprocessing.{wrong[0]} applies to the encoders trained from scratch; "
                                  f"auto_transformer uses its own tokenizer and vocabulary: remove it")
             return self
-        if self.preprocessing.cache_encoder_embeddings:
+        if p.cache_encoder_embeddings:
             raise ValueError(f"preprocessing.cache_encoder_embeddings applies to a frozen auto_transformer; the "
                              f"{self.encoder.type} encoder trains: remove it")
-        hf = self.preprocessing.splitter is None
-        if hf and (self.preprocessing.tokenizer == "hf_tokenizer") != bool(self.preprocessing.pretrained_model_name_or_path):
+        if p.splitter is None and (p.tokenizer == "hf_tokenizer") != bool(p.pretrained_model_name_or_path):
             raise ValueError("preprocessing: tokenizer hf_tokenizer needs pretrained_model_name_or_path (and only it "
                              "reads one); or write the tokenizer's hub id or folder as tokenizer")
-        if hf and given & {"vocab_file", "most_common", "padding_symbol", "unknown_symbol"}:
-            raise ValueError(f"preprocessing.{sorted(given & set(SCRATCH_ONLY))[0]}: a Hugging Face tokenizer brings "
-                             f"its own vocabulary; remove it, or use tokenizer space_punct")
+        if p.splitter is not None and p.pretrained_model_name_or_path:
+            raise ValueError("preprocessing.pretrained_model_name_or_path names the tokenizer of `tokenizer: "
+                             "hf_tokenizer`; remove it, or set that tokenizer")
+        vocabulary = [key for key in moved if key != "pretrained_model_name_or_path"]
+        if p.splitter is None and vocabulary:
+            raise ValueError(f"preprocessing.{vocabulary[0]}: a Hugging Face tokenizer brings its own vocabulary; "
+                             f"remove it, or use tokenizer space_punct")
         return self
 
 

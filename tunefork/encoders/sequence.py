@@ -102,9 +102,12 @@ class ConvBlock(nn.Module):
         self.output_size = layer["num_filters"]
 
     def _window(self, x: torch.Tensor, kernel: int, stride: int, dilation: int, padding: str) -> torch.Tensor:
+        """Zeros around `x` for 'same'; for 'valid', zeros after a sequence shorter than one window, so that a short
+        text still has one position (torch would refuse it)."""
         if padding == "same":
-            x = F.pad(x, _same_padding(x.shape[-1], kernel, stride, dilation))
-        return x
+            return F.pad(x, _same_padding(x.shape[-1], kernel, stride, dilation))
+        span = dilation * (kernel - 1) + 1
+        return F.pad(x, (0, span - x.shape[-1])) if x.shape[-1] < span else x
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         spec = self.layer
@@ -117,12 +120,11 @@ class ConvBlock(nn.Module):
         h = self.dropout(self.activation(h)) * m
         if spec["pool_size"]:
             size, pool_stride = spec["pool_size"], spec["pool_strides"] or spec["pool_size"]
-            pad = _same_padding(h.shape[-1], size, pool_stride) if spec["pool_padding"] == "same" else (0, 0)
+            pad = (_same_padding(h.shape[-1], size, pool_stride) if spec["pool_padding"] == "same"
+                   else (0, max(size - h.shape[-1], 0)))
             pooled = F.max_pool1d if spec["pool_function"] == "max" else F.avg_pool1d
             h, m = pooled(F.pad(h, pad), size, pool_stride), F.max_pool1d(F.pad(m, pad), size, pool_stride)
             h = h * m
-        if h.shape[-1] == 0:
-            raise ValueError("a convolution or pooling left no positions: use padding same, or smaller filters")
         return h.transpose(1, 2), m.squeeze(1) > 0
 
 
