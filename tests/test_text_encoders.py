@@ -344,3 +344,14 @@ def test_export_refuses_an_encoder_trained_from_scratch_in_one_line(tmp_path):
     with pytest.raises(TuneforkError, match=r"uses the embed encoder trained from scratch: serve the model folder"):
         export(result.output_directory / "model", "onnx", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_ludwig_conventions_are_read():
+    """Ludwig 0.4's `level: char`, and a saved Ludwig config's initializer keys at their defaults."""
+    raw = {"input_features": [{"name": "t", "type": "text", "level": "char", "encoder": {
+               "type": "parallel_cnn", "weights_initializer": "xavier_uniform", "embeddings_on_cpu": False,
+               "should_embed": True, "vocab": ["a"], "max_sequence_length": 12}}],
+           "output_features": [{"name": "y", "type": "binary"}]}
+    feature = config_mod.load(raw).input_features[0]
+    assert feature.preprocessing.tokenizer == "characters" and feature.preprocessing.max_sequence_length == 12
+    assert "weights_initializer" not in feature.encoder.model_dump()

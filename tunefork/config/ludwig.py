@@ -142,6 +142,18 @@ def _encoder(feature: dict, path: str) -> None:
         _at_default_only(encoder, f"{path}.encoder")
 
 
+def _level(feature: dict, path: str) -> None:
+    """Ludwig before 0.5: `level: word` or `level: char` on a text feature chose the tokenizer."""
+    if feature.get("type") != "text" or feature.get("level") not in ("word", "char"):
+        return
+    level = feature.pop("level")
+    preprocessing = feature.setdefault("preprocessing", {})
+    if isinstance(preprocessing, dict) and level == "char":
+        preprocessing.setdefault("tokenizer", "characters")
+    log.info("%s.level: %s (Ludwig before 0.5) is the %s tokenizer", path, level,
+             "characters" if level == "char" else "default space_punct")
+
+
 def _at_default_only(encoder: dict, path: str) -> None:
     for key, (defaults, instead) in AT_DEFAULT_ONLY.items():
         if key not in encoder:
@@ -214,6 +226,7 @@ def translate(raw: dict) -> dict:
                 _apply_defaults(feature, defaults, path, ROLE_SECTIONS[key])
                 if key == "input_features":
                     _encoder(feature, path)
+                    _level(feature, path)
                 elif raw.get("model_type") != "llm":
                     _decoder(feature, path)
     return raw
