@@ -315,6 +315,9 @@ def test_set_input_and_output_train_save_and_predict_alike(tmp_path):
     pd.testing.assert_frame_equal(first, again)
     assert all(isinstance(labels, list) for labels in first["tags_predictions"])
     assert {"tags_probabilities", "tags_probability", "tags_probabilities_keeper"} <= set(first.columns)
+    from tunefork.ludwig_results import ludwig_columns
+
+    pd.testing.assert_frame_equal(ludwig_columns(first, model), first)  # LudwigModel's columns: already Ludwig's
 
 
 # ------------------------------------------------------------------------------------------------------ refusals
