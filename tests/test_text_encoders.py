@@ -358,3 +358,24 @@ def test_ludwig_conventions_are_read():
     feature = config_mod.load(raw).input_features[0]
     assert feature.preprocessing.tokenizer == "characters" and feature.preprocessing.max_sequence_length == 12
     assert "weights_initializer" not in feature.encoder.model_dump()
+
+
+def test_ray_data_blocks_carry_text_ids_and_set_rows_as_one_table_does():
+    """The Arrow form a Ray Data task hands back (token ids as lists, a set output's multi-hot rows as fixed-size
+    lists) turns back into the same columns (the whole Ray run: DDP on a folder retraces the local run)."""
+    from tunefork.backends import ray_data
+    from tunefork.features import pipeline
+
+    config = config_mod.load({"input_features": [{"name": "review", "type": "text", "encoder": ENCODERS["embed"]},
+                                                 {"name": "genre", "type": "set"}],
+                              "output_features": [{"name": "tags", "type": "set", "preprocessing": {"tokenizer": "comma"}}]})
+    frame, toks = _frame(), pipeline.tokenizers(config)
+    meta = pipeline.fit(config, frame, toks)
+    expected = pipeline.transform(config, frame, meta, toks)
+    block = ray_data._transformed(frame, config, meta, toks, 0)
+    table = ray_data._tables(type("Blocks", (), {"iter_batches": lambda self, **_: iter([block])})(), config)["training"]
+    rows = np.flatnonzero(ray_data.assign_split(frame, config.preprocessing.split, 0) == 0)
+    np.testing.assert_array_equal(table["tags"], expected["tags"][rows])
+    assert table["tags"].shape == (len(rows), len(meta["outputs"]["tags"]["vocab"]))
+    for name in ("review", "genre"):
+        np.testing.assert_array_equal(table[name].flat, expected[name].take(rows).flat)

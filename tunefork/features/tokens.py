@@ -32,7 +32,9 @@ class Splitter:
 
     def __init__(self, name: str):
         self.name = name
-        self.split = RULES[name]
+
+    def split(self, text: str) -> list[str]:
+        return RULES[self.name](text)
 
     def identity(self) -> str:
         return hashlib.blake2b(f"splitter:{self.name}".encode(), digest_size=16).hexdigest()
