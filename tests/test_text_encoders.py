@@ -197,7 +197,7 @@ def test_vocab_file_and_symbols(tmp_path):
     assert meta["vocab"] == ["[P]", "[U]", "film", "great"] and ids == [[3, 2, 1]]
 
 
-def test_hugging_face_tokenizer_by_folder(tiny_bert):
+def test_hugging_face_tokenizer_by_folder(tiny_bert, tmp_path):
     from transformers import AutoTokenizer
 
     for preprocessing in ({"tokenizer": str(tiny_bert)},
@@ -205,6 +205,13 @@ def test_hugging_face_tokenizer_by_folder(tiny_bert):
         meta, ids = _ids(_text_feature(preprocessing), ["a great film"])
         expected = AutoTokenizer.from_pretrained(tiny_bert)("a great film")["input_ids"]
         assert ids == [expected] and meta["vocab_size"] == len(AutoTokenizer.from_pretrained(tiny_bert))
+    raw = {"input_features": [{"name": "review", "type": "text", "encoder": ENCODERS["rnn"],
+                               "preprocessing": {"tokenizer": str(tiny_bert)}}],
+           "output_features": [{"name": "sentiment", "type": "category"}], "trainer": TRAIN_ONE_STEP}
+    model = Model(raw, progress=False, quiet=True)
+    result = model.train(_frame(), output_directory=tmp_path)
+    assert (result.output_directory / "model" / "tokenizers" / "review" / "tokenizer.json").is_file()
+    pd.testing.assert_frame_equal(Model.load(result.output_directory / "model").predict(_frame()), model.predict(_frame()))
 
 
 # ------------------------------------------------------------------------------------------------ the encoders
