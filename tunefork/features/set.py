@@ -40,7 +40,8 @@ def fit(values: pd.Series, feature, output: bool = False) -> dict:
     meta = {"vocab": [PAD, UNK] + [label for label in labels if label not in (PAD, UNK)]}
     encoder = feature.encoder
     if encoder.representation == "dense" and encoder.pretrained_embeddings:
-        meta["embedding_size"] = glove.size(encoder.pretrained_embeddings, "encoder.pretrained_embeddings")
+        meta["embedding_size"] = glove.size(encoder.pretrained_embeddings,
+                                            f"input feature '{feature.name}': encoder.pretrained_embeddings")
     return meta
 
 

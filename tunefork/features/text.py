@@ -84,12 +84,13 @@ def _fit_vocabulary(values: pd.Series, feature, tokenizer) -> dict:
     p = feature.preprocessing
     meta = {"max_sequence_length": p.max_sequence_length, "padding_side": "right"}
     if feature.encoder.representation == "dense" and feature.encoder.pretrained_embeddings:
-        meta["embedding_size"] = glove.size(feature.encoder.pretrained_embeddings, "encoder.pretrained_embeddings")
+        meta["embedding_size"] = glove.size(feature.encoder.pretrained_embeddings,
+                                            f"input feature '{feature.name}': encoder.pretrained_embeddings")
     if not isinstance(tokenizer, tokens.Splitter):  # a Hugging Face tokenizer: its own ids and vocabulary
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         return {**meta, "pad_token_id": int(pad), "vocab_size": len(tokenizer)}
     if p.vocab_file is not None:
-        words = tokens.read_vocab_file(p.vocab_file)
+        words = tokens.read_vocab_file(p.vocab_file, f"input feature '{feature.name}': preprocessing.vocab_file")
     else:
         rows = _texts(values, feature, p.max_sequence_length).map(tokenizer.split)
         words = [word for word, _ in tokens.most_common(rows, p.most_common)]

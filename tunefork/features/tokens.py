@@ -46,13 +46,13 @@ def most_common(rows: Iterable[list[str]], limit: int) -> list[tuple[str, int]]:
     return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
 
 
-def read_vocab_file(path: str) -> list[str]:
+def read_vocab_file(path: str, where: str) -> list[str]:
     """A vocabulary file: one token per line (Ludwig's `vocab_file`), blank lines and repeats skipped."""
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([f"preprocessing.vocab_file: cannot read {path} ({exc})"]) from None
+        raise ConfigError([f"{where}: cannot read {path} ({exc})"]) from None
     words = list(dict.fromkeys(line.strip() for line in lines if line.strip()))
     if not words:
-        raise ConfigError([f"preprocessing.vocab_file: {path} holds no token"])
+        raise ConfigError([f"{where}: {path} holds no token"])
     return words
