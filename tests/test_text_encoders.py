@@ -334,6 +334,7 @@ REFUSALS = [
     ({"type": "rnn", "cell_type": "lstm_block"}, {}, r"cell_type"),
     ({"type": "parallel_cnn"}, {"cache_encoder_embeddings": True}, r"cache_encoder_embeddings applies to a frozen"),
     ({"type": "embed"}, {"tokenizer": "hf_tokenizer"}, r"hf_tokenizer needs pretrained_model_name_or_path"),
+    ({"type": "embed", "pretrained_embeddings": "g.txt"}, {"tokenizer": "bert-base-uncased"}, r"are not words here"),
     ({"type": "auto_transformer", "pretrained_model_name_or_path": "x"}, {"vocab_file": "v.txt"},
      r"preprocessing\.vocab_file applies to the encoders trained from scratch"),
 ]

@@ -308,6 +308,9 @@ class TextInput(InputFeatureBase):
         if p.splitter is not None and p.pretrained_model_name_or_path:
             raise ValueError("preprocessing.pretrained_model_name_or_path names the tokenizer of `tokenizer: "
                              "hf_tokenizer`; remove it, or set that tokenizer")
+        if p.splitter is None and self.encoder.pretrained_embeddings:
+            raise ValueError("encoder.pretrained_embeddings maps words to vectors, and a Hugging Face tokenizer's ids "
+                             "are not words here: use tokenizer space_punct (or space) with it")
         vocabulary = [key for key in moved if key != "pretrained_model_name_or_path"]
         if p.splitter is None and vocabulary:
             raise ValueError(f"preprocessing.{vocabulary[0]}: a Hugging Face tokenizer brings its own vocabulary; "

@@ -214,10 +214,6 @@ class CNNRNNEncoder(Embedding, _Recurrent, _Convolutions, _Strided, FullyConnect
         return self.conv_specs([{"pool_size": 3}, {"pool_size": None}], self.conv_dropout, self.conv_activation,
                                norm=self.norm, use_bias=self.use_bias)
 
-    @property
-    def num_layers(self) -> int:
-        return self.num_rec_layers
-
 
 class SetEmbedEncoder(Embedding, FullyConnected):
     """A set input: the sum of its members' embeddings (an embedding bag), then fc layers (Ludwig's set `embed`)."""

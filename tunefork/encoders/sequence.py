@@ -16,7 +16,6 @@ from torch.nn import functional as F
 
 from tunefork.data import glove
 from tunefork.encoders.pooling import last_token_index, pool
-from tunefork.errors import ConfigError
 
 log = logging.getLogger("tunefork")
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU, "sigmoid": nn.Sigmoid,
@@ -39,7 +38,7 @@ class TokenEmbedding(nn.Module):
         else:
             vectors = None
             if encoder.pretrained_embeddings and pretrained:  # a loaded model's vectors come from its weights
-                vectors, hits = glove.read(encoder.pretrained_embeddings, _words(meta), f"{where}.pretrained_embeddings")
+                vectors, hits = glove.read(encoder.pretrained_embeddings, meta["vocab"], f"{where}.pretrained_embeddings")
                 log.info("%s: %d of %d vocabulary words found in %s", where, hits, vocab_size, encoder.pretrained_embeddings)
             size = meta.get("embedding_size") or min(vocab_size, encoder.embedding_size)
             self.embedding = nn.Embedding(vocab_size, size, padding_idx=pad)
@@ -53,12 +52,6 @@ class TokenEmbedding(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.embedding(ids))
-
-
-def _words(meta: dict) -> list[str]:
-    if "vocab" in meta:
-        return meta["vocab"]
-    raise ConfigError(["pretrained_embeddings needs a vocabulary of words; a Hugging Face tokenizer's ids have none here"])
 
 
 def dense_stack(width: int, layers: list[dict]) -> tuple[nn.Sequential, int]:
