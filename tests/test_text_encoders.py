@@ -287,6 +287,7 @@ def test_set_loss_metrics_and_prediction_columns():
     assert meta["vocab"] == ["b", "a", "c"]
     target = set_feature.transform(pd.Series(["a,b", "", "zz"]), feature, meta, output=True)
     assert target.tolist() == [[1, 1, 0], [0, 0, 0], [0, 0, 0]]  # a label outside the vocabulary is left out
+    assert set_feature.unseen(pd.Series(["a,b", "", "zz,a"]), feature, meta) == (1, ["zz"])
     meta["class_weights"] = set_feature.class_weights(feature, meta)
     logits = torch.tensor([[2.0, -1.0, 0.5], [0.3, 0.0, -2.0]])
     y = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])

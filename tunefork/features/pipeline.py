@@ -126,6 +126,12 @@ def _warn_unseen(config: Config, frame: pd.DataFrame, meta: dict, with_outputs: 
                 log.warning("%s: input '%s': %d of %d rows have values not seen in training (e.g. %s); read as %s",
                             source, feature.name, count, len(frame), ", ".join(map(repr, examples)), category.UNK)
     for feature in config.output_features if with_outputs else ():
+        if feature.type == "set":
+            count, examples = OUTPUTS["set"].unseen(frame[feature.source], feature, meta["outputs"][feature.name])
+            if count:
+                log.warning("%s: output '%s': %d of %d rows have labels outside the %d kept (e.g. %s); those labels "
+                            "are left out of the targets", source, feature.name, count, len(frame),
+                            len(meta["outputs"][feature.name]["vocab"]), ", ".join(map(repr, examples)))
         if feature.type == "category":
             count, examples = category.unseen(frame[feature.source], feature, meta["outputs"][feature.name])
             if count:

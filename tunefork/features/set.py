@@ -57,6 +57,14 @@ def transform(values: pd.Series, feature, meta: dict, output: bool = False):
     return TokenIds.from_rows([sorted({index.get(member, 1) for member in row}) for row in members])
 
 
+def unseen(values: pd.Series, feature, meta: dict) -> tuple[int, list[str]]:
+    """Rows with a member outside the vocabulary, and up to three such members (most frequent first)."""
+    known = set(meta["vocab"])
+    outside = _members(values, feature).map(lambda row: [m for m in row if m not in known])
+    counts = pd.Series([m for row in outside for m in row], dtype=object).value_counts()
+    return int(outside.map(bool).sum()), counts.index[:3].tolist()
+
+
 def batch(column, index: np.ndarray, meta: dict):
     import torch
 
