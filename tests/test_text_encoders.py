@@ -326,6 +326,17 @@ def test_set_input_and_output_train_save_and_predict_alike(tmp_path):
     from tunefork.ludwig_results import ludwig_columns
 
     pd.testing.assert_frame_equal(ludwig_columns(first, model), first)  # LudwigModel's columns: already Ludwig's
+    from fastapi.testclient import TestClient
+
+    from tunefork import serve
+
+    client = TestClient(serve.app(result.output_directory))
+    row = frame.iloc[0]
+    answer = client.post("/predict", json={"genre": row["genre"], "review": row["review"]}).json()
+    assert answer["tags_predictions"] == first["tags_predictions"].iloc[0]
+    np.testing.assert_allclose(answer["tags_probabilities"], first["tags_probabilities"].iloc[0], rtol=1e-6)
+    labels = client.get("/metadata").json()["output_features"][0]["labels"]
+    assert labels == model._ready().meta["outputs"]["tags"]["vocab"]
 
 
 # ------------------------------------------------------------------------------------------------------ refusals
