@@ -672,7 +672,7 @@ NAMED = ("a named adapter is the same section as `adapter` (the active one is `a
          "tests/test_peft_methods.py trains, saves and reloads named adapters")
 LOFTQ = "init_lora_weights: loftq is refused (REFUSED), so its settings can never be in effect"
 EXEMPT["ecd"].update({
-    **{f"input_features[text].encoder.quantization.{k}": QUANTIZATION for k in (
+    **{f"input_features[text].encoder[auto_transformer].quantization.{k}": QUANTIZATION for k in (
         "bits", "llm_int8_threshold", "llm_int8_has_fp16_weight", "bnb_4bit_compute_dtype",
         "bnb_4bit_use_double_quant", "bnb_4bit_quant_type")},
 })
