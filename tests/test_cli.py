@@ -213,7 +213,7 @@ def _setup_error(case: str, workspace: Path) -> tuple[list, str]:
     if case == "unknown feature type":
         path = _bad_config(ws, "bad_type.yaml", lambda c: c["input_features"][1].update(type="categroy"))
         return ["train", "-c", path, "--dataset", ws / "train.csv"], (
-            "error: input_features[1].type: 'categroy' is not supported (one of: text, category, number, binary) "
+            "error: input_features[1].type: 'categroy' is not supported (one of: text, category, number, binary, set) "
             "(did you mean 'category'?)")
     if case == "bad config key":
         path = _bad_config(ws, "bad_key.yaml", lambda c: c["trainer"].update(epoch=3))

@@ -195,9 +195,30 @@ LLAMA_TEXT = {"input_features": [{**BERT_TEXT, "preprocessing": {"max_sequence_l
 # Evaluations that do not all improve: a learning rate too large for a steady descent, an evaluation every step.
 PLATEAU = {"ecd": {"trainer": {"learning_rate": 0.5, "steps_per_checkpoint": 1, "epochs": 3, "optimizer": {"type": "sgd"}}},
            "llm": {"trainer": {"learning_rate": 1.0, "steps_per_checkpoint": 1, "epochs": 3}}}
+# The encoders trained from scratch, small; a text input of one of them replaces the BERT one for its keys.
+SCRATCH = {"embed": {"embedding_size": 4}, "parallel_cnn": {"embedding_size": 4, "num_filters": 4, "output_size": 4,
+                                                            "num_fc_layers": 1},
+           "stacked_cnn": {"embedding_size": 4, "num_filters": 4, "num_fc_layers": 0, "num_conv_layers": 2,
+                           "pool_size": 2},
+           "rnn": {"embedding_size": 4, "state_size": 4}, "cnnrnn": {"embedding_size": 4, "num_filters": 4, "state_size": 4}}
+
+
+def scratch_text(kind: str, preprocessing: dict | None = None, **encoder) -> dict:
+    text = {"name": "review", "type": "text", "preprocessing": {"max_sequence_length": 16, **(preprocessing or {})},
+            "encoder": {"type": kind, **SCRATCH[kind], **encoder}}
+    return {"input_features": [text, *BASE["ecd"]["input_features"][1:]]}
+
+
+SET_INPUT = {"name": "tags", "type": "set", "preprocessing": {"tokenizer": "comma"}}
+SET_OUTPUT = {"name": "tags", "type": "set", "preprocessing": {"tokenizer": "comma"}}
 PREFIX_CONTEXTS = {
     "ecd": [
-        (r"input_features\[text\]\.encoder\.adapter\[adaption_prompt\]", LLAMA_TEXT),  # peft: llama, mistral, gpt2
+        *[(rf"input_features\[text\]\.encoder\[{kind}\]", scratch_text(kind)) for kind in SCRATCH],
+        (r"input_features\[text\]\.preprocessing\.(tokenizer|pretrained_model_name_or_path|vocab_file|most_common|"
+         r"padding_symbol|unknown_symbol)", scratch_text("embed")),
+        (r"input_features\[set\]", {"+input_features": [SET_INPUT]}),
+        (r"output_features\[set\]", {"+output_features": [SET_OUTPUT]}),
+        (r"input_features\[text\]\.encoder\[auto_transformer\]\.adapter\[adaption_prompt\]", LLAMA_TEXT),  # peft: llama, mistral, gpt2
         (r"output_features\[\w+\]\.decoder\.fc_", {"output_features": [
             {"name": "sentiment", "type": "category", "decoder": {"num_fc_layers": 1, "fc_output_size": 8}},
             {"name": "score", "type": "number", "decoder": {"num_fc_layers": 1, "fc_output_size": 8}},
@@ -288,7 +309,7 @@ def common(model_type: str) -> dict[str, Case]:
     "preprocessing.sample_size": Case(20),
     }
 
-# Adapter keys, relative to the adapter section (`adapter` for llm, `input_features[text].encoder.adapter` for ECD).
+# Adapter keys, relative to the adapter section (`adapter` for llm, `input_features[text].encoder[auto_transformer].adapter` for ECD).
 MERGE = {"postprocessor": {"merge_adapter_into_base_model": True}}
 
 
@@ -323,7 +344,98 @@ def adapter_cases(targets: dict[str, list[str]], trained: str) -> dict[str, Case
     return cases
 
 
-ECD_ADAPTER = "input_features[text].encoder.adapter"
+FC1 = {"num_fc_layers": 1}
+# The keys of each encoder trained from scratch that its own code reads; the keys of a shared section (embedding,
+# fully connected, convolution, recurrence) are run on one encoder: `shared_exempt` says which.
+SCRATCH_CASES = {
+    "embed": {"pretrained_embeddings": Case("@glove"), "fc_layers[].output_size": Case(8, scratch_text("embed", fc_layers=[{"output_size": 4}])),
+              **{key: Case(None, scratch_text("embed", **FC1)) for key in ("output_size", "norm", "use_bias")}},
+    "parallel_cnn": {},
+    "stacked_cnn": {"conv_layers[].filter_size": Case(5, scratch_text("stacked_cnn", conv_layers=[{"filter_size": 3}])),
+                    "num_conv_layers": Case(3), "pool_strides": Case(1)},
+    "rnn": {"recurrent_dropout": Case(0.5, scratch_text("rnn", num_layers=2)),
+            "unit_forget_bias": Case(False, scratch_text("rnn", cell_type="lstm")),
+            **{key: Case(None, scratch_text("rnn", **FC1)) for key in ("fc_activation", "fc_dropout")}},
+    "cnnrnn": {"pool_size": Case(4, scratch_text("cnnrnn", num_conv_layers=2))},
+}
+def with_sets(inputs: list | None = None, outputs: list | None = None) -> dict:
+    """The base features plus these set features (in place of the prefix context's one)."""
+    return {"input_features": [*BASE["ecd"]["input_features"], *(inputs or [])],
+            "output_features": [*BASE["ecd"]["output_features"], *(outputs or [])]}
+
+
+SET_CASES = {
+    "input_features[set].name": Case("labels", with_sets([{**SET_INPUT, "column": "tags"}])),
+    "input_features[set].column": Case("tags2"),
+    "input_features[set].tied": Case("tags2", with_sets([SET_INPUT, {**SET_INPUT, "name": "tags2"}])),
+    "input_features[set].encoder.pretrained_embeddings": Case("@glove"),
+    "input_features[set].encoder.embedding_size": Case(2),  # at most the vocabulary (8 members here), as in Ludwig
+    **{f"input_features[set].encoder.{key}": Case(None, with_sets([{**SET_INPUT, "encoder": FC1}]))
+       for key in ("output_size", "activation")},
+    "input_features[set].preprocessing.most_common": Case(2),
+    "input_features[set].preprocessing.fill_value": Case("drama"),
+    "output_features[set].name": Case("labels", with_sets(outputs=[{**SET_OUTPUT, "column": "tags"}])),
+    "output_features[set].column": Case("tags2"),
+    "output_features[set].loss.class_weights": Case({"keeper": 4.0}),
+    "output_features[set].preprocessing.most_common": Case(2),
+    "output_features[set].preprocessing.fill_value": Case("drama", with_sets(outputs=[
+        {**SET_OUTPUT, "preprocessing": {"tokenizer": "comma", "missing_value_strategy": "fill_with_const"}}])),
+    "input_features[text].encoder.type": Case(Whole({"type": "embed", "embedding_size": 4})),
+    "input_features[text].preprocessing.tokenizer": Case("characters"),
+    "input_features[text].preprocessing.pretrained_model_name_or_path": Case(
+        "@bert", scratch_text("embed", {"tokenizer": "hf_tokenizer", "pretrained_model_name_or_path": "@llama"})),
+    "input_features[text].preprocessing.vocab_file": Case("@vocab"),
+    "input_features[text].preprocessing.most_common": Case(5),
+    "input_features[text].preprocessing.padding_symbol": Case("[PAD]"),
+    "input_features[text].preprocessing.unknown_symbol": Case("[UNK]"),
+}
+EMBEDDING = ("representation", "embedding_size", "embeddings_trainable", "pretrained_embeddings", "dropout")
+FULLY_CONNECTED = ("num_fc_layers", "output_size", "norm", "use_bias", "fc_layers[].output_size")
+PER_LAYER = ("activation", "dropout", "norm", "use_bias", "num_filters", "strides", "padding", "dilation_rate",
+             "pool_function", "pool_size", "pool_strides", "pool_padding", "output_size")
+CONVOLUTION = ("num_conv_layers", "num_filters", "filter_size", "pool_function", "pool_size", "activation",
+               "conv_layers[].filter_size")
+STRIDES = ("strides", "padding", "dilation_rate", "pool_strides", "pool_padding")
+RECURRENCE = ("cell_type", "state_size", "bidirectional", "recurrent_dropout", "activation", "unit_forget_bias",
+              "num_fc_layers", "fc_activation", "fc_dropout", "reduce_output")
+# section keys → the encoder whose run shows them (they are one pydantic field read by one function for all)
+# (the recurrence before the convolutions: cnnrnn's `activation` is its recurrence's, as in Ludwig)
+SHARED = [(EMBEDDING, "embed", "encoders.sequence.TokenEmbedding"), (FULLY_CONNECTED, "embed", "fc_specs and dense_stack"),
+          (RECURRENCE, "rnn", "encoders.rnn.Recurrence and encode"),
+          (CONVOLUTION, "stacked_cnn", "conv_specs and encoders.sequence.ConvBlock"),
+          (STRIDES, "stacked_cnn", "conv_specs and encoders.sequence.ConvBlock")]
+SECTIONS = {"embed": (EMBEDDING, FULLY_CONNECTED), "parallel_cnn": (EMBEDDING, FULLY_CONNECTED, CONVOLUTION),
+            "stacked_cnn": (EMBEDDING, FULLY_CONNECTED, CONVOLUTION, STRIDES),
+            "rnn": (EMBEDDING, FULLY_CONNECTED, RECURRENCE),
+            "cnnrnn": (EMBEDDING, FULLY_CONNECTED, RECURRENCE, CONVOLUTION, STRIDES), "set": (FULLY_CONNECTED,)}
+OWN = {"cnnrnn": ("filter_size", "pool_size"), "rnn": ("num_fc_layers",), "set": ("num_fc_layers", "output_size")}
+
+
+def shared_exempt(leaves) -> dict[str, str]:
+    """Keys run on another member of the same shared section (`SHARED`), and per-layer keys (`conv_layers[].x`,
+    `fc_layers[].x`), which override the encoder's key `x` in one merge (`conv_specs`, `fc_specs`): the merge is run
+    through `conv_layers[].filter_size` and `fc_layers[].output_size`, each `x` through its encoder-level key."""
+    out = {}
+    for path in leaves:
+        found = re.fullmatch(r"input_features\[(text|set)\]\.encoder(?:\[(\w+)\])?\.(.+)", path)
+        if not found or found.group(2) == "auto_transformer":
+            continue
+        kind, key = found.group(2) or "set", found.group(3)
+        layer = re.fullmatch(r"(conv|fc)_layers\[\]\.(\w+)", key)
+        if layer and key not in ("conv_layers[].filter_size", "fc_layers[].output_size"):
+            out[path] = (f"a per-layer key overrides the encoder's '{layer.group(2)}' in one merge "
+                         f"({layer.group(1)}_specs), run through {layer.group(1)}_layers[].{'filter_size' if layer.group(1) == 'conv' else 'output_size'}")
+            continue
+        if key in OWN.get(kind, ()):
+            continue
+        for keys, home, code in SHARED:
+            if key in keys and kind != home and keys in SECTIONS[kind]:
+                out[path] = f"the same field as input_features[text].encoder[{home}].{key}, read by {code}: run there"
+                break
+    return out
+
+
+ECD_ADAPTER = "input_features[text].encoder[auto_transformer].adapter"
 ECD = {
     **common("ecd"),
     **{ECD_ADAPTER + (k if k.startswith("[") else "." + k): v for k, v in adapter_cases(
@@ -333,12 +445,12 @@ ECD = {
     # frozen, two copies of one checkpoint are the same weights: tie encoders that train
     "input_features[text].tied": Case("review2", {"input_features": [
         *TRAINABLE["input_features"], {**TRAINABLE["input_features"][0], "name": "review2"}, *BASE["ecd"]["input_features"][1:]]}),
-    "input_features[text].encoder.pretrained_model_name_or_path": Case("@llama", {"input_features": [
+    "input_features[text].encoder[auto_transformer].pretrained_model_name_or_path": Case("@llama", {"input_features": [
         {**BERT_TEXT, "preprocessing": {"max_sequence_length": 16, "fill_value": "movie"}}]}),
-    "input_features[text].encoder.pretrained_kwargs": Case({"hidden_dropout_prob": 0.5}, TRAINABLE),
-    "input_features[text].encoder.trust_remote_code": None,  # EXEMPT below
-    "input_features[text].encoder.use_pretrained": Case(False),
-    "input_features[text].encoder.reduce_output": Case("max"),
+    "input_features[text].encoder[auto_transformer].pretrained_kwargs": Case({"hidden_dropout_prob": 0.5}, TRAINABLE),
+    "input_features[text].encoder[auto_transformer].trust_remote_code": None,  # EXEMPT below
+    "input_features[text].encoder[auto_transformer].use_pretrained": Case(False),
+    "input_features[text].encoder[auto_transformer].reduce_output": Case("max"),
     "input_features[text].preprocessing.max_sequence_length": Case(4),
     # BERT's tokenizer lowercases anyway: a case-sensitive (BPE) tokenizer shows the key
     "input_features[text].preprocessing.lowercase": Case(True, LLAMA_TEXT),
@@ -418,6 +530,9 @@ ECD = {
     "trainer.group_by_length": Case(False),
     "trainer.enable_gradient_checkpointing": Case(True, TRAINABLE),
     "backend[local].cache_dir": Case("@tmp/cache"),
+    **{f"input_features[text].encoder[{kind}].{key}": case for kind, cases in SCRATCH_CASES.items()
+       for key, case in cases.items()},
+    **SET_CASES,
 }
 
 LLM_ADAPTER = "adapter"
@@ -542,10 +657,13 @@ RAY_EXEMPT = {
 }
 EXEMPT = {
     "ecd": {
-        "input_features[text].encoder.trust_remote_code": "runs code shipped in the model folder; the tiny models "
+        "input_features[text].encoder[auto_transformer].trust_remote_code": "runs code shipped in the model folder; the tiny models "
         "are built-in architectures with no code of their own, so there is nothing to run",
         **RAY_EXEMPT,
         "trainer.compile": COMPILE,
+        **shared_exempt(LEAVES["ecd"]),
+        **{path: "the same Decoder section and fc_stack as output_features[category].decoder: run there"
+           for path in LEAVES["ecd"] if path.startswith("output_features[set].decoder.")},
     },
     "llm": {
         "trust_remote_code": "runs code shipped in the model folder; the tiny models are built-in architectures "
@@ -566,7 +684,7 @@ NAMED = ("a named adapter is the same section as `adapter` (the active one is `a
          "tests/test_peft_methods.py trains, saves and reloads named adapters")
 LOFTQ = "init_lora_weights: loftq is refused (REFUSED), so its settings can never be in effect"
 EXEMPT["ecd"].update({
-    **{f"input_features[text].encoder.quantization.{k}": QUANTIZATION for k in (
+    **{f"input_features[text].encoder[auto_transformer].quantization.{k}": QUANTIZATION for k in (
         "bits", "llm_int8_threshold", "llm_int8_has_fp16_weight", "bnb_4bit_compute_dtype",
         "bnb_4bit_use_double_quant", "bnb_4bit_quant_type")},
 })
@@ -780,6 +898,10 @@ def ecd_frame() -> pd.DataFrame:
     frame["flag"] = other["recommended"].map({"yes": "cat", "no": "dog"})
     frame["flag2"] = rng.choice(["cat", "dog"], size=40)
     frame.loc[[1, 5], "sentiment"] = frame.loc[[1, 5], "sentiment"].str.capitalize()  # `lowercase` merges them
+    # a set per row (members as the genre's spellings, so `lowercase` merges two) and missing ones to fill or drop
+    frame["tags"] = frame["genre"] + "," + other["recommended"].map({"yes": "keeper", "no": "skip"})
+    frame["tags2"] = other["genre"] + "," + frame["recommended"].map({"yes": "keeper", "no": "skip"})
+    frame.loc[[7, 15], "tags"] = None
     frame["split"] = [0] * 24 + [1] * 8 + [2] * 8
     frame["split2"] = [2] * 8 + [1] * 8 + [0] * 24
     frame = frame.astype(object)
@@ -897,8 +1019,12 @@ def differences(a: Outcome, b: Outcome, display: bool = False) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def places(tiny_bert, tiny_llama, tiny_gpt2) -> dict:
-    return {"@bert": tiny_bert, "@llama": tiny_llama, "@gpt2": tiny_gpt2}
+def places(tiny_bert, tiny_llama, tiny_gpt2, tmp_path_factory) -> dict:
+    files = tmp_path_factory.mktemp("files")
+    (files / "glove.txt").write_text("movie 1 2 3\nfilm 3 2 1\ndrama 1 1 1\ncomedy 0 1 0\nkeeper 2 0 2\n")
+    (files / "vocab.txt").write_text("movie\nfilm\ngreat\nawful\n")
+    return {"@bert": tiny_bert, "@llama": tiny_llama, "@gpt2": tiny_gpt2, "@glove": files / "glove.txt",
+            "@vocab": files / "vocab.txt"}
 
 
 @pytest.fixture(scope="module")

@@ -230,7 +230,7 @@ def bert_feature_and_tokenizer(tiny_bert):
             "type": "auto_transformer", "pretrained_model_name_or_path": str(tiny_bert)},
             "preprocessing": {"max_sequence_length": max_length}}], "output_features": [{"name": "y", "type": "category"}]})
         feature = cfg.input_features[0]
-        return feature, text.load_tokenizer(feature.encoder)
+        return feature, text.load_tokenizer(feature)
 
     return build
 
@@ -253,7 +253,7 @@ def test_real_wordpiece_tokenizer_truncates_and_keeps_special_tokens(minilm_dir)
                        "pretrained_model_name_or_path": str(minilm_dir)}, "preprocessing": {"max_sequence_length": 8}}],
                        "output_features": [{"name": "y", "type": "category"}]})
     feature = cfg.input_features[0]
-    tokenizer = text.load_tokenizer(feature.encoder)
+    tokenizer = text.load_tokenizer(feature)
     meta = text.fit(pd.Series(["x"]), feature, tokenizer)
     ids = text.transform(pd.Series(["a gorgeous , witty , seductive movie that never lets up", "fine"]), feature, meta, tokenizer)
     assert ids.lengths.tolist() == [8, 3]

@@ -958,12 +958,14 @@ def hostile_run(tiny_bert, tmp_path_factory):
 def test_text_is_cut_in_characters_before_it_is_tokenized(tiny_bert):
     import pandas as pd
 
+    from tunefork import config
     from tunefork.data import clipping
     from tunefork.features import text
 
-    tokenizer = text.load_tokenizer(type("Encoder", (), {"pretrained_model_name_or_path": str(tiny_bert),
-                                                         "pretrained_kwargs": None, "trust_remote_code": False})())
-    feature = type("Feature", (), {"source": "review", "preprocessing": type("P", (), {"lowercase": False})()})()
+    feature = config.load({"input_features": [{"name": "review", "type": "text", "encoder": {
+        "type": "auto_transformer", "pretrained_model_name_or_path": str(tiny_bert)}}],
+        "output_features": [{"name": "y", "type": "binary"}]}).input_features[0]
+    tokenizer = text.load_tokenizer(feature)
     meta = {"max_sequence_length": 32}
     seen = []
 

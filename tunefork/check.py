@@ -22,6 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tunefork import plan as plan_mod
+from tunefork.config.features import is_transformer
 from tunefork.errors import ConfigError, TuneforkError
 
 
@@ -37,7 +38,7 @@ def check(config, strict: bool = True) -> str | None:
         models = [(f"input_features[{i}].encoder.pretrained_model_name_or_path", f.encoder.pretrained_model_name_or_path,
                    f.encoder.pretrained_kwargs, f.encoder.trust_remote_code, False, _ecd_lengths(f, i),
                    _fresh_adapter(f.encoder.adapter), f"input_features[{i}].encoder.adapter")
-                  for i, f in enumerate(config.input_features) if f.type == "text"]
+                  for i, f in enumerate(config.input_features) if is_transformer(f)]
     skipped = []
     for where, source, kwargs, trust, causal, lengths, adapter, adapter_where in models:
         hf_config = _read_config(source, kwargs, trust, where, strict, skipped)

@@ -70,11 +70,11 @@ class ExperimentResults(NamedTuple):
 
 def ludwig_columns(predictions: pd.DataFrame, model) -> pd.DataFrame:
     """tunefork's prediction columns plus Ludwig's `<f>_probabilities`: each row's class probabilities as a list,
-    in the order of the `<f>_probabilities_<class>` columns (the model's class order)."""
+    in the order of the `<f>_probabilities_<class>` columns (the model's class order). A set output has it already."""
     out = predictions.copy()
     for feature in model.config.output_features:
         per_class = [c for c in predictions.columns if c.startswith(f"{feature.name}_probabilities_")]
-        if per_class:
+        if per_class and f"{feature.name}_probabilities" not in out.columns:
             position = out.columns.get_loc(per_class[0])
             out.insert(position, f"{feature.name}_probabilities", predictions[per_class].to_numpy().tolist())
     return out

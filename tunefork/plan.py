@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from tunefork.config.features import is_transformer
 from tunefork.errors import ConfigError, did_you_mean
 
 log = logging.getLogger("tunefork.plan")
@@ -23,6 +24,8 @@ METRICS = {
     "category": ("loss", "accuracy", "macro_f1", "hits_at_k", "roc_auc"),
     "binary": ("loss", "accuracy", "macro_f1", "roc_auc"),
     "number": ("loss", "mean_absolute_error", "mean_squared_error", "root_mean_squared_error", "r2"),
+    "set": ("loss", "jaccard", "micro_f1", "macro_f1", "micro_precision", "macro_precision", "micro_recall",
+            "macro_recall"),
 }
 LOWER_IS_BETTER = {"loss", "perplexity", "mean_absolute_error", "mean_squared_error", "root_mean_squared_error"}
 
@@ -167,7 +170,7 @@ def _batches(plan: _Draft, config, measured: Measured | None) -> None:
         # prompt + output rows run to hundreds of tokens and every layer's activations are kept for backward: a small
         # batch fits anywhere, and gradient_accumulation_steps makes the effective batch larger
         target, why = 4, "auto: 4 rows a step for causal-LM fine-tuning (fixed rule)"
-    elif any(f.type == "text" and not f.encoder.frozen for f in config.input_features):
+    elif any(is_transformer(f) and not f.encoder.frozen for f in config.input_features):
         # an adapter backpropagates through the whole transformer: it costs memory like fine-tuning does
         target, why = 32, "auto: a transformer that trains, fully or through an adapter (fixed rule: 32, else 128)"
     else:
@@ -263,7 +266,7 @@ def _adapters(config) -> list[tuple[str, str, object]]:
     if config.model_type == "llm":
         return [("adalora_total_step", "adapter", config.adapter)] if config.adapter is not None else []
     return [(f"adalora_total_step.{f.name}", f"input_features[{i}].encoder.adapter", f.encoder.adapter)
-            for i, f in enumerate(config.input_features) if f.type == "text" and f.encoder.adapter is not None]
+            for i, f in enumerate(config.input_features) if is_transformer(f) and f.encoder.adapter is not None]
 
 
 def _adalora(plan: _Draft, config) -> None:
@@ -283,7 +286,7 @@ def _adalora(plan: _Draft, config) -> None:
 
 def _text_inputs(plan: _Draft, config, facts: DataFacts) -> None:
     for f in config.input_features:
-        if f.type != "text":
+        if not is_transformer(f):
             continue
         decoder = facts.text_inputs[f.name]["decoder_only"]
         pooling = f.encoder.reduce_output

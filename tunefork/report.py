@@ -18,7 +18,7 @@ from tunefork import charts, visualize
 from tunefork.console import SHOWN
 
 SCATTER_ROWS = 2000  # a validation pass for the scatter is capped: the report must not cost a second evaluation
-MAIN_METRIC = {"category": "accuracy", "binary": "accuracy", "number": "r2", "text": "perplexity"}
+MAIN_METRIC = {"category": "accuracy", "binary": "accuracy", "number": "r2", "text": "perplexity", "set": "jaccard"}
 
 
 def _main_metric(config: dict, feature: dict) -> str:

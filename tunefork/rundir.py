@@ -24,6 +24,7 @@ from pathlib import Path
 
 import yaml
 
+from tunefork.config.features import is_transformer
 from tunefork.errors import DataError, TuneforkError
 
 DESCRIPTION, RESOLVED = "description.json", "resolved_config.yaml"
@@ -116,7 +117,7 @@ def remote_code(config) -> dict[str, bool]:
     if config.model_type == "llm":
         return {"base_model": config.trust_remote_code}
     return {f"input_features.{f.name}.encoder": f.encoder.trust_remote_code
-            for f in config.input_features if f.type == "text"}
+            for f in config.input_features if is_transformer(f)}
 
 
 class RunDirectory:

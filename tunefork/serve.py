@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Annotated
 
 from tunefork import serve_limits
+from tunefork.config.features import is_transformer
 from tunefork.errors import TuneforkError
 
 log = logging.getLogger("tunefork.serve")
@@ -79,6 +80,7 @@ def row_model(config, max_field_chars: int = MAX_FIELD_CHARS):
         "category": text | int,  # categories read from a CSV of numbers arrive as ints
         "number": Annotated[float, Field(allow_inf_nan=False)],
         "binary": bool | text,  # true/false, 0/1, or one of the two labels seen in training
+        "set": text,  # members split as in training: `"comedy drama"`
     }
     fields = {}
     for i, feature in enumerate(config.input_features):
@@ -102,6 +104,13 @@ def _output_columns(config, meta: dict) -> dict[str, dict]:
         fitted = meta["outputs"][feature.name]
         if feature.type == "number":
             out[f"{feature.name}_predictions"] = number
+            continue
+        if feature.type == "set":  # Ludwig's shape: lists of labels and of probabilities
+            out[f"{feature.name}_predictions"] = {"type": ["array", "null"], "items": {"type": "string"}}
+            out[f"{feature.name}_probabilities"] = {"type": "array", "items": number}
+            for label in fitted["vocab"]:
+                out[f"{feature.name}_probabilities_{label}"] = number
+            out[f"{feature.name}_probability"] = {"type": "array", "items": number}
             continue
         out[f"{feature.name}_predictions"] = {"type": "string"}
         for label in fitted.get("vocab") or fitted["labels"]:
@@ -148,12 +157,15 @@ class Service:
             item = {"name": feature.name, "type": feature.type, "column": feature.source}
             if feature.type == "category":
                 item["classes"] = [c for c in fitted["vocab"] if c != "<UNK>"]
+            elif feature.type == "set" and not is_input:
+                item["labels"] = fitted["vocab"]
             elif feature.type == "binary":
                 item["labels"] = fitted["labels"]
             if is_input:
                 item["nullable"] = feature.preprocessing.missing_value_strategy in CONSTANT_FILLS
                 if feature.type == "text":
-                    item["encoder"] = feature.encoder.pretrained_model_name_or_path
+                    item["encoder"] = (feature.encoder.pretrained_model_name_or_path if is_transformer(feature)
+                                       else feature.encoder.type)
                     item["max_sequence_length"] = fitted["max_sequence_length"]
             return item
 

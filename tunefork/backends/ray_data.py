@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tunefork.config.features import is_transformer
 from tunefork.errors import DataError, TuneforkError
 
 SPLIT = "__tunefork_split"
@@ -130,7 +131,7 @@ def _stand_ins(frame: pd.DataFrame, config, seed: int) -> pd.DataFrame:
     out = {}
     for feature in (*config.input_features, *config.output_features):
         values = frame[feature.source]
-        if feature.type == "text" and feature.preprocessing.missing_value_strategy != "fill_with_mode":
+        if is_transformer(feature) and feature.preprocessing.missing_value_strategy != "fill_with_mode":
             values = pd.Series(np.where(missing.is_missing(values), None, "t"), index=frame.index, dtype=object)
         out[feature.source] = values
     result = pd.DataFrame(out)
@@ -157,6 +158,8 @@ def _transformed(frame: pd.DataFrame, config, meta: dict, toks: dict, seed: int)
     for name, column in table.columns.items():
         if isinstance(column, TokenIds):
             arrays[name] = pa.ListArray.from_arrays(pa.array(column.offsets.astype(np.int32)), pa.array(column.flat))
+        elif column.ndim == 2:  # a set output's multi-hot rows
+            arrays[name] = pa.FixedSizeListArray.from_arrays(pa.array(column.ravel()), column.shape[1])
         else:
             arrays[name] = pa.array(column)
     return pa.table(arrays)
@@ -225,6 +228,8 @@ def _tables(transformed, config) -> dict:
                 offsets = column.offsets.to_numpy().astype(np.int64)
                 flat = column.values.to_numpy().astype(np.int32)[offsets[0]:offsets[-1]]
                 columns[feature] = TokenIds(flat, offsets - offsets[0])
+            elif pa.types.is_fixed_size_list(column.type):
+                columns[feature] = column.flatten().to_numpy().reshape(len(column), column.type.list_size)
             else:
                 columns[feature] = column.to_numpy(zero_copy_only=False)
         tables[name] = Table(columns)

@@ -11,6 +11,7 @@ from pydantic import Field, field_validator, model_validator
 
 from tunefork.adapters.registry import Adapter
 from tunefork.config.layers import Activation, BiasInitializer, FCLayer, Initializer, Norm, stack_problem
+from tunefork.config.text_encoders import SCRATCH_TEXT_ENCODERS, SetEmbedEncoder
 from tunefork.sections import Section, tagged
 
 MissingStrategy = Literal["fill_with_const", "fill_with_mode", "fill_with_mean", "fill_with_false", "bfill", "ffill", "drop_row"]
@@ -109,17 +110,41 @@ class DenseNumberEncoder(Section):
 # ---------------------------------------------------------------------------------------------- preprocessing
 
 
+SPLITTERS = ("space", "space_punct", "characters", "comma", "pipe", "semicolon")
+SCRATCH_ONLY = ("vocab_file", "most_common", "padding_symbol", "unknown_symbol", "pretrained_model_name_or_path")
+
+
 class TextPreprocessing(Section):
     max_sequence_length: int = Field(256, gt=0, description="Tokens kept per text; batches pad to their longest row.")
-    lowercase: bool = False
-    tokenizer: Literal["hf_tokenizer"] = Field(
-        "hf_tokenizer", description="auto_transformer always uses its own tokenizer; other tokenizers are refused."
-    )
+    lowercase: bool | None = Field(
+        None, description="Lowercase the text first. Unset: true for the encoders trained from scratch (Ludwig's "
+        "default), false for auto_transformer, whose tokenizer does its own casing.")
+    tokenizer: str | None = Field(
+        None, description="Encoders trained from scratch: space, space_punct (the default), characters, or a Hugging "
+        "Face tokenizer (`hf_tokenizer` with pretrained_model_name_or_path, or its hub id / folder here). "
+        "auto_transformer always uses its own tokenizer.")
+    pretrained_model_name_or_path: str | None = Field(None, description="The tokenizer `tokenizer: hf_tokenizer` loads.")
+    vocab_file: str | None = Field(None, description="One token per line: the vocabulary, in place of most_common.")
+    most_common: int = Field(20000, gt=0, description="Vocabulary: the most frequent tokens of the training split.")
+    padding_symbol: str = Field("<PAD>", min_length=1, description="The padding token's name in the vocabulary.")
+    unknown_symbol: str = Field("<UNK>", min_length=1, description="What a token outside the vocabulary reads as.")
     missing_value_strategy: MissingStrategy = "fill_with_const"
     fill_value: str = ""
     cache_encoder_embeddings: bool = Field(
         False, description="With a frozen encoder, compute pooled embeddings once during preprocessing."
     )
+
+    @model_validator(mode="after")
+    def _distinct_symbols(self):
+        if self.padding_symbol == self.unknown_symbol:
+            raise ValueError("padding_symbol and unknown_symbol must differ")
+        return self
+
+    @property
+    def splitter(self) -> str | None:
+        """The rule tokens are split by, or None for a Hugging Face tokenizer."""
+        name = self.tokenizer or "space_punct"
+        return name if name in SPLITTERS else None
 
 
 class CategoryPreprocessing(Section):
@@ -140,6 +165,15 @@ class BinaryPreprocessing(Section):
     fallback_true_label: str | None = Field(None, description="Which of two non-boolean values means true.")
 
 
+class SetPreprocessing(Section):
+    tokenizer: Literal[SPLITTERS] = Field("space", description="How a cell becomes its members: split on spaces, "
+                                          "commas, pipes, semicolons, words and punctuation, or characters.")
+    most_common: int = Field(10000, gt=0, description="Keep this many most frequent members; rarer go to <UNK>.")
+    lowercase: bool = False
+    missing_value_strategy: MissingStrategy = "fill_with_const"
+    fill_value: str = Field("", description="A missing cell reads as this (empty: the empty set).")
+
+
 # An output row without a label cannot be trained on or scored, so outputs drop it by default (Ludwig's default).
 # These are classes, not default instances, so a partial `preprocessing:` (or `defaults:`) keeps drop_row.
 
@@ -153,6 +187,10 @@ class NumberOutputPreprocessing(NumberPreprocessing):
 
 
 class BinaryOutputPreprocessing(BinaryPreprocessing):
+    missing_value_strategy: MissingStrategy = "drop_row"
+
+
+class SetOutputPreprocessing(SetPreprocessing):
     missing_value_strategy: MissingStrategy = "drop_row"
 
 
@@ -207,6 +245,13 @@ class BinaryLoss(Section):
     weight: float = Field(1.0, ge=0)
 
 
+class SetLoss(Section):
+    type: Literal["sigmoid_cross_entropy"] = "sigmoid_cross_entropy"
+    class_weights: list[float] | dict[str, float] | None = Field(
+        None, description="Per-label weight of the positive term (BCEWithLogitsLoss's pos_weight, as in Ludwig).")
+    weight: float = Field(1.0, ge=0, description="This output's share of the combined loss.")
+
+
 class NumberLoss(Section):
     type: Literal["mean_squared_error", "mean_absolute_error", "huber"] = "mean_squared_error"
     weight: float = Field(1.0, ge=0)
@@ -238,8 +283,39 @@ class InputFeatureBase(FeatureBase):
 
 class TextInput(InputFeatureBase):
     type: Literal["text"]
-    encoder: tagged(TransformerEncoder)
+    encoder: tagged(TransformerEncoder, *SCRATCH_TEXT_ENCODERS, default="parallel_cnn") = Field(
+        default_factory=lambda: SCRATCH_TEXT_ENCODERS[1](),
+        description="auto_transformer, or one trained from scratch: embed, parallel_cnn (the default), stacked_cnn, "
+        "rnn, cnnrnn.")
     preprocessing: TextPreprocessing = TextPreprocessing()
+
+    @model_validator(mode="after")
+    def _preprocessing_fits_the_encoder(self):
+        p = self.preprocessing
+        moved = [key for key in SCRATCH_ONLY if getattr(p, key) != TextPreprocessing.model_fields[key].default]
+        if self.encoder.type == "auto_transformer":
+            wrong = moved + (["tokenizer"] if p.tokenizer not in (None, "hf_tokenizer") else [])
+            if wrong:
+                raise ValueError(f"preprocessing.{wrong[0]} applies to the encoders trained from scratch; "
+                                 f"auto_transformer uses its own tokenizer and vocabulary: remove it")
+            return self
+        if p.cache_encoder_embeddings:
+            raise ValueError(f"preprocessing.cache_encoder_embeddings applies to a frozen auto_transformer; the "
+                             f"{self.encoder.type} encoder trains: remove it")
+        if p.splitter is None and (p.tokenizer == "hf_tokenizer") != bool(p.pretrained_model_name_or_path):
+            raise ValueError("preprocessing: tokenizer hf_tokenizer needs pretrained_model_name_or_path (and only it "
+                             "reads one); or write the tokenizer's hub id or folder as tokenizer")
+        if p.splitter is not None and p.pretrained_model_name_or_path:
+            raise ValueError("preprocessing.pretrained_model_name_or_path names the tokenizer of `tokenizer: "
+                             "hf_tokenizer`; remove it, or set that tokenizer")
+        if p.splitter is None and self.encoder.pretrained_embeddings:
+            raise ValueError("encoder.pretrained_embeddings maps words to vectors, and a Hugging Face tokenizer's ids "
+                             "are not words here: use tokenizer space_punct (or space) with it")
+        vocabulary = [key for key in moved if key != "pretrained_model_name_or_path"]
+        if p.splitter is None and vocabulary:
+            raise ValueError(f"preprocessing.{vocabulary[0]}: a Hugging Face tokenizer brings its own vocabulary; "
+                             f"remove it, or use tokenizer space_punct")
+        return self
 
 
 class CategoryInput(InputFeatureBase):
@@ -258,6 +334,12 @@ class BinaryInput(InputFeatureBase):
     type: Literal["binary"]
     encoder: PassthroughEncoder = PassthroughEncoder()
     preprocessing: BinaryPreprocessing = BinaryPreprocessing()
+
+
+class SetInput(InputFeatureBase):
+    type: Literal["set"]
+    encoder: tagged(SetEmbedEncoder, default="embed") = SetEmbedEncoder()
+    preprocessing: SetPreprocessing = SetPreprocessing()
 
 
 class CategoryOutput(FeatureBase):
@@ -290,7 +372,20 @@ class NumberOutput(FeatureBase):
         return self
 
 
-INPUT_TYPES = ("text", "category", "number", "binary")
-OUTPUT_TYPES = ("category", "binary", "number")
-InputFeature = tagged(TextInput, CategoryInput, NumberInput, BinaryInput)
-OutputFeature = tagged(CategoryOutput, BinaryOutput, NumberOutput)
+class SetOutput(FeatureBase):
+    type: Literal["set"]
+    decoder: Decoder = Decoder()
+    loss: SetLoss = SetLoss()
+    threshold: float = Field(0.5, gt=0, lt=1, description="A label is predicted when its probability is at least this.")
+    preprocessing: SetOutputPreprocessing = SetOutputPreprocessing()
+
+
+INPUT_TYPES = ("text", "category", "number", "binary", "set")
+OUTPUT_TYPES = ("category", "binary", "number", "set")
+InputFeature = tagged(TextInput, CategoryInput, NumberInput, BinaryInput, SetInput)
+OutputFeature = tagged(CategoryOutput, BinaryOutput, NumberOutput, SetOutput)
+
+
+def is_transformer(feature) -> bool:
+    """A text input encoded by a Hugging Face transformer (not by one of the encoders trained from scratch)."""
+    return feature.type == "text" and feature.encoder.type == "auto_transformer"

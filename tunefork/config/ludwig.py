@@ -47,6 +47,18 @@ OTHER_TYPES = {
 }
 # Keys Ludwig writes into saved configs that are derived from the data or tokenizer, never set by a user.
 DERIVED_ENCODER_KEYS = ("vocab", "vocab_size", "saved_weights_in_checkpoint", "skip")
+SCRATCH_ENCODERS = ("embed", "parallel_cnn", "stacked_cnn", "rnn", "cnnrnn")
+# Ludwig keys of the encoders trained from scratch that tunefork does not implement: accepted at Ludwig's default (a
+# saved Ludwig config writes them all), otherwise refused with what to write instead.
+AT_DEFAULT_ONLY = {
+    "weights_initializer": ((None, "xavier_uniform", "uniform"), "torch's default initialisation is used; remove it"),
+    "bias_initializer": ((None, "zeros"), "biases start at zero; remove it"),
+    "recurrent_initializer": ((None, "orthogonal"), "recurrent weights start as torch initialises them; remove it"),
+    "recurrent_activation": ((None, "sigmoid"), "the gates of torch's lstm and gru are sigmoids; remove it"),
+    "embeddings_on_cpu": ((None, False), "embeddings stay with the model on its device; remove it"),
+    "should_embed": ((None, True), "text is always embedded from its token ids; remove it"),
+    "norm_params": ((None, {}), "norms use torch's defaults; remove it"),
+}
 
 
 def _merge(base: dict, override: dict) -> dict:
@@ -113,6 +125,9 @@ def _encoder(feature: dict, path: str) -> None:
         if NAMED_TRANSFORMERS[name] is not None:
             encoder.setdefault("pretrained_model_name_or_path", NAMED_TRANSFORMERS[name])
         log.info("%s.encoder: Ludwig's '%s' encoder is auto_transformer on %s", path, name, encoder.get("pretrained_model_name_or_path"))
+    if "type" not in encoder and "pretrained_model_name_or_path" in encoder and feature.get("type") == "text":
+        encoder["type"] = "auto_transformer"
+        log.info("%s.encoder: a pretrained_model_name_or_path without a type is an auto_transformer", path)
     if "max_sequence_length" in encoder and feature.get("type") == "text":
         length = encoder.pop("max_sequence_length")
         preprocessing = feature.setdefault("preprocessing", {})
@@ -123,6 +138,30 @@ def _encoder(feature: dict, path: str) -> None:
         if key in encoder:
             encoder.pop(key)
             log.info("%s.encoder.%s ignored: derived from the model and tokenizer", path, key)
+    if feature.get("type") in ("text", "set") and encoder.get("type", "parallel_cnn") in SCRATCH_ENCODERS:
+        _at_default_only(encoder, f"{path}.encoder")
+
+
+def _level(feature: dict, path: str) -> None:
+    """Ludwig before 0.5: `level: word` or `level: char` on a text feature chose the tokenizer."""
+    if feature.get("type") != "text" or feature.get("level") not in ("word", "char"):
+        return
+    level = feature.pop("level")
+    preprocessing = feature.setdefault("preprocessing", {})
+    if isinstance(preprocessing, dict) and level == "char":
+        preprocessing.setdefault("tokenizer", "characters")
+    log.info("%s.level: %s (Ludwig before 0.5) is the %s tokenizer", path, level,
+             "characters" if level == "char" else "default space_punct")
+
+
+def _at_default_only(encoder: dict, path: str) -> None:
+    for key, (defaults, instead) in AT_DEFAULT_ONLY.items():
+        if key not in encoder:
+            continue
+        value = encoder.pop(key)
+        if value not in defaults:
+            raise ConfigError([f"{path}.{key}: {value!r} is not supported here ({instead})"])
+        log.info("%s.%s: %r is Ludwig's default, which tunefork also uses", path, key, value)
 
 
 # An output's fully connected stack: on the feature itself in Ludwig before 0.5, inside `decoder` since; and inside
@@ -187,6 +226,7 @@ def translate(raw: dict) -> dict:
                 _apply_defaults(feature, defaults, path, ROLE_SECTIONS[key])
                 if key == "input_features":
                     _encoder(feature, path)
+                    _level(feature, path)
                 elif raw.get("model_type") != "llm":
                     _decoder(feature, path)
     return raw

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from tunefork.config.backend import Backend, LocalBackend
-from tunefork.config.features import InputFeature, OutputFeature
+from tunefork.config.features import InputFeature, OutputFeature, is_transformer
 from tunefork.config.layers import Activation, FCLayer, FCStack
 from tunefork.config.trainer import Trainer
 from tunefork.sections import Section, tagged
@@ -112,7 +112,7 @@ class Config(Section):
     def _a_transformer_trains(self) -> None:
         """Checkpointing recomputes a trained transformer's activations in backward; a frozen encoder runs in
         inference mode and keeps none (a tied input runs its target's encoder, so its own is not looked at)."""
-        texts = [f for f in self.input_features if f.type == "text" and f.tied is None]
+        texts = [f for f in self.input_features if is_transformer(f) and f.tied is None]
         if any(not f.encoder.frozen for f in texts):
             return
         why = (f"text input{'s' if len(texts) > 1 else ''} {', '.join(f.name for f in texts)} "

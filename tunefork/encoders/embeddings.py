@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tunefork.config.features import is_transformer
 from tunefork.data.tensors import Embeddings, TokenIds
 
 log = logging.getLogger("tunefork.embeddings")
@@ -197,7 +198,7 @@ def embed_frozen(config, plan, model, tables: dict, meta: dict, tokenizer_ids: d
     hits, folder = [], cache.root(config)
     encoders = model.text_encoders()
     for feature in config.input_features:
-        if feature.type != "text" or not plan[f"cache_embeddings.{feature.name}"]:
+        if not is_transformer(feature) or not plan[f"cache_embeddings.{feature.name}"]:
             continue
         encoder, fitted = encoders[feature.name].to(plan["device"]), meta["inputs"][feature.name]
         source = feature.encoder.pretrained_model_name_or_path

@@ -112,6 +112,7 @@ def export(model_path, fmt: str, output, *, merge_adapter: bool = False) -> Path
                               f"{fmt}); '{fmt}' is not written here")
         from tunefork.export.llm import write
     else:
+        _refuse_scratch(config, fmt)
         write = _hf if fmt == "hf" else _onnx
     output.parent.mkdir(parents=True, exist_ok=True)
     # a new hidden sibling of our own (never a fixed name that could be a user's folder), renamed into place at the end
@@ -125,6 +126,21 @@ def export(model_path, fmt: str, output, *, merge_adapter: bool = False) -> Path
         output.rmdir()
     staging.rename(output)
     return output
+
+
+def _refuse_scratch(config, fmt: str) -> None:
+    """Both formats carry a Hugging Face tokenizer and transformer; a set output's labels have no stock head."""
+    from tunefork.config.features import is_transformer
+
+    for feature in config.input_features:
+        if feature.type == "text" and not is_transformer(feature):
+            raise ExportError(f"--format {fmt} exports auto_transformer text encoders; input '{feature.name}' uses "
+                              f"the {feature.encoder.type} encoder trained from scratch: serve the model folder with "
+                              f"`tunefork serve` instead")
+    for feature in config.output_features:
+        if feature.type == "set":
+            raise ExportError(f"--format {fmt} has no multi-label head for set output '{feature.name}': serve the "
+                              f"model folder with `tunefork serve` instead")
 
 
 # ----------------------------------------------------------------------------------------------------- hf

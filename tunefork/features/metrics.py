@@ -11,6 +11,11 @@ into tensors, pick the task and averaging, and say NaN where a metric is undefin
 - ROC-AUC: `binary_auroc` with exact thresholds (the trapezoid under the full ROC curve, ties as one step). It is
   undefined with a single class present: NaN here, where torchmetrics would warn and return 0.
 - hits@k: `multiclass_accuracy(top_k=k, average="micro")`, the share of rows whose label is among the k most probable.
+- multi-label (set outputs), over (rows × labels) booleans: micro and macro F1, precision and recall from
+  `multilabel_f1_score` / `multilabel_precision` / `multilabel_recall` (macro: the mean over every label, a label
+  never true nor predicted counting 0, as torchmetrics' multilabel averaging does). `jaccard` is Ludwig's: per row
+  |true ∩ predicted| / |true ∪ predicted|, averaged over rows, a row with both sets empty scoring 1. torchmetrics'
+  `multilabel_jaccard_index` averages over labels (micro / macro) only, so the per-row mean is computed here.
 - MAE, MSE, RMSE (`mean_squared_error(squared=False)`), R² (`r2_score`). R² is scale-free, but torchmetrics compares
   its sums of squares to 0 with an absolute tolerance of 1e-4 (on a target spread over 0–0.01 a poor fit can read
   R² 1, or 0) and forms the total sum as Σy² − (Σy)²/n, which cancels for large offsets; so both sides are first
@@ -91,6 +96,27 @@ def hits_at_k(y: np.ndarray, probabilities: np.ndarray, k: int) -> float:
     scores = torch.as_tensor(np.asarray(probabilities, dtype=np.float64)[keep])
     hits = float(multiclass_accuracy(scores, _long(y[keep]), num_classes=n, top_k=k, average="micro"))
     return hits * keep.sum() / len(y)
+
+
+def multilabel(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    names = ("jaccard", "micro_f1", "macro_f1", "micro_precision", "macro_precision", "micro_recall", "macro_recall")
+    if not len(y):
+        return dict.fromkeys(names, float("nan"))
+    from torchmetrics.functional.classification import (
+        multilabel_f1_score,
+        multilabel_precision,
+        multilabel_recall,
+    )
+
+    y, pred = np.asarray(y, dtype=bool), np.asarray(pred, dtype=bool)
+    union = (y | pred).sum(1)
+    jaccard = np.where(union > 0, (y & pred).sum(1) / np.maximum(union, 1), 1.0).mean()
+    target, predicted, labels = _long(y), _long(pred), y.shape[1]
+    result = {"jaccard": float(jaccard)}
+    for name, fn in (("f1", multilabel_f1_score), ("precision", multilabel_precision), ("recall", multilabel_recall)):
+        for average in ("micro", "macro"):
+            result[f"{average}_{name}"] = float(fn(predicted, target, num_labels=labels, average=average))
+    return result
 
 
 def regression(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tunefork.config.features import is_transformer
 from tunefork.config.schema import Config
 from tunefork.data import cache, read
 from tunefork.data.tensors import Table
@@ -37,7 +38,7 @@ def check_columns(config: Config, frames: dict[str, pd.DataFrame], with_outputs:
 
 
 def tokenizers(config: Config) -> dict:
-    return {f.name: text.load_tokenizer(f.encoder) for f in config.input_features if f.type == "text"}
+    return {f.name: text.load_tokenizer(f) for f in config.input_features if f.type == "text"}
 
 
 def _fill(frame: pd.DataFrame, features, fills: dict) -> tuple[pd.DataFrame, np.ndarray]:
@@ -93,13 +94,13 @@ def _fit(config: Config, training: pd.DataFrame, toks: dict) -> dict:
             module.fit(values, feature, toks[feature.name]) if feature.type == "text" else module.fit(values, feature)
         )
     for feature in config.input_features:
-        if feature.type == "category" and feature.tied is not None:
+        if feature.tied is not None and feature.type != "number" and not is_transformer(feature):
             # one embedding table: the tied input reads its target's vocabulary (its own values outside it are <UNK>)
             meta["inputs"][feature.name] = meta["inputs"][feature.tied]
     for feature in config.output_features:
         fitted = OUTPUTS[feature.type].fit(training[feature.source], feature, output=True)
-        if feature.type == "category":
-            fitted["class_weights"] = OUTPUTS["category"].class_weights(feature, fitted)
+        if feature.type in ("category", "set"):
+            fitted["class_weights"] = OUTPUTS[feature.type].class_weights(feature, fitted)
         meta["outputs"][feature.name] = fitted
     return meta
 
@@ -125,6 +126,12 @@ def _warn_unseen(config: Config, frame: pd.DataFrame, meta: dict, with_outputs: 
                 log.warning("%s: input '%s': %d of %d rows have values not seen in training (e.g. %s); read as %s",
                             source, feature.name, count, len(frame), ", ".join(map(repr, examples)), category.UNK)
     for feature in config.output_features if with_outputs else ():
+        if feature.type == "set":
+            count, examples = OUTPUTS["set"].unseen(frame[feature.source], feature, meta["outputs"][feature.name])
+            if count:
+                log.warning("%s: output '%s': %d of %d rows have labels outside the %d kept (e.g. %s); those labels "
+                            "are left out of the targets", source, feature.name, count, len(frame),
+                            len(meta["outputs"][feature.name]["vocab"]), ", ".join(map(repr, examples)))
         if feature.type == "category":
             count, examples = category.unseen(frame[feature.source], feature, meta["outputs"][feature.name])
             if count:
@@ -162,6 +169,8 @@ def _transform(config: Config, frame: pd.DataFrame, meta: dict, toks: dict, with
 
 def tokenizer_identity(tokenizer) -> str:
     """A digest of everything in the tokenizer that changes token ids: its class, vocabulary, padding and pipeline."""
+    if hasattr(tokenizer, "identity"):  # a rule-based tokenizer (`features.tokens.Splitter`)
+        return tokenizer.identity()
     digest = hashlib.blake2b(digest_size=16)
     digest.update(type(tokenizer).__name__.encode())
     digest.update(json.dumps([tokenizer.padding_side, tokenizer.pad_token, tokenizer.model_max_length]).encode())
@@ -185,6 +194,15 @@ def tokenizer_identity(tokenizer) -> str:
     return digest.hexdigest()
 
 
+def _vectors_file(feature) -> list | None:
+    """A GloVe file's path, size and time: fitting reads its vector size (`features.text`, `features.set`)."""
+    path = getattr(getattr(feature, "encoder", None), "pretrained_embeddings", None)
+    if path is None or not Path(path).is_file():
+        return None
+    stat = Path(path).stat()
+    return [str(path), stat.st_size, stat.st_mtime_ns]
+
+
 def cache_key(config: Config, fingerprints: dict[str, str], toks: dict, seed: int) -> str:
     return cache.key({
         "version": CACHE_VERSION,
@@ -193,7 +211,7 @@ def cache_key(config: Config, fingerprints: dict[str, str], toks: dict, seed: in
         "split": config.preprocessing.model_dump(mode="json"),
         "features": [
             {"name": f.name, "type": f.type, "column": f.source, "preprocessing": f.preprocessing.model_dump(mode="json"),
-             "loss": getattr(f, "loss", None) and f.loss.model_dump(mode="json")}
+             "loss": getattr(f, "loss", None) and f.loss.model_dump(mode="json"), "vectors": _vectors_file(f)}
             for f in (*config.input_features, *config.output_features)
         ],
         "tokenizers": {name: tokenizer_identity(tok) for name, tok in toks.items()},

@@ -11,8 +11,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from tunefork.config.features import is_transformer
 from tunefork.config.schema import Config
-from tunefork.encoders import tabular
+from tunefork.encoders import scratch, tabular
 from tunefork.encoders.transformer import TransformerEncoder
 from tunefork.features import OUTPUTS
 from tunefork.models import combiners
@@ -34,11 +35,14 @@ class ECD(nn.Module):
         for i, feature in enumerate(config.input_features):
             if feature.tied is not None:
                 continue  # shares its target's module, below
-            if feature.type == "text":
+            if is_transformer(feature):
                 saved = saved_dir / "encoders" / feature.name if saved_dir is not None else None
                 built[feature.name] = TransformerEncoder(
                     feature.encoder, pooling[feature.name], saved, where=f"input_features[{i}].encoder",
                     total_steps=total_steps, gradient_checkpointing=config.trainer.enable_gradient_checkpointing)
+            elif feature.type in ("text", "set"):  # trained from scratch; a saved model's weights replace the start
+                built[feature.name] = scratch.build(feature, meta["inputs"][feature.name], saved_dir is None,
+                                                    where=f"input_features[{i}].encoder")
             else:
                 built[feature.name] = tabular.build(feature, meta["inputs"][feature.name])
         for feature in config.input_features:  # in config order, tied features on their target's module
@@ -55,7 +59,8 @@ class ECD(nn.Module):
             self.heads[module_key(feature.name)] = nn.Sequential(fc, nn.Linear(out_width, n))
 
     def text_encoders(self) -> dict[str, TransformerEncoder]:
-        return {f.name: self.encoders[module_key(f.name)] for f in self.config.input_features if f.type == "text"}
+        """The Hugging Face transformers by input name (text inputs with an encoder trained from scratch have none)."""
+        return {f.name: self.encoders[module_key(f.name)] for f in self.config.input_features if is_transformer(f)}
 
     def merge_adapters(self, only_if_configured: bool = True) -> list[str]:
         """Fold adapters into their base weights (all of them, or those whose config asks for it); their names."""

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from tunefork import hf, safety
 from tunefork.adapters import wrapper as adapters
+from tunefork.config.features import is_transformer
 from tunefork.errors import ModelFolderError, TuneforkError, first_line
 
 WEIGHTS = "model.safetensors"
@@ -149,7 +150,9 @@ def save_ecd(folder: Path, model, config_dict: dict, meta: dict, tokenizers: dic
             encoder.transformer.config.save_pretrained(tmp / "encoders" / name)
             if encoder.adapted:
                 adapters.save(encoder.transformer, tmp / "encoders" / name)
-            tokenizers[name].save_pretrained(tmp / "tokenizers" / name)
+        for name, tokenizer in tokenizers.items():
+            if hasattr(tokenizer, "save_pretrained"):  # a rule-based tokenizer is its name in the config
+                tokenizer.save_pretrained(tmp / "tokenizers" / name)
 
     _staged(folder, write)
 
@@ -158,6 +161,7 @@ def _load_ecd(folder: Path, config, meta: dict):
     from safetensors import SafetensorError
     from safetensors.torch import load_file, load_model
 
+    from tunefork.features import text
     from tunefork.models.ecd import ECD
 
     model = ECD(config, meta, meta["pooling"], saved_dir=folder)
@@ -174,11 +178,14 @@ def _load_ecd(folder: Path, config, meta: dict):
     except (SafetensorError, RuntimeError, ValueError) as exc:  # truncated, empty, or tensors of another shape
         raise ModelFolderError(f"{folder / WEIGHTS}: cannot be read ({first_line(exc)}); the model folder is "
                                f"damaged: restore it or train again") from None
-    tokenizers = {
-        f.name: hf.load_tokenizer(folder / "tokenizers" / f.name, None, f.encoder.trust_remote_code, where="model folder")
-        for f in config.input_features if f.type == "text"
-    }
+    tokenizers = {f.name: text.load_tokenizer(f, folder / "tokenizers" / f.name if saved_tokenizer(f) else None)
+                  for f in config.input_features if f.type == "text"}
     return model.eval(), tokenizers
+
+
+def saved_tokenizer(feature) -> bool:
+    """Whether a text input's tokenizer is a folder in tokenizers/ (a rule-based one is only its name)."""
+    return is_transformer(feature) or feature.preprocessing.splitter is None
 
 
 def _adapted_prefixes(model) -> tuple[str, ...]:
@@ -297,7 +304,7 @@ def _trusting(config, trust: bool):
     features = [
         f.model_copy(update={"encoder": f.encoder.model_copy(
             update={"trust_remote_code": trust, "pretrained_kwargs": kwargs(f.encoder)})})
-        if f.type == "text" else f
+        if is_transformer(f) else f
         for f in config.input_features
     ]
     return config.model_copy(update={"input_features": features})

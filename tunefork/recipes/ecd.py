@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 import pandas as pd
 
 from tunefork import plan as plan_mod
+from tunefork.config.features import is_transformer
 from tunefork.errors import DataError, TuneforkError
 from tunefork.features import OUTPUTS, missing, pipeline
 
@@ -39,7 +40,7 @@ def _text_facts(config) -> dict[str, dict]:
     from tunefork.encoders.transformer import hf_config
     from tunefork.hf import is_decoder_only
 
-    return {f.name: {"decoder_only": is_decoder_only(hf_config(f.encoder))} for f in config.input_features if f.type == "text"}
+    return {f.name: {"decoder_only": is_decoder_only(hf_config(f.encoder))} for f in config.input_features if is_transformer(f)}
 
 
 class ECDRecipe:
@@ -79,7 +80,7 @@ class ECDRecipe:
         return ECD(self.config, meta, meta["pooling"], total_steps=plan["total_steps"])
 
     def _pooling(self, plan) -> dict[str, str]:
-        return {f.name: plan[f"pooling.{f.name}"] for f in self.config.input_features if f.type == "text"}
+        return {f.name: plan[f"pooling.{f.name}"] for f in self.config.input_features if is_transformer(f)}
 
     def _meta(self, prepared: Prepared, plan) -> dict:
         """The fitted metadata plus the plan's pooling per text input: what the model folder saves."""
@@ -92,7 +93,7 @@ class ECDRecipe:
         from tunefork.training.loop import autocast
 
         identities = {name: pipeline.tokenizer_identity(t) for name, t in prepared.tokenizers.items()
-                      if plan[f"cache_embeddings.{name}"]}
+                      if plan.get(f"cache_embeddings.{name}")}
         with phases("embed"):
             tables, hits = embeddings.embed_frozen(self.config, plan, model, prepared.tables, prepared.meta,
                                                    identities, autocast(plan))
@@ -121,7 +122,7 @@ class ECDRecipe:
     def efficiency(self, prepared: Prepared, plan) -> dict:
         return {"preprocessing_cache_hit": prepared.cache_hit,
                 "embedding_cache_hit": {name: name in prepared.embedding_hits for name in self._pooling(plan)
-                                        if plan[f"cache_embeddings.{name}"]}}
+                                        if plan.get(f"cache_embeddings.{name}")}}
 
     def loaded(self, model, meta: dict, tokenizers) -> Fitted:
         """A model read from a model folder (`models.folder.load`)."""
