@@ -16,7 +16,6 @@ next to each field. Frozen like every section; derived values come from `plan.re
 from __future__ import annotations
 
 import re
-import string
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -25,19 +24,17 @@ from tunefork.adapters.named import NamedAdapters
 from tunefork.adapters.registry import Adapter
 from tunefork.config.backend import Backend, LocalBackend
 from tunefork.config.features import FeatureBase, Quantization
+from tunefork.config.generation import Generation
 from tunefork.config.preference import PreferenceKeys
+from tunefork.config.prompt import CONTEXT, SAMPLE, TASK, Prompt, placeholders
 from tunefork.config.schema import Preprocessing
 from tunefork.config.trainer import Trainer
 from tunefork.sections import Section, tagged
 
-SAMPLE, TASK = "__sample__", "__task__"
 # The fewest prompt tokens generation may leave a prompt (all of it when shorter). A prompt cut to its last token or
 # two is answered without its input; 32 tokens keep a template's cue and the end of its input. `plan` lowers
 # generation.max_new_tokens so that a prompt keeps this many, and refuses a row that would keep fewer.
 MIN_PROMPT_TOKENS = 32
-# Ludwig's default template when only `prompt.task` is given (ludwig/prompt.py, DEFAULT_ZERO_SHOT_PROMPT_TEMPLATE).
-DEFAULT_TASK_TEMPLATE = "SAMPLE INPUT: {__sample__}\n\nUSER: Complete the following task: {__task__}\n\nASSISTANT:\n"
-
 # ------------------------------------------------------------------------------------------------- features
 
 
@@ -80,6 +77,9 @@ class TextExtractor(Section):
     """The generated text, prompt stripped, is the prediction."""
 
     type: Literal["text_extractor"] = "text_extractor"
+    json_schema: dict[str, Any] | None = Field(
+        None, description="A JSON schema the generated text must be valid against: generation can write nothing "
+        "else (constrained decoding with outlines; `models/constrained.py`). null: free text.")
 
 
 class LLMTextOutput(LLMFeature):
@@ -97,6 +97,9 @@ class CategoryExtractor(Section):
     """Classification by generation: the label whose pattern appears first in the generated text wins."""
 
     type: Literal["category_extractor"] = "category_extractor"
+    constrain_to_vocabulary: bool = Field(
+        False, description="Generation can write only a label, exactly (constrained decoding with outlines): every "
+        "prediction is a valid label and `decoder.match` is not needed to read it.")
     match: dict[str, Match] | None = Field(
         None, description="label → {type: contains | regex, value}. null: each label (from the training data) is "
         "looked for as a whole word, case-insensitively.")
@@ -137,63 +140,6 @@ class LLMCategoryOutput(LLMFeature):
 
 
 # -------------------------------------------------------------------------------------------------- sections
-
-
-class Prompt(Section):
-    template: str | None = Field(
-        None, description="What the model reads. `{column}` inserts any dataset column, `{__sample__}` the input "
-        "feature, `{__task__}` prompt.task; write `{{` and `}}` for literal braces. It must read the input feature and "
-        "must not read the output column. null: the input text as is (or "
-        "Ludwig's default task template when a task is given).")
-    task: str | None = Field(None, description="An instruction inserted at `{__task__}`.")
-    chat_template: str | None = Field(
-        None, min_length=1, description="A `messages` input's chat template (Jinja, as transformers' "
-        "apply_chat_template takes it). null: the base model's own.")
-
-    @model_validator(mode="after")
-    def _template_parses(self):
-        if self.template is not None:
-            fields = placeholders(self.template)  # raises ValueError with the reason on a malformed template
-            if not fields:
-                raise ValueError("template has no {column} placeholder, so every row would get the same prompt; add "
-                                 "the input column as {name}, or {__sample__}")
-            if TASK in fields and not self.task:
-                raise ValueError("template uses {__task__} but prompt.task is not set; set prompt.task, or remove "
-                                 "{__task__}")
-        return self
-
-    def text(self) -> str | None:
-        if self.template is not None:
-            return self.template
-        return DEFAULT_TASK_TEMPLATE if self.task else None
-
-
-class Generation(Section):
-    """transformers' GenerationConfig fields under Ludwig's names. Greedy unless `do_sample` (Ludwig samples by
-    default; greedy makes predictions repeatable, which evaluation and save → load checks rely on)."""
-
-    max_new_tokens: int = Field(32, gt=0, description="Most tokens generated after the prompt (Ludwig's default). "
-                                "Capped by the plan so that a prompt keeps 32 tokens of the sequence limit.")
-    min_new_tokens: int | None = Field(None, ge=0)
-    do_sample: bool = Field(False, description="Sample with temperature / top_k / top_p instead of greedy decoding.")
-    temperature: float = Field(0.1, gt=0, description="Softmax temperature when sampling (Ludwig's default 0.1).")
-    top_k: int = Field(50, ge=0, description="Keep this many most likely tokens when sampling (0: all).")
-    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling: the smallest set with this probability.")
-    num_beams: int = Field(1, gt=0, description="Beam search width (1: no beam search).")
-    repetition_penalty: float = Field(1.0, gt=0, description="> 1 discourages repeating tokens (1: none).")
-    no_repeat_ngram_size: int = Field(0, ge=0, description="Forbid repeating n-grams of this size (0: off).")
-
-    def kwargs(self) -> dict[str, Any]:
-        """Arguments for `model.generate`; sampling knobs only when sampling, so transformers does not warn."""
-        out = {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample, "num_beams": self.num_beams,
-               "repetition_penalty": self.repetition_penalty, "no_repeat_ngram_size": self.no_repeat_ngram_size}
-        if self.min_new_tokens is not None:
-            out["min_new_tokens"] = self.min_new_tokens
-        if self.do_sample:
-            out.update(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
-        else:  # override any sampling defaults the model's generation_config.json ships with
-            out.update(temperature=None, top_k=None, top_p=None)
-        return out
 
 
 class LLMTrainer(PreferenceKeys, Trainer):
@@ -311,6 +257,9 @@ class LLMConfig(Section):
                                  f"{self.input.type}; remove it, or make the input type: messages")
             self._template_reads_the_input_not_the_output()
             return
+        if self.prompt.retrieval.type:
+            raise ValueError("prompt.retrieval: a `messages` input is rendered by its chat template, which has no "
+                             "{__context__}; remove prompt.retrieval and put the examples in the conversation")
         for key in ("template", "task"):
             if getattr(self.prompt, key) is not None:
                 raise ValueError(f"prompt.{key}: a `messages` input is rendered by its chat template; remove "
@@ -362,25 +311,6 @@ class LLMConfig(Section):
         template = self.prompt.text()
         names = [self.input.source]
         for name in placeholders(template) if template is not None else []:
-            if name not in (SAMPLE, TASK, *names):
+            if name not in (SAMPLE, TASK, CONTEXT, *names):
                 names.append(name)
         return names
-
-
-def placeholders(template: str) -> list[str]:
-    """The `{name}` fields of a template, in order, once each. ValueError names what is malformed."""
-    try:
-        parsed = list(string.Formatter().parse(template))
-    except ValueError as exc:
-        raise ValueError(f"template cannot be parsed ({exc}); write {{{{ and }}}} for literal braces") from None
-    names = []
-    for _, name, spec, conversion in parsed:
-        if name is None:
-            continue
-        if not name or not re.fullmatch(r"[^{}\[\].!:]+", name) or spec or conversion:
-            raise ValueError(f"template placeholder {{{name}{'!' + conversion if conversion else ''}"
-                             f"{':' + spec if spec else ''}}} is not a plain column name; write {{{{ and }}}} "
-                             f"for literal braces")
-        if name not in names:
-            names.append(name)
-    return names

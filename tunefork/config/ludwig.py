@@ -59,6 +59,8 @@ AT_DEFAULT_ONLY = {
     "should_embed": ((None, True), "text is always embedded from its token ids; remove it"),
     "norm_params": ((None, {}), "norms use torch's defaults; remove it"),
 }
+# Ludwig 0.8's names of the LLM output decoders, still written on its structured-output page.
+PARSER_DECODERS = {"text_parser": "text_extractor", "category_parser": "category_extractor"}
 
 
 def _merge(base: dict, override: dict) -> dict:
@@ -229,4 +231,14 @@ def translate(raw: dict) -> dict:
                     _level(feature, path)
                 elif raw.get("model_type") != "llm":
                     _decoder(feature, path)
+                else:
+                    _parser_decoder(feature, path)
     return raw
+
+
+def _parser_decoder(feature: dict, path: str) -> None:
+    decoder = feature.get("decoder")
+    if isinstance(decoder, dict) and decoder.get("type") in PARSER_DECODERS:
+        old = decoder["type"]
+        decoder["type"] = PARSER_DECODERS[old]
+        log.info("%s.decoder: Ludwig's '%s' is now '%s'", path, old, decoder["type"])

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from tunefork.config.llm import SAMPLE, TASK, placeholders
+from tunefork.config.prompt import CONTEXT, SAMPLE, TASK, fields, placeholders, spec_kind
 from tunefork.data import clipping
 from tunefork.data.tensors import TokenIds
-from tunefork.errors import DataError
+from tunefork.errors import DataError, TuneforkError
 
 IGNORE = -100  # torch's cross_entropy ignore_index: positions that carry no loss
 PROMPT_CUT, OUTPUT_CUT = 1, 2  # bits of `Encoded.cut`
@@ -46,17 +46,42 @@ def _text(values: pd.Series) -> pd.Series:
     return values.where(values.notna(), "").astype(str)
 
 
-def render(config, frame: pd.DataFrame) -> list[str]:
-    """The prompt of every row: the template filled from the row's columns, or the input text as is."""
+def render(config, frame: pd.DataFrame, context: list[str] | None = None) -> list[str]:
+    """The prompt of every row: the template filled from the row's columns (`context`: each row's retrieved examples
+    for `{__context__}`, `data.retrieval.contexts`), or the input text as is."""
     template = config.prompt.text()
     if template is None:
         return _text(frame[config.input.source]).tolist()
-    fields = placeholders(template)
-    columns = {name: _text(frame[config.input.source if name == SAMPLE else name]).tolist()
-               for name in fields if name != TASK}
-    task = config.prompt.task or ""
-    return [template.format(**{name: values[i] for name, values in columns.items()}, **{TASK: task})
+    kinds: dict[str, str] = {}
+    for name, _, spec in fields(template):
+        if name not in (TASK, CONTEXT) and kinds.get(name, "str") == "str":
+            kinds[name] = spec_kind(spec)  # a column formatted as a number anywhere is read as numbers
+    columns = {name: _typed(frame, config.input.source if name == SAMPLE else name, kind, template)
+               for name, kind in kinds.items()}
+    if CONTEXT in placeholders(template) and (context is None or len(context) != len(frame)):
+        raise TuneforkError("prompt.retrieval: the retrieved examples of these rows are missing (a bug: please report it)")
+    extra = {TASK: config.prompt.task or ""}
+    return [template.format(**{name: values[i] for name, values in columns.items()}, **extra,
+                            **({CONTEXT: context[i]} if context is not None else {}))
             for i in range(len(frame))]
+
+
+def _typed(frame: pd.DataFrame, column: str, kind: str, template: str) -> list:
+    """A column as text, or as numbers where the template formats it with a numeric spec (`{price:.2f}`, `{n:d}`);
+    a cell that is not a number is one sentence naming the column and row."""
+    if kind == "str":
+        return _text(frame[column]).tolist()
+    values = pd.to_numeric(frame[column], errors="coerce")
+    wrong = values.isna() & frame[column].notna() | (kind == "int") & values.notna() & (values % 1 != 0)
+    wrong |= (kind == "int") & values.isna()
+    if wrong.any():
+        row = frame.index[int(np.argmax(wrong.to_numpy()))]
+        cell = frame[column][row]
+        what = "an integer" if kind == "int" else "a number"
+        raise DataError(f"{frame.attrs.get('source', 'dataset')}: column '{column}' row {row}: "
+                        f"{cell.item() if isinstance(cell, np.generic) else cell!r} is not {what}, and "
+                        f"prompt.template formats this column as {what}")
+    return [int(v) for v in values] if kind == "int" else values.astype(float).tolist()
 
 
 def targets(config, frame: pd.DataFrame) -> list[str]:

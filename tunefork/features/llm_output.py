@@ -59,7 +59,11 @@ def patterns(config, meta: dict) -> dict[str, re.Pattern]:
 
 
 def extract(responses: list[str], config, meta: dict) -> list[str]:
-    """The label found earliest in each response (ties: the longer match, then label order), or the fallback."""
+    """The label found earliest in each response (ties: the longer match, then label order), or the fallback. With
+    `constrain_to_vocabulary` the response is the label itself (generation could write nothing else); a response cut
+    short by max_new_tokens names none."""
+    if config.output.decoder.constrain_to_vocabulary:
+        return [text if text in meta["labels"] else meta["fallback_label"] for text in responses]
     compiled = patterns(config, meta)
     labels = []
     for text in responses:
@@ -85,7 +89,10 @@ def metrics(config, meta: dict, responses: list[str], references: list[str]) -> 
     predicted = np.array([index[label] for label in extract(responses, config, meta)])
     truth = np.array([index.get(str(r).strip(), -1) for r in references])  # a label outside the set is a miss
     matrix = m.confusion_matrix(truth, predicted, len(labels))
-    compiled = patterns(config, meta).values()
-    named_none = [not any(p.search(text) for p in compiled) for text in responses]
+    if config.output.decoder.constrain_to_vocabulary:
+        named_none = [text not in labels for text in responses]
+    else:
+        compiled = patterns(config, meta).values()
+        named_none = [not any(p.search(text) for p in compiled) for text in responses]
     return {"accuracy": m.accuracy(truth, predicted), "macro_f1": m.macro_f1(matrix), "confusion_matrix": matrix.tolist(),
             "fallback_rate": float(np.mean(named_none)) if responses else float("nan")}

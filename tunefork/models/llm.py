@@ -153,15 +153,22 @@ def token_loss_sum(logits_: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompt_ids: list[list[int]], generation, batch_size: int, device: str, amp) -> dict:
+def generate(model, tokenizer, prompt_ids: list[list[int]], generation, batch_size: int, device: str, amp,
+             constraint=None) -> dict:
     """Generate after each prompt. Returns the new tokens per row (prompt stripped, cut at the first eos), the
     decoded responses, the count of generated tokens and the seconds spent in `generate`.
 
     Prompts are batched longest first, so rows of similar length share a batch (less padding to attend over) and the
     largest batch — the memory peak — comes first. Padding is on the left so every row continues at the same column.
+    `constraint` (`models.constrained.Constraint`) masks, at each step, the tokens its pattern does not allow.
     """
+    from transformers import LogitsProcessorList
+
     model.eval()
-    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    kwargs = generation.kwargs()
+    pad = tokenizer.pad_token_id
+    eos = kwargs.pop("eos_token_id", tokenizer.eos_token_id)
+    stops = set(eos if isinstance(eos, list) else [eos]) - {None}
     order = np.argsort([-len(r) for r in prompt_ids], kind="stable")
     new_tokens: list[list[int] | None] = [None] * len(prompt_ids)
     seconds, generated = 0.0, 0
@@ -169,13 +176,14 @@ def generate(model, tokenizer, prompt_ids: list[list[int]], generation, batch_si
         index = order[start : start + batch_size]
         ids, mask = left_padded([prompt_ids[i] for i in index], pad)
         ids, mask = torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)
+        processors = LogitsProcessorList([constraint.processor()] if constraint is not None else [])
         began = time.perf_counter()
         with amp:
             out = model.generate(input_ids=ids, attention_mask=mask, pad_token_id=pad, eos_token_id=eos,
-                                 use_cache=True, **generation.kwargs())
+                                 logits_processor=processors, **kwargs)
         seconds += time.perf_counter() - began
         for j, row in zip(index, out[:, ids.shape[1]:].tolist(), strict=True):
-            cut = row.index(eos) if eos is not None and eos in row else len(row)
+            cut = next((t for t, token in enumerate(row) if token in stops), len(row))
             new_tokens[j] = row[:cut]
             generated += cut + (cut < len(row))  # the eos that ended a row was generated too
     responses = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)

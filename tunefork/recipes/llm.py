@@ -1,10 +1,11 @@
 """The causal-LM recipe (`model_type: llm`): what instruction fine-tuning brings to the one run lifecycle.
 
-    prepare   rows without an output dropped → prompts rendered → prompt + output tokenized, the prompt masked
-              (cached on disk like ECD's preprocessing)
+    prepare   rows without an output dropped → few-shot examples retrieved (`prompt.retrieval`) → prompts
+              rendered → prompt + output tokenized, the prompt masked (cached on disk like ECD's preprocessing)
     build     the base model (+ a fresh or `pretrained_adapter_weights` adapter), seeded
     task      `training.llm.LLMTask` for the loop
-    Fitted    generate on raw rows, evaluate (loss, perplexity, then the generations scored), save as a model folder
+    Fitted    generate on raw rows (constrained to the output's form where the decoder asks:
+              `models.constrained`), evaluate (loss, perplexity, then the generations scored), save as a model folder
 
 With `trainer.type: none` nothing trains: the splits are scored once, and `predict` works without `train` — the base
 model is loaded on first use (zero-shot).
@@ -24,7 +25,7 @@ from tunefork.errors import DataError, TuneforkError
 from tunefork.features import llm_output
 
 log = logging.getLogger("tunefork")
-CACHE_VERSION = 2  # 2: each row records whether its prompt or output was cut
+CACHE_VERSION = 3  # 2: each row records whether its prompt or output was cut; 3: retrieval rows in the metadata
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class Prepared:
     fingerprints: dict
     facts: plan_mod.DataFacts
     cache_hit: bool = False
+    index: object = None  # data.retrieval.Index of few-shot prompts
 
 
 def labelled(frame: pd.DataFrame, config) -> pd.DataFrame:
@@ -58,20 +60,22 @@ def limits(config, total: int) -> prompts.Limits:
                           config.output.preprocessing.max_sequence_length, total)
 
 
-def encode(config, frame: pd.DataFrame, tokenizer, limits_: prompts.Limits) -> prompts.Encoded:
-    """Prompt + output ids with the prompt masked; a conversation whole, its assistant turns unmasked."""
+def encode(config, frame: pd.DataFrame, tokenizer, limits_: prompts.Limits, context=None) -> prompts.Encoded:
+    """Prompt + output ids with the prompt masked (`context`: each row's retrieved examples, `data.retrieval`); a
+    conversation whole, its assistant turns unmasked."""
     if not config.chat:
-        return prompts.encode(tokenizer, prompts.render(config, frame), prompts.targets(config, frame), limits_)
+        return prompts.encode(tokenizer, prompts.render(config, frame, context), prompts.targets(config, frame), limits_)
     rows = chat.conversations(frame, config.input.source)
     ids, mask, firsts, cut = chat.encode(tokenizer, rows, chat.template(config, tokenizer), limits_.total,
                                          frame.attrs.get("source", "dataset"))
     return prompts.Encoded(ids, firsts, cut * prompts.OUTPUT_CUT, mask)
 
 
-def prompt_texts(config, frame: pd.DataFrame, tokenizer) -> list[str]:
-    """What generation continues: the rendered template, or a conversation up to the assistant's cue."""
+def prompt_texts(config, frame: pd.DataFrame, tokenizer, context=None) -> list[str]:
+    """What generation continues: the rendered template (with `context`), or a conversation up to the assistant's
+    cue."""
     if not config.chat:
-        return prompts.render(config, frame)
+        return prompts.render(config, frame, context)
     return chat.prompts(tokenizer, chat.conversations(frame, config.input.source), chat.template(config, tokenizer))
 
 
@@ -82,9 +86,10 @@ def references(config, frame: pd.DataFrame) -> list[str]:
     return chat.references(chat.conversations(frame, config.input.source))
 
 
-def _meta(config, tokenizer, limits_: prompts.Limits, context: int | None, training, trained: bool) -> dict:
+def _meta(config, tokenizer, limits_: prompts.Limits, context: int | None, training, trained: bool, index=None) -> dict:
     return {"model_type": "llm", "trained": trained, "pad_token_id": int(tokenizer.pad_token_id),
-            "limits": asdict(limits_), "context_length": context, **llm_output.fit(config, training)}
+            "limits": asdict(limits_), "context_length": context, **llm_output.fit(config, training),
+            **({"retrieval": index.to_meta()} if index is not None else {})}
 
 
 class LLMRecipe:
@@ -94,7 +99,7 @@ class LLMRecipe:
     # ------------------------------------------------------------------------------------------------ data
     def prepare(self, frames: dict[str, pd.DataFrame], seed: int, cache_dir) -> Prepared:
         from tunefork import hf
-        from tunefork.data import cache, read
+        from tunefork.data import cache, read, retrieval
         from tunefork.models import llm
 
         config = self.config
@@ -112,16 +117,21 @@ class LLMRecipe:
         if found is not None:
             meta, stored = found
             tables = {name: prompts.Encoded.from_table(table) for name, table in stored.items()}
+            index = retrieval.from_meta(config, meta.get("retrieval"), cache_dir)
         else:
             limits_ = limits(config, total)
-            tables = {name: encode(config, frame, tokenizer, limits_) for name, frame in frames.items()}
-            meta = _meta(config, tokenizer, limits_, context, frames["training"], config.trainer.type == "finetune")
+            index = retrieval.build(config, frames["training"], cache_dir)
+            tables = {name: encode(config, frame, tokenizer, limits_,
+                                   retrieval.contexts(config, index, frame, exclude_self=name == "training"))
+                      for name, frame in frames.items()}
+            meta = _meta(config, tokenizer, limits_, context, frames["training"], config.trainer.type == "finetune",
+                         index)
             cache.store(folder, meta, {name: encoded.to_table() for name, encoded in tables.items()})
         if config.trainer.packing:  # after the cache: packs are cheap to rebuild, and deterministic
             tables["training"] = packing.pack(tables["training"], total, config.trainer.packing_max_sequences_per_pack)
         # the loop batches packs as it batches rows: the plan's steps count packs
         facts = plan_mod.DataFacts(training_rows=len(tables["training"]), text_inputs={}, context_length=context)
-        return Prepared(tables, meta, tokenizer, fingerprints, facts, found is not None)
+        return Prepared(tables, meta, tokenizer, fingerprints, facts, found is not None, index)
 
     def _cache_key(self, fingerprints: dict, tokenizer, total: int) -> str:
         from tunefork.data import cache
@@ -182,7 +192,7 @@ class LLMRecipe:
         return model.eval()
 
     def fitted(self, model, prepared: Prepared, plan) -> Fitted:
-        return Fitted(self.config, model, prepared.meta, prepared.tokenizers)
+        return Fitted(self.config, model, prepared.meta, prepared.tokenizers, prepared.index)
 
     def efficiency(self, prepared: Prepared, plan) -> dict:
         training = prepared.tables["training"]
@@ -234,10 +244,34 @@ def statistics(config, meta: dict, loss, responses: list[str], references: list[
 class Fitted:
     """A trained, loaded or zero-shot causal LM with its tokenizer and metadata."""
 
-    def __init__(self, config, model, meta: dict, tokenizer):
+    def __init__(self, config, model, meta: dict, tokenizer, index=None):
         self.config, self.model, self.meta, self.tokenizers = config, model, meta, tokenizer
         self.last_generation: dict | None = None  # what the last generation cost: benchmarks read it
-        self._plan = None
+        self._plan, self._index, self._constraint = None, index, False
+
+    @property
+    def index(self):
+        """The few-shot index (`data.retrieval`), rebuilt from the saved training rows on first use after a load."""
+        if self._index is None and self.config.prompt.retrieval.type:
+            from tunefork.data import cache, retrieval
+
+            self._index = retrieval.from_meta(self.config, self.meta.get("retrieval"), cache.root(self.config))
+        return self._index
+
+    def constraint(self, max_new_tokens: int):
+        """The output feature's compiled constraint (`models.constrained`), or None; built once."""
+        if self._constraint is False:
+            from tunefork.models import constrained
+
+            self._constraint = constrained.build(self.config, self.meta, self.tokenizers, max_new_tokens)
+        return self._constraint
+
+    def prompts(self, frame: pd.DataFrame) -> list[str]:
+        """Each row's prompt, with its few-shot examples retrieved from the training rows."""
+        from tunefork.data import retrieval
+
+        context = retrieval.contexts(self.config, self.index, frame)
+        return prompt_texts(self.config, frame, self.tokenizers, context)
 
     @property
     def plan(self):
@@ -259,7 +293,7 @@ class Fitted:
 
         plan, config = self.plan, self.config
         limits_ = prompts.Limits(**self.meta["limits"])
-        texts = prompt_texts(config, frame, self.tokenizers) if texts is None else texts
+        texts = self.prompts(frame) if texts is None else texts
         ids, cut = prompts.encode_prompts(self.tokenizers, texts, limits_, reserve=plan["max_new_tokens"],
                                           special_tokens=not config.chat)
         _refuse_cut_below_minimum(frame, cut, limits_, plan)
@@ -270,7 +304,7 @@ class Fitted:
         llm.place(self.model, plan["device"])
         generation = config.generation.model_copy(update={"max_new_tokens": plan["max_new_tokens"]})
         out = llm.generate(self.model, self.tokenizers, ids, generation, plan["eval_batch_size"], plan["device"],
-                           autocast(plan))
+                           autocast(plan), self.constraint(plan["max_new_tokens"]))
         self.last_generation = {"rows": len(ids), "prompt_tokens": sum(map(len, ids)), "prompts_truncated": int(cut.sum()),
                                 "generated_tokens": out["generated_tokens"], "generate_seconds": out["seconds"]}
         return out["responses"]
@@ -294,6 +328,7 @@ class Fitted:
     def scored(self, frame: pd.DataFrame):
         """(TokenLoss, responses, references, labelled rows): what evaluate scores, as sums and rows that parts of a
         dataset (a Ray prediction worker's batches) add up to the whole's. Rows without an output are left out."""
+        from tunefork.data import retrieval
         from tunefork.models import llm
         from tunefork.training.llm import TokenLoss, token_loss
 
@@ -303,9 +338,11 @@ class Fitted:
         if len(frame) == 0:
             return TokenLoss(config.output.name), [], [], frame
         llm.place(self.model, self.plan["device"])
-        encoded = encode(config, frame, self.tokenizers, prompts.Limits(**self.meta["limits"]))
+        context = retrieval.contexts(config, self.index, frame)  # once: the scored and the generated prompts share it
+        encoded = encode(config, frame, self.tokenizers, prompts.Limits(**self.meta["limits"]), context)
         loss = token_loss(self.model, encoded, config, self.meta["pad_token_id"], self.plan)
-        return loss, self.generate(frame), references(config, frame), frame
+        texts = prompt_texts(config, frame, self.tokenizers, context)
+        return loss, self.generate(frame, texts), references(config, frame), frame
 
     def save(self, folder) -> None:
         from tunefork import config as config_mod
