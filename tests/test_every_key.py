@@ -541,6 +541,8 @@ CHAT_TEMPLATE = ("{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}<
 CHAT = {"input_features": [{"name": "messages", "type": "messages"}], "prompt": {"chat_template": CHAT_TEMPLATE}}
 DPO, KTO = {"trainer": {"type": "dpo"}}, {"trainer": {"type": "kto"}}
 NEVER = {"type": "regex", "value": "^x{50}$"}
+ZERO_SHOT = {"trainer": {"type": "none"}}
+SAMPLED = {"generation": {"do_sample": True, "temperature": 5.0, "top_k": 0}}
 LLM = {
     **common("llm"),
     **{LLM_ADAPTER + (k if k.startswith("[") else "." + k): v for k, v in adapter_cases(
@@ -585,6 +587,32 @@ LLM = {
     "trainer.learning_rate_scheduler.reduce_eval_split": Case("validation", {"trainer": {
         "learning_rate": 0.1, "steps_per_checkpoint": 1, "epochs": 3, "learning_rate_scheduler": {"reduce_on_plateau": 3,
                                                                             "reduce_on_plateau_patience": 1}}}),
+    # the base model (nothing trained: the fine-tuned one stops at once) writes its 4 tokens; each key changes them
+    # half the vocabulary ends a beam, so beams finish early, where early stopping decides
+    "generation.early_stopping": Case(True, _merge(ZERO_SHOT, {"generation": {
+        "num_beams": 3, "max_new_tokens": 8, "eos_token_id": list(range(4, 200))}})),
+    "generation.length_penalty": Case(-5.0, _merge(ZERO_SHOT, {"generation": {"num_beams": 3, "max_new_tokens": 8}})),
+    "generation.max_time": Case(1e-6, ZERO_SHOT),  # out of time after the first token
+    "generation.typical_p": Case(0.05, _merge(ZERO_SHOT, SAMPLED)),
+    "generation.epsilon_cutoff": Case(0.02, _merge(ZERO_SHOT, SAMPLED)),
+    "generation.eta_cutoff": Case(0.3, _merge(ZERO_SHOT, {"generation": {"do_sample": True, "temperature": 0.3,
+                                                                          "top_k": 0}})),  # needs a peaked distribution
+    "generation.encoder_repetition_penalty": Case(5.0, ZERO_SHOT),
+    "generation.bad_words_ids": Case([[i] for i in range(4, 200)], ZERO_SHOT),
+    "generation.suppress_tokens": Case(list(range(4, 200)), ZERO_SHOT),
+    "generation.begin_suppress_tokens": Case(list(range(4, 400)), ZERO_SHOT),  # a special token first
+    "generation.forced_eos_token_id": Case(5, ZERO_SHOT),
+    "generation.exponential_decay_length_penalty": Case((1, 50.0), ZERO_SHOT),  # eos soon after the first token
+    "generation.sequence_bias": Case({"5": 100.0}, ZERO_SHOT),
+    "generation.guidance_scale": Case(3.0, ZERO_SHOT),
+    "generation.eos_token_id": Case(list(range(4, 400)), ZERO_SHOT),  # any token ends the row
+    "prompt.retrieval.type": Case("random", {"prompt": {"task": "Say the sentiment."}}),
+    "prompt.retrieval.k": Case(2, {"prompt": {"task": "Say the sentiment.", "retrieval": {"type": "random"}}}),
+    # two sentence encoders: the tiny BERT and the tiny Llama (mean-pooled, as sentence-transformers does)
+    "prompt.retrieval.model_name": Case("@llama_padded", {"prompt": {"task": "Say the sentiment.", "retrieval": {
+        "type": "semantic", "model_name": "@bert"}}}),
+    "output_features[text].decoder.json_schema": Case({"type": "string", "enum": ["yes", "no"]}, ZERO_SHOT),
+    "output_features[category].decoder.constrain_to_vocabulary": Case(True, {"generation": {"max_new_tokens": 8}}),
     "trainer.type": Case("none"),
     "trainer.validation_field": Case("output"),
     "trainer.validation_metric": Case("perplexity", {"trainer": {"validation_field": "output"}}),
@@ -673,6 +701,10 @@ EXEMPT = {
         **{f"input_features[{kind}].name": "an identifier every feature has (Ludwig requires it); a causal LM's input "
            "has no weights or metadata of its own, and with `column` set the prompt reads the column"
            for kind in ("text", "messages")},
+        "generation.use_cache": "reuses the keys and values of earlier positions: the same tokens, sooner "
+        "(tests/test_llm_keys.py checks that the value reaches generate)",
+        "generation.remove_invalid_values": "replaces nan / inf logits, which a working model never produces; "
+        "tests/test_llm_keys.py checks that the value reaches generate",
         **{f"quantization.{k}": QUANTIZATION for k in ("bits", "llm_int8_threshold", "llm_int8_has_fp16_weight",
                                                        "bnb_4bit_compute_dtype", "bnb_4bit_use_double_quant",
                                                        "bnb_4bit_quant_type")},
@@ -1019,12 +1051,12 @@ def differences(a: Outcome, b: Outcome, display: bool = False) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def places(tiny_bert, tiny_llama, tiny_gpt2, tmp_path_factory) -> dict:
+def places(tiny_bert, tiny_llama, tiny_gpt2, tiny_llama_padded, tmp_path_factory) -> dict:
     files = tmp_path_factory.mktemp("files")
     (files / "glove.txt").write_text("movie 1 2 3\nfilm 3 2 1\ndrama 1 1 1\ncomedy 0 1 0\nkeeper 2 0 2\n")
     (files / "vocab.txt").write_text("movie\nfilm\ngreat\nawful\n")
     return {"@bert": tiny_bert, "@llama": tiny_llama, "@gpt2": tiny_gpt2, "@glove": files / "glove.txt",
-            "@vocab": files / "vocab.txt"}
+            "@vocab": files / "vocab.txt", "@llama_padded": tiny_llama_padded}
 
 
 @pytest.fixture(scope="module")
