@@ -612,6 +612,7 @@ LLM = {
     "prompt.retrieval.model_name": Case("@llama_padded", {"prompt": {"task": "Say the sentiment.", "retrieval": {
         "type": "semantic", "model_name": "@bert"}}}),
     "output_features[text].decoder.json_schema": Case({"type": "string", "enum": ["yes", "no"]}, ZERO_SHOT),
+    "output_features[text].decoder.regex": Case("(yes|no)", ZERO_SHOT),
     "output_features[category].decoder.constrain_to_vocabulary": Case(True, {"generation": {"max_new_tokens": 8}}),
     "trainer.type": Case("none"),
     "trainer.validation_field": Case("output"),

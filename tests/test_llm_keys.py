@@ -233,3 +233,111 @@ def test_a_constraint_refuses_beam_search_and_too_few_new_tokens(tiny_llama, fra
         generation={"max_new_tokens": 4}), quiet=True)
     with pytest.raises(ConfigError, match=r"max_new_tokens 4 leaves no room to write the label 'positive'.* to 8"):
         short.predict(frame.head(1))
+
+
+# ------------------------------------------------------------------------------------------------ Ludwig's pages
+
+# Ludwig-format configs as Ludwig's pages write them (base models replaced by the tiny Llama, sentence encoders by
+# the tiny BERT, sizes cut to fit a 256-token model), one per capability, with what each run must show.
+PAGES = {
+    # configuration/large_language_model.md, Generation (the few-shot example's generation block)
+    "generation": ("""
+model_type: llm
+base_model: "@llama"
+input_features: [{name: review, type: text}]
+output_features: [{name: sentiment, type: text}]
+prompt: {task: "Classify the sample input as either negative, neutral, or positive."}
+generation: {temperature: 0.1, top_p: 0.75, top_k: 40, num_beams: 4, max_new_tokens: 6, repetition_penalty: 1.2,
+             no_repeat_ngram_size: 2, length_penalty: 0.8, early_stopping: true, use_cache: true}
+trainer: {type: none}
+""", lambda model, out: model.last_generation["generated_tokens"] > 0),
+    # user_guide/llms/structured_output.md, regex constraint: temperature 0.0 and do_sample false (greedy)
+    "temperature 0": ("""
+model_type: llm
+base_model: "@llama"
+prompt: {task: "Classify the sentiment of the following text. Respond with exactly one word: positive, negative, or neutral."}
+input_features: [{name: review, type: text}]
+output_features: [{name: sentiment, type: text, decoder: {type: text_parser, regex: "(positive|negative|neutral)"}}]
+generation: {max_new_tokens: 10, temperature: 0.0, do_sample: false}
+backend: {type: local}
+""", lambda model, out: set(out["sentiment_response"]) <= {"positive", "negative", "neutral"}),
+    # configuration/large_language_model.md, Prompt: a template over several columns, with format specs
+    "format specs": ("""
+model_type: llm
+base_model: "@llama"
+input_features: [{name: review, type: text}]
+output_features: [{name: sentiment, type: text}]
+prompt: {template: "Review {review!r} ({length:d} words, score {score:.1f}). Sentiment:"}
+adapter: {type: lora, r: 4}
+trainer: {type: finetune, epochs: 1, train_steps: 1, batch_size: 4}
+""", lambda model, out: "words, score" in model._fitted.prompts(out.assign(review="x", length=3, score=1.25))[0]),
+    # user_guide/llms/in_context_learning.md → examples/llm_few_shot_learning (semantic retrieval, today's layout)
+    "semantic retrieval": ("""
+model_type: llm
+base_model: "@llama"
+generation: {temperature: 0.1, top_p: 0.75, top_k: 40, max_new_tokens: 8}
+input_features: [{name: review, type: text, preprocessing: {max_sequence_length: 200}}]
+output_features:
+  - name: sentiment
+    type: category
+    preprocessing: {fallback_label: neutral}
+    decoder:
+      type: category_parser
+      match: {negative: {type: contains, value: negative}, neutral: {type: contains, value: neutral},
+              positive: {type: contains, value: positive}}
+prompt:
+  task: "Classify the sample input as either negative, neutral, or positive."
+  retrieval: {type: semantic, k: 3, model_name: "@bert"}
+preprocessing: {split: {type: fixed}}
+trainer: {type: none}
+""", lambda model, out: "CONTEXT: [{'review': " in model._fitted.prompts(out.assign(review="x"))[0]),
+    "random retrieval": ("""
+model_type: llm
+base_model: "@llama"
+input_features: [{name: review, type: text}]
+output_features: [{name: sentiment, type: category}]
+prompt: {template: "{__context__}\\nReview: {__sample__}\\nSentiment:", retrieval: {type: random, k: 2}}
+generation: {max_new_tokens: 8}
+preprocessing: {split: {type: fixed}}
+trainer: {type: finetune, epochs: 1, train_steps: 1, batch_size: 4}
+""", lambda model, out: model._fitted.prompts(out.assign(review="x"))[0].count("'sentiment': ") == 2),
+    # user_guide/llms/structured_output.md, JSON schema constraint
+    "json_schema": ("""
+model_type: llm
+base_model: "@llama"
+prompt: {task: "Return the sentiment as JSON."}
+input_features: [{name: review, type: text}]
+output_features:
+  - name: sentiment
+    type: text
+    decoder:
+      type: text_parser
+      json_schema: {type: object, properties: {label: {type: string, enum: [positive, negative]}},
+                    required: [label], additionalProperties: false}
+generation: {max_new_tokens: 40, temperature: 0.1, do_sample: false}
+""", lambda model, out: all(json.loads(t)["label"] in ("positive", "negative") for t in out["sentiment_response"])),
+    # Ludwig's category_extractor decoder, constrain_to_vocabulary
+    "constrain_to_vocabulary": ("""
+model_type: llm
+base_model: "@llama"
+input_features: [{name: review, type: text}]
+output_features: [{name: sentiment, type: category, decoder: {type: category_extractor, constrain_to_vocabulary: true}}]
+generation: {max_new_tokens: 8}
+adapter: lora
+preprocessing: {split: {type: fixed}}
+trainer: {type: finetune, epochs: 1, train_steps: 1, batch_size: 4}
+""", lambda model, out: set(out["sentiment_predictions"]) <= {"positive", "negative"}
+        and out["sentiment_predictions"].tolist() == out["sentiment_response"].tolist()),
+}
+
+
+@pytest.mark.parametrize("page", list(PAGES))
+def test_a_ludwig_page_config_validates_and_runs(page, tiny_llama, tiny_bert, frame, tmp_path):
+    import yaml
+
+    text, shows = PAGES[page]
+    raw = yaml.safe_load(text.replace("@llama", str(tiny_llama)).replace("@bert", str(tiny_bert)))
+    model = Model(raw, progress=False, quiet=True)
+    model.train(frame, output_directory=tmp_path)
+    out = model.predict(frame.tail(2))
+    assert shows(model, out), f"{page}: {out.to_dict(orient='records')}"

@@ -80,6 +80,19 @@ class TextExtractor(Section):
     json_schema: dict[str, Any] | None = Field(
         None, description="A JSON schema the generated text must be valid against: generation can write nothing "
         "else (constrained decoding with outlines; `models/constrained.py`). null: free text.")
+    regex: str | None = Field(None, min_length=1, description="A regular expression the whole generated text "
+                              "matches (constrained decoding, as json_schema). null: free text.")
+
+    @model_validator(mode="after")
+    def _one_constraint(self):
+        if self.json_schema is not None and self.regex is not None:
+            raise ValueError("json_schema and regex both constrain the output: keep one")
+        if self.regex is not None:
+            try:
+                re.compile(self.regex)
+            except re.error as exc:
+                raise ValueError(f"regex: invalid regular expression ({exc})") from None
+        return self
 
 
 class LLMTextOutput(LLMFeature):
