@@ -62,7 +62,7 @@ def test_every_ludwig_generation_key_is_a_transformers_key_or_refused_with_what_
                        remove_invalid_values=True, exponential_decay_length_penalty=[2, 1.5], begin_suppress_tokens=[8],
                        sequence_bias={"12, 7": -2.0}, guidance_scale=1.5, eos_token_id=[3, 4])
     kwargs = every.kwargs()
-    assert kwargs["sequence_bias"] == {(12, 7): -2.0} and kwargs["exponential_decay_length_penalty"] == (2, 1.5)
+    assert kwargs["sequence_bias"] == [[[12, 7], -2.0]] and kwargs["exponential_decay_length_penalty"] == (2, 1.5)
     built = GenerationConfig(**kwargs)
     built.validate(strict=True)  # transformers accepts every value as we pass it
     for key in fields - {"do_sample", "temperature", "top_k", "top_p", "typical_p", "epsilon_cutoff", "eta_cutoff"}:

@@ -137,7 +137,8 @@ class Generation(Section):
                    use_cache=self.use_cache)
         if self.sequence_bias is not None:
             pairs = self.sequence_bias.items() if isinstance(self.sequence_bias, dict) else self.sequence_bias
-            out["sequence_bias"] = {tuple(_ids(ids)): float(bias) for ids, bias in pairs}
+            # transformers' list form: it also survives generation_config.json (tuple keys would not)
+            out["sequence_bias"] = [[_ids(ids), float(bias)] for ids, bias in pairs]
         if self.exponential_decay_length_penalty is not None:
             out["exponential_decay_length_penalty"] = tuple(self.exponential_decay_length_penalty)
         if self.sampling:
