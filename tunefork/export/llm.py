@@ -26,8 +26,9 @@ def write(model, config, meta, tokenizer, folder: Path, merge_adapter: bool) -> 
         reference = llm.logits(model.eval(), batch)
         plain = llm.merge(model).eval()
         kwargs = config.generation.kwargs()
+        eos = kwargs.pop("eos_token_id", tokenizer.eos_token_id)  # generation.eos_token_id, else the tokenizer's
         plain.generation_config = GenerationConfig(**{k: v for k, v in kwargs.items() if v is not None},
-                                                   pad_token_id=meta["pad_token_id"], eos_token_id=tokenizer.eos_token_id)
+                                                   pad_token_id=meta["pad_token_id"], eos_token_id=eos)
         llm.save_full(plain, folder)
         tokenizer.save_pretrained(folder)
         reloaded = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
