@@ -191,6 +191,23 @@ def test_few_shot_model_predicts_the_same_after_load_and_when_served(semantic_ru
     assert answer["sentiment_predictions"] in ("positive", "negative")
 
 
+def test_the_index_is_embedded_once_and_cached_with_the_preprocessing(tiny_llama, tiny_bert, frame, tmp_path,
+                                                                      monkeypatch):
+    embedded = []
+    real = retrieval.embed
+    monkeypatch.setattr(retrieval, "embed", lambda index, texts: embedded.append(len(texts)) or real(index, texts))
+    cfg = llm(tiny_llama, {"name": "sentiment", "type": "text"}, trainer={"type": "none"},
+              prompt={"task": "Say it.", "retrieval": {"type": "semantic", "k": 2, "model_name": str(tiny_bert)}},
+              backend={"type": "local", "cache_dir": str(tmp_path / "cache")})
+    Model(cfg, quiet=True).train(frame, output_directory=tmp_path / "a")
+    assert embedded == [16, 4, 4]  # the 16 training rows once (the index, and their own queries), then the others
+    embedded.clear()
+    again = Model(cfg, quiet=True)
+    again.train(frame, output_directory=tmp_path / "b")
+    assert embedded == [] and again._fitted.index.vectors.shape == (16, 32)  # both from the cache
+    assert len(list((tmp_path / "cache" / "retrieval").iterdir())) == 1
+
+
 def test_retrieval_without_training_rows_is_one_sentence(tiny_llama):
     cfg = llm(tiny_llama, {"name": "sentiment", "type": "text"},
               prompt={"task": "Say it.", "retrieval": {"type": "random", "k": 2}})
