@@ -129,7 +129,7 @@ def nearest(config, index: Index, texts: list[str], exclude_self: bool) -> np.nd
         raise TuneforkError("prompt.retrieval: the training split has too few labelled rows to retrieve from")
     if config.prompt.retrieval.type == "random":
         return np.stack([_draw(text, len(index.records), k, i if exclude_self else None) for i, text in enumerate(texts)])
-    queries = index.vectors if exclude_self else embed(index, texts)  # the training split: the index's own rows
+    queries = index.vectors[: len(texts)] if exclude_self else embed(index, texts)  # the training split: its own rows
     out = np.empty((len(texts), k), dtype=np.int64)
     for start in range(0, len(texts), CHUNK):
         scores = queries[start : start + CHUNK] @ index.vectors.T
