@@ -14,6 +14,7 @@ COMMANDS = {
     "predict": "write predictions of a trained model for a dataset",
     "evaluate": "score a trained model on a labelled dataset",
     "experiment": "train, then evaluate on the test split",
+    "hyperopt": "search the config's hyperopt section on Ray Tune: a run directory per trial, the best one named",
     "check-config": "validate a config",
     "render-config": "print a config with every default filled in",
     "init-config": "write a starting config inferred from a dataset",
@@ -79,6 +80,13 @@ def parser() -> argparse.ArgumentParser:
     for name in ("train", "experiment"):
         _train_flags(parsers[name])
         ludwig_cli.train_flags(parsers[name], experiment=name == "experiment")
+    p = parsers["hyperopt"]
+    p.add_argument("-c", "--config", required=True, help="YAML config with a hyperopt section")
+    _data_flags(p)
+    p.add_argument("--output_directory", default="results", help="where the search folder hyperopt[_N] goes")
+    p.add_argument("--random_seed", type=int, default=42)
+    p.add_argument("--resume", action="store_true",
+                   help="continue the newest search in --output_directory (finished trials are kept)")
     for name in ("predict", "evaluate"):
         p = parsers[name]
         _model_flags(p)
@@ -127,8 +135,10 @@ def _product_flags(parsers: dict) -> None:
     p.add_argument("-l", "--logging_level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     p = parsers["visualize"]
     p.add_argument("-v", "--visualization", required=True,
-                   choices=("learning_curves", "confusion_matrix", "compare_performance", "roc_curves"))
-    p.add_argument("-r", "--run_directories", nargs="+", required=True, help="one or several run directories")
+                   choices=("learning_curves", "confusion_matrix", "compare_performance", "roc_curves",
+                            "hyperopt_report", "hyperopt_hiplot"))
+    p.add_argument("-r", "--run_directories", nargs="+", required=True,
+                   help="one or several run directories (hyperopt_*: a search folder or its hyperopt_statistics.json)")
     p.add_argument("--model_names", nargs="+", help="a name per run directory for legends (default: folder names)")
     p.add_argument("-ofn", "--output_feature_name", help="only this output feature")
     p.add_argument("-gt", "--ground_truth", help="roc_curves: the test dataset with the true labels, row for row")
@@ -205,6 +215,13 @@ def _run(args) -> int:
     if args.command == "convert-gguf":
         return _convert(args)
 
+    if args.command == "hyperopt":
+        from tunefork.hyperopt import hyperopt
+
+        hyperopt(args.config, args.dataset, training_set=args.training_set, validation_set=args.validation_set,
+                 test_set=args.test_set, output_directory=args.output_directory, random_seed=args.random_seed,
+                 resume=args.resume, quiet=args.quiet)
+        return 0
     from tunefork.api import Model
 
     if args.command in ("train", "experiment"):

@@ -1,0 +1,236 @@
+"""Hyperparameter search on Ray Tune (`tunefork.hyperopt`) on the shared local 2-CPU cluster, with a tiny frozen BERT
+whose embeddings are cached: a grid's trials equal separate `train` runs with the same values and seed, and the
+encoder runs once for the whole search; ASHA stops a bad trial early; a failing trial is recorded and the search goes
+on; the time budget stops the search with the best so far written; a search killed with SIGKILL resumes without
+redoing finished trials. The section's checks (paths, values, metric) fail before Ray starts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tiny
+
+from tunefork import Model
+from tunefork.config import ConfigError
+from tunefork.hyperopt import hyperopt
+
+ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'tunefork[ray]')")
+
+
+def _config(model, search: dict, epochs: int = 2) -> dict:
+    return {
+        "input_features": [{"name": "review", "type": "text", "preprocessing": {"cache_encoder_embeddings": True},
+                            "encoder": {"type": "auto_transformer", "pretrained_model_name_or_path": str(model)}}],
+        "output_features": [{"name": "sentiment", "type": "category"}],
+        "trainer": {"epochs": epochs, "batch_size": 16, "learning_rate": 0.01},
+        "hyperopt": {"goal": "maximize", "output_feature": "sentiment", "metric": "accuracy",
+                     "executor": {"num_samples": 1, "max_concurrent_trials": 2}, **search},
+    }
+
+
+GRID = {"parameters": {"trainer.learning_rate": {"space": "grid_search", "values": [0.03, 0.001]},
+                       "combiner.output_size": {"space": "grid_search", "values": [8, 16]}}}
+
+
+@pytest.fixture(scope="module")
+def frame():
+    return tiny.sentiment_frame(120, seed=3)
+
+
+# ------------------------------------------------------------------------------------------------ before Ray
+
+
+@pytest.mark.parametrize(("parameters", "message"), [
+    ({"trainer.learning_rat": {"space": "uniform", "lower": 0.001, "upper": 0.1}},
+     r"hyperopt.parameters.trainer.learning_rat: 'trainer.learning_rat' is not a config path \(did you mean "
+     r"'trainer.learning_rate'\?\)"),
+    ({"input_features.reviews.preprocessing.max_sequence_length": {"space": "choice", "categories": [8, 16]}},
+     r"'input_features' has no feature named 'reviews' .*did you mean 'input_features.review'"),
+    ({"defaults.text.preprocesing.max_sequence_length": {"space": "choice", "categories": [8, 16]}},
+     r"did you mean 'defaults.text.preprocessing'"),
+    ({"combiner.dropout": {"space": "uniform", "lower": 0.5, "upper": 1.5}}, r"the value 1.5 is refused"),
+    ({"trainer.learning_rate": {"space": "uniform", "lower": 0.1, "upper": 0.01}}, r"lower \(0.1\) must be below"),
+    ({"trainer.learning_rate": {"space": "uniform", "lower": 0.1, "upper": 0.2, "q": 2}}, r"remove q"),
+])
+def test_a_bad_parameter_is_a_config_error_before_ray_starts(tiny_bert, frame, tmp_path, monkeypatch, parameters,
+                                                             message):
+    from tunefork.hyperopt import search
+
+    monkeypatch.setattr(search, "_cluster", lambda config: pytest.fail("Ray was started"))
+    with pytest.raises(ConfigError, match=message):
+        hyperopt(_config(tiny_bert, {"parameters": parameters}), frame, output_directory=tmp_path)
+    assert not any(tmp_path.iterdir())  # nothing half-written
+
+
+@pytest.mark.parametrize(("section", "message"), [
+    ({"output_feature": "combined", "metric": "accuracy"}, r"the combined output reports loss only"),
+    ({"metric": "acuracy"}, r"'acuracy' is not reported for 'sentiment' .*did you mean 'accuracy'"),
+    ({"output_feature": "sentimnt"}, r"did you mean 'sentiment'"),
+])
+def test_the_metric_must_be_one_the_output_reports(tiny_bert, frame, tmp_path, section, message):
+    config = _config(tiny_bert, GRID)
+    config["hyperopt"].update(section)
+    with pytest.raises(ConfigError, match=message):
+        hyperopt(config, frame, output_directory=tmp_path)
+
+
+def test_the_command_line_says_the_bad_path_in_one_line(tiny_bert, frame, tmp_path, capsys):
+    import yaml
+
+    from tunefork.cli import main
+
+    path, data = tmp_path / "config.yaml", tmp_path / "data.csv"
+    path.write_text(yaml.safe_dump(_config(tiny_bert, {"parameters": {"trainer.epoch": {
+        "space": "choice", "categories": [1, 2]}}})))
+    frame.to_csv(data, index=False)
+    assert main(["hyperopt", "-c", str(path), "--dataset", str(data), "--output_directory", str(tmp_path / "o")]) == 2
+    assert "did you mean 'trainer.epochs'" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+# ------------------------------------------------------------------------------------------------ on Ray
+
+
+@pytest.fixture(scope="module")
+def grid_search(ray_cluster, tiny_bert, frame, tmp_path_factory):
+    """The 2 × 2 grid, with the driver's encoder passes counted (the trials' are in their efficiency.json)."""
+    from tunefork.encoders import embeddings
+
+    calls, encode = [], embeddings.encode
+    patch = pytest.MonkeyPatch()
+    patch.setattr(embeddings, "encode", lambda *a, **k: calls.append(1) or encode(*a, **k))
+    result = hyperopt(_config(tiny_bert, GRID), frame, output_directory=tmp_path_factory.mktemp("grid"))
+    patch.undo()
+    return result, calls
+
+
+def test_a_grid_equals_separate_train_runs_with_the_same_values(grid_search, tiny_bert, frame, tmp_path):
+    result, _ = grid_search
+    records = result.statistics["hyperopt_results"]
+    assert sorted((r["parameters"]["trainer.learning_rate"], r["parameters"]["combiner.output_size"])
+                  for r in records) == [(0.001, 8), (0.001, 16), (0.03, 8), (0.03, 16)]
+    assert {r["status"] for r in records} == {"completed"}
+    for record in records:
+        config = _config(tiny_bert, {})
+        del config["hyperopt"]
+        config["trainer"]["learning_rate"] = record["parameters"]["trainer.learning_rate"]
+        config["combiner"] = {"output_size": record["parameters"]["combiner.output_size"]}
+        alone = Model(config, quiet=True).train(frame, output_directory=tmp_path, model_name=record["trial_id"])
+        for split in ("training", "validation", "test"):
+            for metric in ("loss", "accuracy"):
+                np.testing.assert_allclose(record["training_stats"][split]["sentiment"][metric],
+                                           alone.statistics[split]["sentiment"][metric], rtol=0, atol=1e-6)
+        assert record["metric_score"] == pytest.approx(max(alone.statistics["validation"]["sentiment"]["accuracy"]))
+    scores = [r["metric_score"] for r in records]
+    assert scores == sorted(scores, reverse=True)  # best first
+    assert result.best["trial_id"] == records[0]["trial_id"]
+
+
+def test_the_frozen_encoder_runs_once_for_the_whole_search(grid_search):
+    result, calls = grid_search
+    assert len(calls) == 1  # the driver's warm-up, before any trial
+    assert result.statistics["search"]["work_done_once"] == {"variants": 1, "preprocessing_passes": 1,
+                                                             "encoder_passes": 1}
+    for record in result.statistics["hyperopt_results"]:
+        efficiency = json.loads((result.folder / "trials" / f"trial_{record['trial_id']}" / "efficiency.json").read_text())
+        assert efficiency["embedding_cache_hit"] == {"review": True}  # loaded the vectors, never ran the encoder
+        assert efficiency["preprocessing_cache_hit"] is True
+
+
+def test_the_search_folder_holds_a_run_per_trial_statistics_and_a_report(grid_search, tmp_path):
+    from tunefork import visualize
+
+    result, _ = grid_search
+    trials = sorted(p.name for p in (result.folder / "trials").iterdir())
+    assert trials == sorted(f"trial_{r['trial_id']}" for r in result.statistics["hyperopt_results"])
+    for name in trials:
+        assert (result.folder / "trials" / name / "model" / "model.safetensors").is_file()
+    written = json.loads((result.folder / "hyperopt_statistics.json").read_text())
+    assert written["hyperopt_config"]["metric"] == "accuracy" and len(written["hyperopt_results"]) == 4
+    page = (result.folder / "report.html").read_text()
+    assert page.index(result.best["trial_id"]) < page.index(written["hyperopt_results"][-1]["trial_id"])
+    assert page.count("<img") == 3  # accuracy against each of 2 parameters, and the best trials' curves
+    files = visualize.render("hyperopt_report", [result.folder], tmp_path / "viz")
+    assert sorted(f.name for f in files) == ["hyperopt_combiner.output_size.png", "hyperopt_pairs.png",
+                                             "hyperopt_trainer.learning_rate.png"]
+
+
+def test_asha_stops_a_bad_trial_early(ray_cluster, tiny_bert, frame, tmp_path):
+    # the careful learning rates set the rungs' records first (one trial at a time); the large ones do worse at the
+    # first rung and are stopped there
+    search = {"goal": "minimize", "output_feature": "combined", "metric": "loss",
+              "parameters": {"trainer.learning_rate": {"space": "grid_search", "values": [1e-6, 2e-6, 0.3, 0.5]}},
+              "executor": {"num_samples": 1, "max_concurrent_trials": 1, "scheduler": {
+                  "type": "async_hyperband", "grace_period": 1, "reduction_factor": 2, "max_t": 4}}}
+    result = hyperopt(_config(tiny_bert, search, epochs=4), frame, output_directory=tmp_path)
+    by_lr = {r["parameters"]["trainer.learning_rate"]: r for r in result.statistics["hyperopt_results"]}
+    assert by_lr[1e-6]["status"] == "completed" and by_lr[1e-6]["evaluations"] == 4
+    assert os.path.isdir(os.path.join(by_lr[1e-6]["run_directory"], "model"))  # reaching max_t still saves
+    stopped = [r for r in by_lr.values() if r["status"] == "stopped"]
+    assert {0.3, 0.5} <= {r["parameters"]["trainer.learning_rate"] for r in stopped}
+    for record in stopped:
+        assert record["evaluations"] < 4 and record["metric_score"] >= result.best["metric_score"]
+        assert not os.path.isdir(os.path.join(record["run_directory"], "model"))
+
+
+def test_a_failing_trial_is_recorded_and_the_search_goes_on(ray_cluster, tiny_bert, frame, tmp_path):
+    # 4096 tokens is past the tiny model's 128 positions: a value only the model's config.json refuses, in the trial
+    search = {"parameters": {"input_features.review.preprocessing.max_sequence_length": {
+        "space": "grid_search", "values": [12, 4096]}}}
+    result = hyperopt(_config(tiny_bert, search), frame, output_directory=tmp_path)
+    by_length = {r["parameters"]["input_features.review.preprocessing.max_sequence_length"]: r
+                 for r in result.statistics["hyperopt_results"]}
+    assert by_length[4096]["status"] == "failed" and by_length[4096]["metric_score"] is None
+    assert "max_sequence_length: 4096 is more than the 128 positions" in by_length[4096]["error"]
+    assert by_length[12]["status"] == "completed" and result.best["trial_id"] == by_length[12]["trial_id"]
+    # the distinct preprocessing value that works was preprocessed and embedded once, before the trials
+    assert result.statistics["search"]["work_done_once"] == {"variants": 1, "preprocessing_passes": 1,
+                                                             "encoder_passes": 1}
+
+
+def test_the_time_budget_stops_the_search_with_the_best_so_far(ray_cluster, tiny_bert, frame, tmp_path):
+    # 3,000 epochs (no early stop) would take minutes; the budget stops the trial with its evaluations so far kept
+    search = {"parameters": {"trainer.learning_rate": {"space": "grid_search", "values": [0.01, 0.02]}},
+              "executor": {"num_samples": 1, "max_concurrent_trials": 1, "time_budget_s": 25}}
+    config = _config(tiny_bert, search, epochs=3000)
+    config["trainer"]["early_stop"] = -1
+    result = hyperopt(config, frame, output_directory=tmp_path)
+    search_record = result.statistics["search"]
+    assert search_record["time_budget_reached"] and search_record["completed"] == 0
+    assert result.best is not None and result.best["status"] == "stopped" and result.best["evaluations"] >= 1
+    assert json.loads((result.folder / "hyperopt_statistics.json").read_text())["best"] == result.best
+
+
+def test_a_killed_search_resumes_without_redoing_finished_trials(ray_cluster, tiny_bert, frame, tmp_path):
+    search = {"parameters": {"trainer.learning_rate": {"space": "grid_search", "values": [0.01, 0.02, 0.03]}},
+              "executor": {"num_samples": 1, "max_concurrent_trials": 1}}
+    config, data = _config(tiny_bert, search, epochs=3), tmp_path / "data.csv"
+    frame.to_csv(data, index=False)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    script = ("import json, sys; from tunefork.hyperopt import hyperopt; "
+              "hyperopt(json.load(open(sys.argv[1])), sys.argv[2], output_directory=sys.argv[3], quiet=True)")
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address,
+           "PYTHONPATH": os.pathsep.join(sys.path)}
+    driver = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "config.json"), str(data),
+                               str(tmp_path / "out")], env=env)
+    trials, deadline = tmp_path / "out" / "hyperopt" / "trials", time.monotonic() + 240
+    while not list(trials.glob("*/model")) and driver.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    finished = {p.parent.name: p.stat().st_mtime_ns for p in trials.glob("*/model")}
+    assert finished and len(finished) < 3, "the kill came after every trial had finished"
+    result = hyperopt(config, data, output_directory=tmp_path / "out", resume=True)
+    assert [r["status"] for r in result.statistics["hyperopt_results"]] == ["completed"] * 3
+    for name, mtime in finished.items():
+        assert (trials / name / "model").stat().st_mtime_ns == mtime  # not trained again
+    with pytest.raises(Exception, match="finished; start a new one"):
+        hyperopt(config, data, output_directory=tmp_path / "out", resume=True)
