@@ -59,6 +59,10 @@ def frame():
     ({"combiner.dropout": {"space": "uniform", "lower": 0.5, "upper": 1.5}}, r"the value 1.5 is refused"),
     ({"trainer.learning_rate": {"space": "uniform", "lower": 0.1, "upper": 0.01}}, r"lower \(0.1\) must be below"),
     ({"trainer.learning_rate": {"space": "uniform", "lower": 0.1, "upper": 0.2, "q": 2}}, r"remove q"),
+    ({"trainer.learning_rate": {"space": "loguniform", "lower": 0.1, "upper": 0.2, "base": 2}},
+     r"a log-uniform draw is the same in every base"),
+    ({"trainer.learning_rate": {"space": "quniform", "lower": 0.001, "upper": 0.1, "q": 0.01}},
+     r"hyperopt.parameters.trainer.learning_rate: Your lower variable bound 0.001 is not divisible"),
 ])
 def test_a_bad_parameter_is_a_config_error_before_ray_starts(tiny_bert, frame, tmp_path, monkeypatch, parameters,
                                                              message):
@@ -146,7 +150,7 @@ def test_the_frozen_encoder_runs_once_for_the_whole_search(grid_search):
 
 
 def test_the_search_folder_holds_a_run_per_trial_statistics_and_a_report(grid_search, tmp_path):
-    from tunefork import visualize
+    from tunefork.cli import main
 
     result, _ = grid_search
     trials = sorted(p.name for p in (result.folder / "trials").iterdir())
@@ -158,9 +162,10 @@ def test_the_search_folder_holds_a_run_per_trial_statistics_and_a_report(grid_se
     page = (result.folder / "report.html").read_text()
     assert page.index(result.best["trial_id"]) < page.index(written["hyperopt_results"][-1]["trial_id"])
     assert page.count("<img") == 3  # accuracy against each of 2 parameters, and the best trials' curves
-    files = visualize.render("hyperopt_report", [result.folder], tmp_path / "viz")
-    assert sorted(f.name for f in files) == ["hyperopt_combiner.output_size.png", "hyperopt_pairs.png",
-                                             "hyperopt_trainer.learning_rate.png"]
+    assert main(["visualize", "-v", "hyperopt_report", "-r", str(result.folder), "-od", str(tmp_path / "viz")]) == 0
+    assert sorted(f.name for f in (tmp_path / "viz").iterdir()) == [
+        "hyperopt_combiner.output_size.png", "hyperopt_pairs.png", "hyperopt_trainer.learning_rate.png"]
+    assert main(["visualize", "-v", "hyperopt_hiplot", "-r", str(result.folder)]) == 2  # no maintained library
 
 
 def test_asha_stops_a_bad_trial_early(ray_cluster, tiny_bert, frame, tmp_path):
@@ -234,3 +239,111 @@ def test_a_killed_search_resumes_without_redoing_finished_trials(ray_cluster, ti
         assert (trials / name / "model").stat().st_mtime_ns == mtime  # not trained again
     with pytest.raises(Exception, match="finished; start a new one"):
         hyperopt(config, data, output_directory=tmp_path / "out", resume=True)
+
+
+# ------------------------------------------------------------------------------------------------ every search key
+
+UNIFORM = {"space": "uniform", "lower": 0.001, "upper": 0.1}
+NO_RANGE = {"lower": None, "upper": None}
+SCHEDULERS = {"async_hyperband": {"time_attr": "time_total_s", "max_t": 50, "grace_period": 2, "reduction_factor": 3,
+                                  "brackets": 2},
+              "hyperband": {"time_attr": "time_total_s", "max_t": 40, "reduction_factor": 4, "stop_last_trials": False},
+              "median_stopping_rule": {"time_attr": "time_total_s", "grace_period": 2, "min_samples_required": 5,
+                                       "min_time_slice": 1, "hard_stop": False}}
+# key → (the section's context, the key moved off its default); the section is merged over a one-parameter search
+SEARCH_KEYS = {
+    "hyperopt.goal": ({}, {"goal": "minimize"}),
+    "hyperopt.output_feature": ({"metric": "loss"}, {"output_feature": "combined"}),
+    "hyperopt.metric": ({}, {"metric": "loss"}),
+    "hyperopt.split": ({}, {"split": "test"}),
+    "hyperopt.parameters{}.space": ({}, {"parameters": {"p": {"space": "loguniform"}}}),
+    "hyperopt.parameters{}.categories": ({"parameters": {"p": {"space": "choice", **NO_RANGE, "categories": [1, 2]}}},
+                                         {"parameters": {"p": {"categories": [1, 3]}}}),
+    "hyperopt.parameters{}.values": ({"parameters": {"p": {"space": "grid_search", **NO_RANGE, "values": [1, 2]}}},
+                                     {"parameters": {"p": {"values": [1, 3]}}}),
+    "hyperopt.parameters{}.lower": ({}, {"parameters": {"p": {"lower": 0.002}}}),
+    "hyperopt.parameters{}.upper": ({}, {"parameters": {"p": {"upper": 0.2}}}),
+    "hyperopt.parameters{}.q": ({"parameters": {"p": {"space": "quniform", "lower": 0.0, "q": 0.001}}},
+                                {"parameters": {"p": {"q": 0.01}}}),
+    "hyperopt.parameters{}.mean": ({"parameters": {"p": {"space": "randn", **NO_RANGE}}},
+                                   {"parameters": {"p": {"mean": 1}}}),
+    "hyperopt.parameters{}.sd": ({"parameters": {"p": {"space": "randn", **NO_RANGE}}}, {"parameters": {"p": {"sd": 2}}}),
+    "hyperopt.search_alg.type": ({}, {"search_alg": {"type": "hyperopt"}}),
+    "hyperopt.search_alg[variant_generator].random_state_seed": ({}, {"search_alg": {"random_state_seed": 3}}),
+    "hyperopt.search_alg[hyperopt].random_state_seed": ({"search_alg": {"type": "hyperopt"}},
+                                                        {"search_alg": {"type": "hyperopt", "random_state_seed": 3}}),
+    "hyperopt.search_alg[hyperopt].n_initial_points": ({"search_alg": {"type": "hyperopt"}},
+                                                       {"search_alg": {"type": "hyperopt", "n_initial_points": 5}}),
+    "hyperopt.search_alg[hyperopt].gamma": ({"search_alg": {"type": "hyperopt"}},
+                                            {"search_alg": {"type": "hyperopt", "gamma": 0.5}}),
+    "hyperopt.search_alg[optuna].random_state_seed": ({"search_alg": {"type": "optuna"}},
+                                                      {"search_alg": {"type": "optuna", "random_state_seed": 3}}),
+    "hyperopt.search_alg[optuna].n_startup_trials": ({"search_alg": {"type": "optuna"}},
+                                                     {"search_alg": {"type": "optuna", "n_startup_trials": 3}}),
+    "hyperopt.executor.num_samples": ({}, {"executor": {"num_samples": 3}}),
+    "hyperopt.executor.time_budget_s": ({}, {"executor": {"time_budget_s": 60}}),
+    "hyperopt.executor.cpu_resources_per_trial": ({}, {"executor": {"cpu_resources_per_trial": 2}}),
+    "hyperopt.executor.gpu_resources_per_trial": ({}, {"executor": {"gpu_resources_per_trial": 1}}),
+    "hyperopt.executor.max_concurrent_trials": ({}, {"executor": {"max_concurrent_trials": 1}}),
+    "hyperopt.executor.scheduler.type": ({}, {"executor": {"scheduler": {"type": "async_hyperband"}}}),
+    **{f"hyperopt.executor.scheduler[{kind}].{key}": (
+        {"executor": {"scheduler": {"type": kind}}}, {"executor": {"scheduler": {"type": kind, key: value}}})
+       for kind, keys in SCHEDULERS.items() for key, value in keys.items()},
+}
+
+
+def _merged(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def _seen(value, depth: int = 0):
+    """What Tune is handed, as plain data: settings, a domain's bounds and sampler, a random state's next draws."""
+    import functools
+    import types
+
+    if isinstance(value, (int, float, str, bool, type(None))):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_seen(v, depth + 1) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _seen(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, functools.partial):
+        return {"partial": value.func.__name__, **_seen(value.keywords, depth + 1)}
+    if hasattr(value, "get_state") and hasattr(value, "randint"):  # numpy's RandomState (optuna keeps one)
+        return value.get_state()[1][:4].tolist()
+    if hasattr(value, "bit_generator"):
+        return str(value.bit_generator.state["state"])
+    if depth < 7 and hasattr(value, "__dict__"):
+        return {type(value).__name__: {k: _seen(v, depth + 1) for k, v in vars(value).items()
+                                       if not isinstance(v, (type, types.FunctionType, types.MethodType))
+                                       and "uuid" not in k}}  # a fresh id per object
+    return type(value).__name__
+
+
+def _given_to_tune(section: dict) -> dict:
+    from tunefork.config.hyperopt import Hyperopt
+    from tunefork.hyperopt import search, space
+
+    hyperopt = Hyperopt.model_validate(section)
+    return _seen({"space": space.tune_space(hyperopt.parameters), "settings": search.tune_settings(hyperopt, 42),
+                  "resources": search.resources(hyperopt.executor),
+                  "reported": (search.SPLITS[hyperopt.split], hyperopt.output_feature, hyperopt.metric)})
+
+
+def test_every_search_key_is_covered():
+    from test_every_key import LEAVES
+
+    walked = {k for k in LEAVES["ecd"] if k.startswith("hyperopt.")}
+    assert walked == {*SEARCH_KEYS, "hyperopt.parameters{}.base"}  # base: refused (test_a_bad_parameter_...)
+
+
+@pytest.mark.parametrize("key", sorted(SEARCH_KEYS))
+def test_every_search_key_changes_what_tune_is_given(key):
+    base = {"goal": "maximize", "output_feature": "sentiment", "metric": "accuracy", "parameters": {"p": UNIFORM}}
+    context, moved = SEARCH_KEYS[key]
+    default = _merged(base, context)
+    assert _given_to_tune(default) == _given_to_tune(default)  # nothing in the comparison varies by itself
+    assert _given_to_tune(default) != _given_to_tune(_merged(default, moved))

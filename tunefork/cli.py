@@ -177,6 +177,11 @@ def _product(args) -> int:
 
         serve.run(args.model_path, args.host, args.port, max_body_bytes=int(args.max_request_mb * 2**20),
                   max_field_chars=args.max_field_chars, max_pending=args.max_pending, log_level=args.logging_level)
+    elif args.command == "visualize" and args.visualization.startswith("hyperopt_"):  # a search folder
+        from tunefork.hyperopt import plots
+
+        written = plots.render(args.visualization, args.run_directories, args.output_directory, args.file_format)
+        print("\n".join(map(str, written)))
     elif args.command == "visualize":
         from tunefork import visualize
 

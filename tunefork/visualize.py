@@ -267,10 +267,6 @@ def render(visualization: str, runs: list[Path], output_directory: Path, *, file
            model_names: list[str] | None = None, output_feature_name: str | None = None,
            ground_truth=None, positive_label: str | None = None) -> list[Path]:
     """Write `visualization` for the run directories `runs` into `output_directory`; returns the files written."""
-    if visualization in ("hyperopt_report", "hyperopt_hiplot"):  # a search folder, not run directories
-        from tunefork.hyperopt import plots
-
-        return plots.render(visualization, [Path(r) for r in runs], Path(output_directory), file_format)
     if visualization not in VISUALIZATIONS:
         raise TuneforkError(f"unknown visualization '{visualization}' (one of: {', '.join(VISUALIZATIONS)})")
     runs = [Path(r) for r in runs]

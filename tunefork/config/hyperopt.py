@@ -33,26 +33,27 @@ from pydantic import Field, PositiveInt, model_validator
 
 from tunefork.sections import Section, tagged
 
-# what each search space reads (Ludwig's ParameterConfig classes); `base`, `mean` and `sd` have defaults
+# what each search space reads (Ludwig's ParameterConfig classes); `mean` and `sd` have defaults. Ludwig's `base` of
+# the log spaces is refused: a log-uniform draw is the same in every base, and Ray Tune ignores the argument.
 SPACES = {
     "choice": ("categories",),
     "grid_search": ("values",),
     "uniform": ("lower", "upper"),
     "quniform": ("lower", "upper", "q"),
-    "loguniform": ("lower", "upper", "base"),
-    "qloguniform": ("lower", "upper", "q", "base"),
+    "loguniform": ("lower", "upper"),
+    "qloguniform": ("lower", "upper", "q"),
     "randn": ("mean", "sd"),
     "qrandn": ("mean", "sd", "q"),
     "randint": ("lower", "upper"),
     "qrandint": ("lower", "upper", "q"),
-    "lograndint": ("lower", "upper", "base"),
-    "qlograndint": ("lower", "upper", "q", "base"),
+    "lograndint": ("lower", "upper"),
+    "qlograndint": ("lower", "upper", "q"),
 }
-OPTIONAL = {"base", "mean", "sd"}
+OPTIONAL = {"mean", "sd"}
 
 
 class Parameter(Section):
-    """One searched value: a space and what it reads (`categories`, `values`, `lower`/`upper`, `q`, `base`, ...)."""
+    """One searched value: a space and what it reads (`categories`, `values`, `lower`/`upper`, `q`, `mean`/`sd`)."""
 
     space: Literal[tuple(SPACES)]
     categories: list[Any] | None = Field(None, min_length=1, description="choice: the values to pick from.")
@@ -60,14 +61,16 @@ class Parameter(Section):
     lower: float | None = None
     upper: float | None = None
     q: float | None = Field(None, gt=0, description="Quantization: values are rounded to a multiple of q.")
-    base: float = Field(10, gt=1, description="Logarithm base of the log spaces.")
+    base: float | None = Field(None, description="Refused: Ludwig's log base, which changes no draw.")
     mean: float = 0.0
     sd: float = Field(1.0, gt=0)
 
     @model_validator(mode="after")
     def _keys_of_the_space(self):
+        if self.base is not None:
+            raise ValueError("base: a log-uniform draw is the same in every base (Ray Tune ignores it); remove base")
         used = SPACES[self.space]
-        given = {k for k in self.model_fields_set if k != "space"}
+        given = {k for k in self.model_fields_set if k not in ("space", "base")}
         stray = sorted(given - set(used))
         if stray:
             raise ValueError(f"space {self.space} takes {', '.join(used)}; remove {', '.join(stray)}")

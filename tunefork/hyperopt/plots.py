@@ -79,7 +79,8 @@ def _pairs(records: list[dict], paths: list[str], metric: str, goal: str):
     return fig
 
 
-def render(visualization: str, sources: list[Path], output_directory: Path, fmt: str) -> list[Path]:
+def render(visualization: str, sources: list, output_directory, fmt: str = "png") -> list[Path]:
+    """Write the search's pictures into `output_directory`; returns the files written."""
     from tunefork.visualize import _save
 
     if visualization == "hyperopt_hiplot":
@@ -94,6 +95,7 @@ def render(visualization: str, sources: list[Path], output_directory: Path, fmt:
     if not records:
         raise TuneforkError(f"{sources[0]}: no trial reported a score, so there is nothing to draw")
     metric, paths = section["metric"], list(section["parameters"])
+    output_directory = Path(output_directory)
     written = [_save(_against(records, path, section["parameters"][path]["space"], metric), output_directory,
                      f"hyperopt_{path}", fmt) for path in paths]
     written.append(_save(_pairs(records, paths, metric, section["goal"]), output_directory, "hyperopt_pairs", fmt))

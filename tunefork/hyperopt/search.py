@@ -75,6 +75,7 @@ def prepare(source, options: SearchOptions):
                            "hyperopt.executor.cpu_resources_per_trial and gpu_resources_per_trial instead"])
     paths.check(config, raw, dumped)
     paths.check_metric(config, plan_mod.reported_metrics)
+    space.tune_space(config.hyperopt.parameters)  # Tune's own checks of each range
     space.search_algorithm(config.hyperopt, options.random_seed)  # a missing searcher package fails here too
     return config, raw, dumped
 
@@ -165,29 +166,41 @@ def _tune(config, job: dict, frames: dict, folder: Path, options: SearchOptions,
     from ray import tune
 
     hyperopt, executor = config.hyperopt, config.hyperopt.executor
-    trainable = tune.with_resources(tune.with_parameters(trial, job=job, frames=frames),
-                                    {"cpu": executor.cpu_resources_per_trial, "gpu": executor.gpu_resources_per_trial})
+    trainable = tune.with_resources(tune.with_parameters(trial, job=job, frames=frames), resources(executor))
     storage = str(folder.resolve())
     if options.resume:
         console.note(f"resuming the search in {folder}: finished trials are kept, unfinished ones run again")
         tuner = tune.Tuner.restore(str(folder.resolve() / "tune"), trainable=trainable, resume_unfinished=True,
                                    resume_errored=False, restart_errored=False)
         return tuner.fit()
+    tuner = tune.Tuner(trainable, param_space=space.tune_space(hyperopt.parameters),
+                       tune_config=tune.TuneConfig(**tune_settings(hyperopt, options.random_seed)),
+                       run_config=tune.RunConfig(name="tune", storage_path=storage, verbose=0,
+                                                 callbacks=[results.Progress(SCORE, hyperopt, options.quiet)],
+                                                 failure_config=tune.FailureConfig(max_failures=0)))
+    return tuner.fit()
+
+
+def resources(executor) -> dict:
+    """What each trial reserves on the cluster (Ludwig's per-trial CPUs and GPUs; a GPU only when asked for)."""
+    return {"cpu": executor.cpu_resources_per_trial, "gpu": executor.gpu_resources_per_trial}
+
+
+def tune_settings(hyperopt, seed: int) -> dict:
+    """The TuneConfig a section makes: Tune's searcher and scheduler, the trial count, concurrency and time budget."""
+    executor = hyperopt.executor
     concurrent = executor.max_concurrent_trials
     variants = hyperopt.search_alg.type in ("variant_generator", "random")  # it limits itself (`space`)
-    tuner = tune.Tuner(
-        trainable, param_space=space.tune_space(hyperopt.parameters),
-        tune_config=tune.TuneConfig(
-            metric=SCORE, mode="max" if hyperopt.goal == "maximize" else "min",
-            search_alg=space.search_algorithm(hyperopt, options.random_seed),
-            scheduler=space.scheduler(executor.scheduler), num_samples=executor.num_samples,
-            max_concurrent_trials=None if variants or concurrent in (None, "auto") else concurrent,
-            time_budget_s=executor.time_budget_s, reuse_actors=True,
-            trial_dirname_creator=lambda t: t.trial_id),
-        run_config=tune.RunConfig(name="tune", storage_path=storage, verbose=0,
-                                  callbacks=[results.Progress(SCORE, hyperopt, options.quiet)],
-                                  failure_config=tune.FailureConfig(max_failures=0)))
-    return tuner.fit()
+    return {"metric": SCORE, "mode": "max" if hyperopt.goal == "maximize" else "min",
+            "search_alg": space.search_algorithm(hyperopt, seed), "scheduler": space.scheduler(executor.scheduler),
+            "num_samples": executor.num_samples,
+            "max_concurrent_trials": None if variants or concurrent in (None, "auto") else concurrent,
+            "time_budget_s": executor.time_budget_s, "reuse_actors": True,
+            "trial_dirname_creator": _trial_folder}
+
+
+def _trial_folder(trial) -> str:
+    return trial.trial_id
 
 
 class Reporter:

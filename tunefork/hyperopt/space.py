@@ -4,13 +4,13 @@ itself: Tune does, with the names and arguments Ludwig users already write."""
 
 from __future__ import annotations
 
-from tunefork.errors import ConfigError, TuneforkError
+from tunefork.errors import ConfigError, TuneforkError, first_line
 
 EXTRAS = {"hyperopt": "hyperopt", "optuna": "optuna"}  # search_alg type → the package it needs
 
 
 def tune_space(parameters: dict) -> dict:
-    """{path: a Tune domain} for the section's `parameters`."""
+    """{path: a Tune domain} for the section's `parameters`; a range Tune refuses is a ConfigError."""
     from ray import tune
 
     def domain(p):
@@ -21,17 +21,23 @@ def tune_space(parameters: dict) -> dict:
             "grid_search": lambda: tune.grid_search(p.values),
             "uniform": lambda: tune.uniform(*bounds),
             "quniform": lambda: tune.quniform(*bounds, p.q),
-            "loguniform": lambda: tune.loguniform(*bounds, p.base),
-            "qloguniform": lambda: tune.qloguniform(*bounds, p.q, p.base),
+            "loguniform": lambda: tune.loguniform(*bounds),
+            "qloguniform": lambda: tune.qloguniform(*bounds, p.q),
             "randn": lambda: tune.randn(p.mean, p.sd),
             "qrandn": lambda: tune.qrandn(p.mean, p.sd, p.q),
             "randint": lambda: tune.randint(*whole),
             "qrandint": lambda: tune.qrandint(*whole, int(p.q)),
-            "lograndint": lambda: tune.lograndint(*whole, p.base),
-            "qlograndint": lambda: tune.qlograndint(*whole, int(p.q), p.base),
+            "lograndint": lambda: tune.lograndint(*whole),
+            "qlograndint": lambda: tune.qlograndint(*whole, int(p.q)),
         }[p.space]()
 
-    return {path: domain(p) for path, p in parameters.items()}
+    out = {}
+    for path, parameter in parameters.items():
+        try:
+            out[path] = domain(parameter)
+        except ValueError as exc:  # Tune's own checks (say, a bound that is not a multiple of q)
+            raise ConfigError([f"hyperopt.parameters.{path}: {first_line(exc)}"]) from None
+    return out
 
 
 def search_algorithm(hyperopt, seed: int):
