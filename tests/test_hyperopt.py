@@ -175,7 +175,7 @@ def test_asha_stops_a_bad_trial_early(ray_cluster, tiny_bert, frame, tmp_path):
               "parameters": {"trainer.learning_rate": {"space": "grid_search", "values": [1e-6, 2e-6, 0.3, 0.5]}},
               "executor": {"num_samples": 1, "max_concurrent_trials": 1, "scheduler": {
                   "type": "async_hyperband", "grace_period": 1, "reduction_factor": 2, "max_t": 4}}}
-    result = hyperopt(_config(tiny_bert, search, epochs=4), frame, output_directory=tmp_path)
+    result = Model(_config(tiny_bert, search, epochs=4), quiet=True).hyperopt(frame, output_directory=tmp_path)
     by_lr = {r["parameters"]["trainer.learning_rate"]: r for r in result.statistics["hyperopt_results"]}
     assert by_lr[1e-6]["status"] == "completed" and by_lr[1e-6]["evaluations"] == 4
     assert os.path.isdir(os.path.join(by_lr[1e-6]["run_directory"], "model"))  # reaching max_t still saves
