@@ -8,6 +8,7 @@ import logging
 import sys
 
 from tunefork import ludwig_cli
+from tunefork.hyperopt import command as search_command
 
 COMMANDS = {
     "train": "train a model from a config and a dataset",
@@ -80,13 +81,8 @@ def parser() -> argparse.ArgumentParser:
     for name in ("train", "experiment"):
         _train_flags(parsers[name])
         ludwig_cli.train_flags(parsers[name], experiment=name == "experiment")
-    p = parsers["hyperopt"]
-    p.add_argument("-c", "--config", required=True, help="YAML config with a hyperopt section")
-    _data_flags(p)
-    p.add_argument("--output_directory", default="results", help="where the search folder hyperopt[_N] goes")
-    p.add_argument("--random_seed", type=int, default=42)
-    p.add_argument("--resume", action="store_true",
-                   help="continue the newest search in --output_directory (finished trials are kept)")
+    _data_flags(parsers["hyperopt"])
+    search_command.flags(parsers["hyperopt"])
     for name in ("predict", "evaluate"):
         p = parsers[name]
         _model_flags(p)
@@ -137,8 +133,7 @@ def _product_flags(parsers: dict) -> None:
     p.add_argument("-v", "--visualization", required=True,
                    choices=("learning_curves", "confusion_matrix", "compare_performance", "roc_curves",
                             "hyperopt_report", "hyperopt_hiplot"))
-    p.add_argument("-r", "--run_directories", nargs="+", required=True,
-                   help="one or several run directories (hyperopt_*: a search folder or its hyperopt_statistics.json)")
+    p.add_argument("-r", "--run_directories", nargs="+", required=True, help="run directories (hyperopt_*: a search folder)")
     p.add_argument("--model_names", nargs="+", help="a name per run directory for legends (default: folder names)")
     p.add_argument("-ofn", "--output_feature_name", help="only this output feature")
     p.add_argument("-gt", "--ground_truth", help="roc_curves: the test dataset with the true labels, row for row")
@@ -180,8 +175,7 @@ def _product(args) -> int:
     elif args.command == "visualize" and args.visualization.startswith("hyperopt_"):  # a search folder
         from tunefork.hyperopt import plots
 
-        written = plots.render(args.visualization, args.run_directories, args.output_directory, args.file_format)
-        print("\n".join(map(str, written)))
+        print(*plots.render(args.visualization, args.run_directories, args.output_directory, args.file_format), sep="\n")
     elif args.command == "visualize":
         from tunefork import visualize
 
@@ -221,12 +215,7 @@ def _run(args) -> int:
         return _convert(args)
 
     if args.command == "hyperopt":
-        from tunefork.hyperopt import hyperopt
-
-        hyperopt(args.config, args.dataset, training_set=args.training_set, validation_set=args.validation_set,
-                 test_set=args.test_set, output_directory=args.output_directory, random_seed=args.random_seed,
-                 resume=args.resume, quiet=args.quiet)
-        return 0
+        return search_command.run(args)
     from tunefork.api import Model
 
     if args.command in ("train", "experiment"):
