@@ -98,6 +98,8 @@ def test_the_command_line_says_the_bad_path_in_one_line(tiny_bert, frame, tmp_pa
     assert main(["hyperopt", "-c", str(path), "--dataset", str(data), "--output_directory", str(tmp_path / "o")]) == 2
     assert "did you mean 'trainer.epochs'" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+    assert main(["check-config", str(path)]) == 2  # check-config and train check the section too
+    assert "hyperopt.parameters.trainer.epoch: 'trainer.epoch' is not a config path" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------------ on Ray
