@@ -331,7 +331,7 @@ def _given_to_tune(section: dict) -> dict:
 
     hyperopt = Hyperopt.model_validate(section)
     return _seen({"space": space.tune_space(hyperopt.parameters), "settings": search.tune_settings(hyperopt, 42),
-                  "resources": search.resources(hyperopt.executor),
+                  "resources": search.resources(hyperopt.executor, cluster_gpus=0),
                   "reported": (search.SPLITS[hyperopt.split], hyperopt.output_feature, hyperopt.metric)})
 
 
@@ -349,3 +349,12 @@ def test_every_search_key_changes_what_tune_is_given(key):
     default = _merged(base, context)
     assert _given_to_tune(default) == _given_to_tune(default)  # nothing in the comparison varies by itself
     assert _given_to_tune(default) != _given_to_tune(_merged(default, moved))
+
+
+def test_auto_gives_each_trial_a_gpu_only_where_the_cluster_has_them():
+    from tunefork.config.hyperopt import Executor
+    from tunefork.hyperopt import search
+
+    assert search.resources(Executor(), cluster_gpus=2) == {"cpu": 1, "gpu": 1}
+    assert search.resources(Executor(), cluster_gpus=0) == {"cpu": 1, "gpu": 0}
+    assert search.resources(Executor(gpu_resources_per_trial=0.5), cluster_gpus=2)["gpu"] == 0.5

@@ -16,7 +16,7 @@
         num_samples: 16
         time_budget_s: 3600
         cpu_resources_per_trial: 1
-        gpu_resources_per_trial: 0
+        gpu_resources_per_trial: auto   # one GPU per trial when the cluster has GPUs
         max_concurrent_trials: auto
         scheduler: {type: async_hyperband, grace_period: 1, max_t: 10}
 
@@ -156,12 +156,16 @@ Scheduler = tagged(FIFO, AsyncHyperBand, HyperBand, MedianStoppingRule, default=
 
 
 class Executor(Section):
+    """How the trials run on the Ray cluster (Ludwig's executor: only `ray`)."""
+
     type: Literal["ray"] = "ray"
     num_samples: PositiveInt = Field(10, description="Samples drawn; with grid_search spaces, per grid point.")
     time_budget_s: PositiveInt | None = Field(3600, description="The whole search stops after this long, keeping "
                                               "the finished trials and the best so far.")
     cpu_resources_per_trial: float = Field(1, gt=0)
-    gpu_resources_per_trial: float = Field(0, ge=0)
+    gpu_resources_per_trial: float | Literal["auto"] = Field(
+        "auto", description="auto: one GPU per trial when the cluster has GPUs, else none (Ludwig's default of 0 "
+        "left a GPU cluster's trials on the CPU).")
     max_concurrent_trials: PositiveInt | Literal["auto"] | None = Field(
         "auto", description="auto / null: as many as the cluster's resources hold.")
     scheduler: Scheduler = FIFO()

@@ -163,10 +163,12 @@ def _cluster(config):
 
 def _tune(config, job: dict, frames: dict, folder: Path, options: SearchOptions, console):
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's own tables off: the progress lines say what happened
+    import ray
     from ray import tune
 
     hyperopt, executor = config.hyperopt, config.hyperopt.executor
-    trainable = tune.with_resources(tune.with_parameters(trial, job=job, frames=frames), resources(executor))
+    per_trial = resources(executor, ray.cluster_resources().get("GPU", 0))
+    trainable = tune.with_resources(tune.with_parameters(trial, job=job, frames=frames), per_trial)
     storage = str(folder.resolve())
     if options.resume:
         console.note(f"resuming the search in {folder}: finished trials are kept, unfinished ones run again")
@@ -181,9 +183,13 @@ def _tune(config, job: dict, frames: dict, folder: Path, options: SearchOptions,
     return tuner.fit()
 
 
-def resources(executor) -> dict:
-    """What each trial reserves on the cluster (Ludwig's per-trial CPUs and GPUs; a GPU only when asked for)."""
-    return {"cpu": executor.cpu_resources_per_trial, "gpu": executor.gpu_resources_per_trial}
+def resources(executor, cluster_gpus: float) -> dict:
+    """What each trial reserves on a cluster with `cluster_gpus` GPUs (`gpu_resources_per_trial: auto`: one each
+    when there are any, so a GPU cluster's trials never train on its CPUs by default)."""
+    gpus = executor.gpu_resources_per_trial
+    if gpus == "auto":
+        gpus = 1 if cluster_gpus else 0
+    return {"cpu": executor.cpu_resources_per_trial, "gpu": gpus}
 
 
 def tune_settings(hyperopt, seed: int) -> dict:
