@@ -6,7 +6,7 @@
                           (completed | stopped — by the scheduler or the time budget — | failed), error, scores (the
                           metric at each evaluation), run_directory, training_stats (its training_statistics.json)
       best                the best trial's record, without its training_stats
-      search              folder, trial counts, wall seconds, work done once, the seed
+      search              folder, trial counts, wall / warm-up / Tune seconds, work done once, the seed
 
 A trial's `metric_score` is the best value its evaluations reported (`goal` decides best): the model kept in its run
 directory is the best checkpoint by the trainer's validation metric, which is the searched one when they agree.
@@ -90,7 +90,7 @@ def collect(folder: Path, hyperopt, grid, score: str, search: dict) -> dict:
         "hyperopt_results": records,
         "best": {k: v for k, v in best.items() if k != "training_stats"} if best else None,
         "search": {"folder": str(folder), "trials": len(records), **counts,
-                   "time_budget_reached": budget is not None and search["wall_seconds"] >= budget, **search},
+                   "time_budget_reached": budget is not None and search["tune_seconds"] >= budget, **search},
     }
 
 

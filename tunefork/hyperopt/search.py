@@ -107,14 +107,18 @@ def _warm(base: dict, dumped: bool, hyperopt, frames: dict, seed: int, console) 
     return done
 
 
-def _folder(output_directory, resume: bool, raw: dict) -> Path:
-    """A new `hyperopt[_N]` folder, or (resume) the newest one, which must hold this config's unfinished search."""
+def _new_folder(output_directory, raw: dict) -> Path:
+    """The first free `hyperopt[_N]` folder in output_directory, holding the config it searches."""
     root = Path(output_directory)
-    if not resume:
-        root.mkdir(parents=True, exist_ok=True)
-        folder = rundir.reserve(root / "hyperopt", make=Path.mkdir)
-        rundir.write_yaml(folder / "hyperopt_config.yaml", raw)
-        return folder
+    root.mkdir(parents=True, exist_ok=True)
+    folder = rundir.reserve(root / "hyperopt", make=Path.mkdir)
+    rundir.write_yaml(folder / "hyperopt_config.yaml", raw)
+    return folder
+
+
+def _resumed_folder(output_directory, raw: dict) -> Path:
+    """The newest search folder in output_directory, which must hold this config's unfinished search."""
+    root = Path(output_directory)
     found = sorted(root.glob("hyperopt*/tune"), key=lambda p: p.stat().st_mtime)
     if not found:
         raise TuneforkError(f"--resume: {root} holds no search to resume (no hyperopt*/tune folder)")
@@ -139,17 +143,20 @@ def run(source, data: runner.Data, options: SearchOptions, console) -> results.S
     if split not in frames:
         raise TuneforkError(f"hyperopt.split: the data has no {hyperopt.split} rows to score trials on "
                             "(check preprocessing.split, or give that set)")
-    folder = _folder(options.output_directory, options.resume, raw)
+    folder = _resumed_folder(options.output_directory, raw) if options.resume else None
     started = time.perf_counter()
     warmed = _warm(base, dumped, hyperopt, frames, options.random_seed, console)
     warm_seconds = time.perf_counter() - started
+    folder = folder or _new_folder(options.output_directory, raw)  # everything before the trials went well
     job = {"raw": base, "dumped": dumped, "trials": str((folder / "trials").resolve()), "seed": options.random_seed,
            "split": split, "output": hyperopt.output_feature, "metric": hyperopt.metric}
     with _cluster(config):
+        tuned = time.perf_counter()
         grid = _tune(config, job, frames, folder, options, console)
+        tune_seconds = time.perf_counter() - tuned
     statistics = results.collect(folder, hyperopt, grid, SCORE, {
         "wall_seconds": round(time.perf_counter() - started, 3), "warm_seconds": round(warm_seconds, 3),
-        "work_done_once": warmed, "random_seed": options.random_seed})
+        "tune_seconds": round(tune_seconds, 3), "work_done_once": warmed, "random_seed": options.random_seed})
     return results.finish(folder, raw, hyperopt, statistics, console)
 
 
