@@ -358,3 +358,26 @@ def test_auto_gives_each_trial_a_gpu_only_where_the_cluster_has_them():
     assert search.resources(Executor(), cluster_gpus=2) == {"cpu": 1, "gpu": 1}
     assert search.resources(Executor(), cluster_gpus=0) == {"cpu": 1, "gpu": 0}
     assert search.resources(Executor(gpu_resources_per_trial=0.5), cluster_gpus=2)["gpu"] == 0.5
+
+
+def test_an_llm_config_is_searched_by_the_same_paths():
+    """A causal LM's section reads its own keys: `adapter.r` at the top, the output's metrics (loss, perplexity)."""
+    from tunefork.config import load
+    from tunefork.hyperopt import paths
+    from tunefork.plan import reported_metrics
+
+    raw = {"model_type": "llm", "base_model": "/models/tiny", "input_features": [{"name": "instruction", "type": "text"}],
+           "output_features": [{"name": "output", "type": "text"}], "adapter": {"type": "lora"},
+           "trainer": {"type": "finetune"}, "hyperopt": {"output_feature": "output", "metric": "perplexity", "parameters": {
+               "adapter.r": {"space": "choice", "categories": [4, 8]},
+               "trainer.learning_rate": {"space": "loguniform", "lower": 1e-4, "upper": 1e-2}}}}
+    config = load(raw)
+    paths.check(config, raw)
+    paths.check_metric(config, reported_metrics)
+    assert load(paths.apply(raw, {"adapter.r": 8})).adapter.r == 8
+    raw["hyperopt"]["parameters"] = {"adapter.rank": {"space": "choice", "categories": [4, 8]}}
+    with pytest.raises(ConfigError, match=r"'adapter.rank' is not a config path"):
+        paths.check(load(raw), raw)
+    raw["hyperopt"]["metric"] = "accuracy"
+    with pytest.raises(ConfigError, match=r"'accuracy' is not reported for 'output'"):
+        paths.check_metric(load(raw), reported_metrics)
