@@ -684,8 +684,13 @@ RAY_EXEMPT = {
     "tables are the same whatever the number (rows are split by a hash of their content: tests/test_ray.py reads "
     "with 1 and 3 tasks)",
 }
+# The search section acts in `tunefork hyperopt` only (a train run ignores it): tests/test_hyperopt.py moves each of its
+# keys and compares what Ray Tune is handed (test_every_search_key_changes_what_tune_is_given), and refuses `base`.
+SEARCH_EXEMPT = {path: "acts in a search, not in a run: tests/test_hyperopt.py shows each key's effect on Ray Tune"
+                 for path in LEAVES["ecd"] if path.startswith("hyperopt.")}
 EXEMPT = {
     "ecd": {
+        **SEARCH_EXEMPT,
         "input_features[text].encoder[auto_transformer].trust_remote_code": "runs code shipped in the model folder; the tiny models "
         "are built-in architectures with no code of their own, so there is nothing to run",
         **RAY_EXEMPT,
@@ -695,6 +700,7 @@ EXEMPT = {
            for path in LEAVES["ecd"] if path.startswith("output_features[set].decoder.")},
     },
     "llm": {
+        **SEARCH_EXEMPT,
         "trust_remote_code": "runs code shipped in the model folder; the tiny models are built-in architectures "
         "with no code of their own, so there is nothing to run",
         **RAY_EXEMPT,

@@ -38,6 +38,7 @@ class Model:
 
             safety.allow_pickle()
         self.config = config_mod.load(config)
+        self._source = config  # as given: a search writes its values into the user's own config (Ludwig's defaults too)
         self.console = Console(progress=progress, quiet=quiet)
         self.recipe = recipes.for_config(self.config)
         self._fitted = None  # the recipe's Fitted model, once trained or loaded
@@ -87,6 +88,16 @@ class Model:
                 self._report.write(result.output_directory / "report.html")
         self.console.table({"test": statistics}, "test set")
         return result, statistics
+
+    def hyperopt(self, dataset=None, *, training_set=None, validation_set=None, test_set=None,
+                 output_directory="results", random_seed: int = 42, resume: bool = False):
+        """Search this config's `hyperopt` section on Ray Tune (`tunefork.hyperopt`): a trial per sampled config,
+        each an ordinary run directory; returns the search's result (folder, best trial, statistics)."""
+        from tunefork.hyperopt import hyperopt
+
+        return hyperopt(self._source, dataset, training_set=training_set, validation_set=validation_set,
+                        test_set=test_set, output_directory=output_directory, random_seed=random_seed, resume=resume,
+                        console=self.console)
 
     # ------------------------------------------------------------------------------------------------ inference
     def _ready(self):

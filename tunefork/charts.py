@@ -273,3 +273,39 @@ def scatter(true, predicted, title: str) -> bytes:
     dots = "".join('<circle cx="{:.1f}" cy="{:.1f}" r="2.4"/>'.format(*axes.px(t, p)) for t, p in shown)
     svg.parts.append(f'<g fill="{PALETTE[0]}" fill-opacity="0.45">{dots}</g>')
     return svg.render()
+
+
+def metric_against(values: list, scores: list[float], parameter: str, metric: str, log_x: bool = False) -> bytes:
+    """A search's trials as dots: `metric` against one searched `parameter` (a number on its axis, log-scaled for a
+    log space; any other value at one position per distinct value, named under the axis)."""
+    pairs = [(v, s) for v, s in zip(values, scores, strict=True) if s is not None and math.isfinite(s)]
+    svg = _Svg(WIDTH, 340)
+    svg.title([f"{metric.replace('_', ' ')} against {parameter}", f"{len(pairs)} scored trial(s)"])
+    if not pairs:
+        return svg.render()
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v, _ in pairs)
+    names = [] if numeric else list(dict.fromkeys(json_text(v) for v, _ in pairs))
+    if numeric:
+        xs = [math.log10(v) if log_x and v > 0 else float(v) for v, _ in pairs]
+    else:
+        xs = [float(names.index(json_text(v))) for v, _ in pairs]
+    ys = [s for _, s in pairs]
+    xspan = (min(xs) - 1, max(xs) + 1) if min(xs) == max(xs) else _span(xs, 0.08)
+    yspan = _span(ys)
+    yticks = ticks(*yspan)
+    left, room = _left_margin(yticks)
+    axes = _Axes(svg, (left, 60, WIDTH - 18, 340 - 46), xspan, yspan)
+    xticks = ticks(*xspan) if numeric else []  # distinct values are named under their positions instead
+    axes.frame(xticks, yticks, f"log10 {parameter}" if numeric and log_x else parameter, metric.replace("_", " "), room)
+    for i, name in enumerate(tick_names(names, len(names))):
+        svg.text(axes.px(i, yspan[0])[0], axes.bottom + 16, name, size=10, anchor="middle", fill=MUTED)
+    dots = "".join('<circle cx="{:.1f}" cy="{:.1f}" r="4"/>'.format(*axes.px(x, y)) for x, y in zip(xs, ys, strict=True))
+    svg.parts.append(f'<g fill="{PALETTE[0]}" fill-opacity="0.7">{dots}</g>')
+    return svg.render()
+
+
+def json_text(value) -> str:
+    """A searched value as short text: numbers as written, lists and mappings as compact JSON."""
+    import json
+
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))

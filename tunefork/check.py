@@ -4,6 +4,7 @@
 Beyond the schema (`config.load`) that means:
 
 - `trainer.validation_metric` is one the evaluation reports for `validation_field` (the plan's own check);
+- a `hyperopt` section's parameter paths, values and metric (`tunefork.hyperopt.paths`);
 - a causal LM's `prompt.template` does not read the output's column (the model would be shown the answer) and
   reads at least one other column;
 - what only the model's own `config.json` shows: a `max_sequence_length` the user set past the positions the model
@@ -31,6 +32,12 @@ def check(config, strict: bool = True) -> str | None:
     except with `strict=False` (check-config) for a hub id that is out of reach (offline): then the model checks are
     skipped and the reason is returned. A local path that cannot be read is an error either way."""
     plan_mod.check_validation_metric(config)  # the sentence `resolve` gives, before any data is read
+    if config.hyperopt is not None:  # its paths, values and metric (`tunefork hyperopt` checks them first too)
+        from tunefork import config as config_mod
+        from tunefork.hyperopt import paths
+
+        paths.check(config, config_mod.to_dict(config), dumped=True)
+        paths.check_metric(config, plan_mod.reported_metrics)
     if config.model_type == "llm":
         models = [("base_model", config.base_model, config.pretrained_kwargs, config.trust_remote_code, True,
                    _llm_lengths(config), _fresh_adapter(config.adapter), "adapter")]

@@ -8,12 +8,14 @@ import logging
 import sys
 
 from tunefork import ludwig_cli
+from tunefork.hyperopt import command as search_command
 
 COMMANDS = {
     "train": "train a model from a config and a dataset",
     "predict": "write predictions of a trained model for a dataset",
     "evaluate": "score a trained model on a labelled dataset",
     "experiment": "train, then evaluate on the test split",
+    "hyperopt": "search the config's hyperopt section on Ray Tune: a run directory per trial, the best one named",
     "check-config": "validate a config",
     "render-config": "print a config with every default filled in",
     "init-config": "write a starting config inferred from a dataset",
@@ -79,6 +81,8 @@ def parser() -> argparse.ArgumentParser:
     for name in ("train", "experiment"):
         _train_flags(parsers[name])
         ludwig_cli.train_flags(parsers[name], experiment=name == "experiment")
+    _data_flags(parsers["hyperopt"])
+    search_command.flags(parsers["hyperopt"])
     for name in ("predict", "evaluate"):
         p = parsers[name]
         _model_flags(p)
@@ -127,8 +131,9 @@ def _product_flags(parsers: dict) -> None:
     p.add_argument("-l", "--logging_level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     p = parsers["visualize"]
     p.add_argument("-v", "--visualization", required=True,
-                   choices=("learning_curves", "confusion_matrix", "compare_performance", "roc_curves"))
-    p.add_argument("-r", "--run_directories", nargs="+", required=True, help="one or several run directories")
+                   choices=("learning_curves", "confusion_matrix", "compare_performance", "roc_curves",
+                            "hyperopt_report", "hyperopt_hiplot"))
+    p.add_argument("-r", "--run_directories", nargs="+", required=True, help="run directories (hyperopt_*: a search folder)")
     p.add_argument("--model_names", nargs="+", help="a name per run directory for legends (default: folder names)")
     p.add_argument("-ofn", "--output_feature_name", help="only this output feature")
     p.add_argument("-gt", "--ground_truth", help="roc_curves: the test dataset with the true labels, row for row")
@@ -167,6 +172,10 @@ def _product(args) -> int:
 
         serve.run(args.model_path, args.host, args.port, max_body_bytes=int(args.max_request_mb * 2**20),
                   max_field_chars=args.max_field_chars, max_pending=args.max_pending, log_level=args.logging_level)
+    elif args.command == "visualize" and args.visualization.startswith("hyperopt_"):  # a search folder
+        from tunefork.hyperopt import plots
+
+        print(*plots.render(args.visualization, args.run_directories, args.output_directory, args.file_format), sep="\n")
     elif args.command == "visualize":
         from tunefork import visualize
 
@@ -205,6 +214,8 @@ def _run(args) -> int:
     if args.command == "convert-gguf":
         return _convert(args)
 
+    if args.command == "hyperopt":
+        return search_command.run(args)
     from tunefork.api import Model
 
     if args.command in ("train", "experiment"):

@@ -24,6 +24,9 @@ class ConfigError(TuneforkError):
         more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
         super().__init__(errors[0] + more)
 
+    def __reduce__(self):  # pickled whole (a Ray trial's error reaches the driver so), not rebuilt from the text
+        return type(self), (self.errors,)
+
 
 class EnvironmentFailure(Exception):
     """The machine refused what a correct request needs: a full disk, a missing permission, a read-only or

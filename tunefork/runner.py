@@ -43,6 +43,7 @@ class Data:
     training_set: object = None
     validation_set: object = None
     test_set: object = None
+    splits: dict | None = None  # tables already read and split (a search reads and splits once for every trial)
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class Options:
     skip_save_processed_input: bool = False  # the preprocessed splits are neither read from nor written to the cache
     skip_save_training_statistics: bool = False  # no training_statistics.json in the finished run directory
     skip_save_training_description: bool = False  # no description.json once the run finished
+    listeners: tuple = ()  # more report targets (`tunefork.tracking`): a search's trial reports to Ray Tune
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,8 @@ class Trained:
 
 def splits(config, data: Data, seed: int) -> dict[str, pd.DataFrame]:
     """The training / validation / test tables: one dataset split by `preprocessing.split`, or the sets given."""
+    if data.splits is not None:
+        return dict(data.splits)
     if data.dataset is not None and data.training_set is not None:
         raise TuneforkError("give either dataset (split by preprocessing.split) or training_set, not both")
     if data.dataset is None and data.training_set is None:
@@ -204,7 +208,7 @@ def _train(recipe, console, data: Data, options: Options):
     if run is not None and found["range_test"] is not None:
         write_json(run.path / LR_RANGE_TEST, found["range_test"])
     recorder = report_mod.Recorder()  # the Console, the report's recorder and any trackers all hear the loop
-    board = tracking.Fanout(console, recorder, *tracking.start(options.logger, options.output_directory,
+    board = tracking.Fanout(console, recorder, *options.listeners, *tracking.start(options.logger, options.output_directory,
                                                                f"{options.experiment_name}_{options.model_name}",
                                                                config_mod.to_dict(config), console))
     with phases("fit"):
@@ -321,3 +325,24 @@ def _efficiency(recipe, prepared, plan, phases, history, distributed) -> dict:
                   peak_rss_training_mb=round(peak / 2**20, 1) if peak else None,
                   **({"distributed": distributed} if distributed else {}))
 
+
+def warm(recipe, console, data: Data, seed: int = 42):
+    """The work every run of this config and data would repeat — reading, splitting, preprocessing and a frozen
+    encoder's embeddings — done once into the content-addressed caches (`data.cache`, `encoders.embeddings`), so
+    later runs load it. `recipe.config` must train locally. Returns the recipe's record of what came from the
+    caches (`preprocessing_cache_hit`, `embedding_cache_hit` per cached feature: false where it was computed now)."""
+    from tunefork import backends, check
+
+    config, phases = recipe.config, Phases()
+    check.check(config)
+    _, prepared = prepare(recipe, data, seed, phases)
+    workers = backends.workers(config)
+    hardware = backends.hardware(config, workers)
+
+    def resolve(measured=None):
+        return plan_mod.resolve(config, prepared.facts, hardware, workers, measured)
+
+    plan = resolve()
+    model = recipe.build(prepared, plan, seed)
+    prepared, plan = recipe.ready(model, prepared, plan, resolve, console, phases, False)
+    return recipe.efficiency(prepared, plan)

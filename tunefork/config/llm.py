@@ -25,6 +25,7 @@ from tunefork.adapters.registry import Adapter
 from tunefork.config.backend import Backend, LocalBackend
 from tunefork.config.features import FeatureBase, Quantization
 from tunefork.config.generation import Generation
+from tunefork.config.hyperopt import Hyperopt
 from tunefork.config.preference import PreferenceKeys
 from tunefork.config.prompt import CONTEXT, SAMPLE, TASK, Prompt, placeholders
 from tunefork.config.schema import Preprocessing
@@ -211,6 +212,7 @@ class LLMConfig(Section):
     trainer: LLMTrainer = LLMTrainer()
     preprocessing: LLMPreprocessing = LLMPreprocessing()
     backend: Backend = LocalBackend()  # or a Ray cluster: DDP and FSDP2 workers, as for ECD
+    hyperopt: Hyperopt | None = None  # read by `tunefork hyperopt` only: tunefork/config/hyperopt.py
 
     @model_validator(mode="before")
     @classmethod

@@ -8,6 +8,7 @@ from pydantic import Field, model_validator
 
 from tunefork.config.backend import Backend, LocalBackend
 from tunefork.config.features import InputFeature, OutputFeature, is_transformer
+from tunefork.config.hyperopt import Hyperopt
 from tunefork.config.layers import Activation, FCLayer, FCStack
 from tunefork.config.trainer import Trainer
 from tunefork.sections import Section, tagged
@@ -78,6 +79,7 @@ class Config(Section):
     trainer: Trainer = Trainer()
     preprocessing: Preprocessing = Preprocessing()
     backend: Backend = LocalBackend()  # or a Ray cluster: tunefork/config/backend.py
+    hyperopt: Hyperopt | None = None  # read by `tunefork hyperopt` only: tunefork/config/hyperopt.py
 
     @model_validator(mode="after")
     def _names_unique_and_fields_known(self):
