@@ -57,6 +57,12 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
                         "own trust_remote_code is never obeyed; off by default")
 
 
+def _engine_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", choices=("auto", "onnx", "torch"), default="auto",
+                   help="auto (default): ONNX Runtime when the model exports (written once into the model folder, "
+                        "starts in about a second), else torch; torch: always the torch model")
+
+
 def _global_flags(inside_command: bool) -> argparse.ArgumentParser:
     """--debug, --quiet and --allow-pickle, accepted before the command and after it (`tunefork train ... --quiet`)."""
     p = argparse.ArgumentParser(add_help=False)
@@ -88,6 +94,7 @@ def parser() -> argparse.ArgumentParser:
                        help="ray: Ray Data workers read a folder, glob or Parquet/CSV file, each loading the model once "
                             "(default: the model config's backend.type for a folder or glob, else this process)")
         ludwig_cli.inference_flags(p, name)
+        _engine_flag(p)
         p.add_argument("--overwrite", action="store_true",
                        help="replace an earlier output; by default a new name is taken (predictions_1.csv, ...)")
     parsers["predict"].add_argument("--output_format", choices=("csv", "parquet"), default="csv",
@@ -205,10 +212,8 @@ def _run(args) -> int:
     if args.command == "convert-gguf":
         return _convert(args)
 
-    from tunefork.api import Model
-
     if args.command in ("train", "experiment"):
-        from tunefork.api import config_of_run
+        from tunefork.api import Model, config_of_run
         from tunefork.errors import TuneforkError
 
         source = ludwig_cli.config_source(args, required=False)
@@ -230,8 +235,8 @@ def _run(args) -> int:
     ray = _ray_backend(args)
     if args.command == "predict":
         if args.skip_save_predictions:
-            model = Model.load(args.model_path, quiet=args.quiet, trust_remote_code=args.trust_remote_code)
-            print(f"{len(model.predict(args.dataset))} predictions made; none written (--skip_save_predictions)")
+            print(f"{len(_local_model(args).predict(_read(args.dataset)))} predictions made; none written "
+                  "(--skip_save_predictions)")
             return 0
         if ray is not None:
             from tunefork.backends import ray_predict
@@ -241,7 +246,7 @@ def _run(args) -> int:
             path, rows = _output(args, name, lambda p: ray_predict.write(args.model_path, args.dataset, ray, p,
                                                                          args.output_format), folder=parts)
         else:
-            frame = Model.load(args.model_path, quiet=args.quiet, trust_remote_code=args.trust_remote_code).predict(args.dataset)
+            frame = _local_model(args).predict(_read(args.dataset))
             write = frame.to_csv if args.output_format == "csv" else frame.to_parquet
             path, _ = _output(args, f"predictions.{args.output_format}", lambda p: write(p, index=False))
             rows = len(frame)
@@ -256,8 +261,7 @@ def _run(args) -> int:
 
         statistics, _ = ray_predict.evaluate(args.model_path, args.dataset, ray)
     else:
-        model = Model.load(args.model_path, quiet=args.quiet, trust_remote_code=args.trust_remote_code)
-        statistics = model.evaluate(args.dataset)
+        statistics = _local_model(args).evaluate(_read(args.dataset))[0]
     statistics = overall_stats(statistics, keep=not args.skip_collect_overall_stats)
     Console().table({"dataset": statistics}, f"evaluation of {args.model_path}")
     if args.skip_save_eval_stats:
@@ -266,6 +270,21 @@ def _run(args) -> int:
     path, _ = _output(args, "test_statistics.json", lambda p: rundir.write_json(p, statistics))
     print(f"statistics written to {path}")
     return 0
+
+
+def _local_model(args):
+    """The model that predicts / evaluates in this process, on the engine --engine picks (`tunefork.onnx_engine`)."""
+    from tunefork import onnx_engine
+
+    fitted, engine = onnx_engine.load(args.model_path, args.engine, trust_remote_code=args.trust_remote_code)
+    logging.getLogger("tunefork").info(engine)
+    return fitted
+
+
+def _read(dataset):
+    from tunefork.data import read
+
+    return read.read(dataset)
 
 
 def _ray_backend(args):
@@ -363,13 +382,10 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module="transformers")
-    try:  # transformers prints a load report and progress bars on every from_pretrained
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
+    # transformers prints a load report and progress bars on every from_pretrained; it reads these when first imported,
+    # so a command that never needs it (predict on ONNX Runtime) does not pay its import here
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def run() -> None:
