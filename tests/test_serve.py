@@ -155,7 +155,7 @@ def test_nan_predictions_become_null_instead_of_a_500(run_dir):
 
     api = serve.app(run_dir)
     with torch.no_grad():
-        for head in api.state.service.model.model.heads.values():
+        for head in api.state.service.model.heads.values():
             head[-1].weight.fill_(float("nan"))
     client = TestClient(api)
     answer = client.post("/predict", json=ROW)
@@ -243,5 +243,5 @@ def test_no_generated_request_gets_a_server_error(run_dir):
                 assert all(v is None or isinstance(v, str) or math.isfinite(v) for v in response.json().values())
 
         fuzz()
-    assert set(seen) == {"/health", "/metadata", "/predict", "/batch_predict"}
+    assert set(seen) == {"/health", "/metadata", "/metrics", "/predict", "/batch_predict"}
     assert 200 in seen["/predict"] and 422 in seen["/predict"]  # both valid and invalid rows were generated

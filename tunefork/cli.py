@@ -63,6 +63,27 @@ def _engine_flag(p: argparse.ArgumentParser) -> None:
                         "starts in about a second), else torch; torch: always the torch model")
 
 
+def _positive_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number of 0 or more, got {text!r}")
+    return value
+
+
+def _serve_flags(p: argparse.ArgumentParser) -> None:
+    """Batching, time limit and engine of `tunefork serve`."""
+    p.add_argument("--max_batch_size", type=_positive_count, default=32,
+                   help="most rows in one forward pass; concurrent requests are batched up to it (default 32)")
+    p.add_argument("--batch_wait_ms", type=_positive_number, default=5.0,
+                   help="longest a request waits for others to share its forward pass, in ms (default 5)")
+    p.add_argument("--request_timeout", type=_positive_number, default=60.0,
+                   help="seconds a request may wait for its answer; past it, 504 (default 60)")
+    _engine_flag(p)
+
+
 def _global_flags(inside_command: bool) -> argparse.ArgumentParser:
     """--debug, --quiet and --allow-pickle, accepted before the command and after it (`tunefork train ... --quiet`)."""
     p = argparse.ArgumentParser(add_help=False)
@@ -129,8 +150,10 @@ def _product_flags(parsers: dict) -> None:
     p.add_argument("--max_request_mb", type=float, default=8.0, help="largest request body accepted (default 8 MB)")
     p.add_argument("--max_field_chars", type=_positive_count, default=100_000,
                    help="most characters in one text field of a request; longer is a 422 (default 100000)")
-    p.add_argument("--max_pending", type=_positive_count, default=16,
-                   help="prediction requests admitted at once; more get 503 with Retry-After (default 16)")
+    p.add_argument("--max_pending", type=_positive_count, default=256,
+                   help="prediction requests in the server at once (queued or computing); more get 503 with "
+                        "Retry-After (default 256)")
+    _serve_flags(p)
     p.add_argument("-l", "--logging_level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     p = parsers["visualize"]
     p.add_argument("-v", "--visualization", required=True,
@@ -173,7 +196,9 @@ def _product(args) -> int:
         from tunefork import serve
 
         serve.run(args.model_path, args.host, args.port, max_body_bytes=int(args.max_request_mb * 2**20),
-                  max_field_chars=args.max_field_chars, max_pending=args.max_pending, log_level=args.logging_level)
+                  max_field_chars=args.max_field_chars, max_pending=args.max_pending, log_level=args.logging_level,
+                  max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms,
+                  request_timeout=args.request_timeout, engine=args.engine)
     elif args.command == "visualize":
         from tunefork import visualize
 
