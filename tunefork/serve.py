@@ -111,6 +111,10 @@ def app(model_path, *, max_body_bytes: int = MAX_BODY_BYTES, max_field_chars: in
     async def _user_error(request, exc: TuneforkError):
         return Response(_message(str(exc), "data_error"), status_code=422)
 
+    @api.exception_handler(Refused)
+    async def _refused(request, exc: Refused):
+        return Response(_message(exc.message, exc.kind), status_code=exc.status, headers=exc.headers)
+
     submit = dispatch(service) if dispatch is not None else batcher.submit
     _routes(api, service, Response, Invalid, max_body_bytes, _answering(service, submit, request_timeout, Response))
     if service.config.model_type == "llm":
@@ -127,6 +131,14 @@ def _load_logged(service: Service) -> None:
         log.error("%s", service.failure)
 
 
+class Refused(Exception):
+    """A prediction request answered with an error status and the usual body: {"message", "detail"}."""
+
+    def __init__(self, status: int, message: str, kind: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.kind, self.headers = status, message, kind, headers
+
+
 def _message(text: str, kind: str) -> dict:
     return {"message": text, "detail": [{"loc": [], "msg": text, "type": kind}]}
 
@@ -134,22 +146,18 @@ def _message(text: str, kind: str) -> dict:
 def _answering(service: Service, submit, timeout: float, Response):
     """async (request, rows) -> answers, or raises the HTTP answer: 503 while loading, 504 past the timeout,
     500 with one line when the forward pass of the request's batch failed."""
-    from fastapi import HTTPException
-
-    class Refused(HTTPException):
-        pass
-
     async def answer(request, rows: list[dict]) -> list[dict]:
         if service.fitted is None:
             status = 500 if service.failure else 503
-            raise Refused(status, service.failure or "loading: the model is not loaded yet",
-                          headers=None if service.failure else {"Retry-After": str(serve_limits.RETRY_AFTER_SECONDS)})
+            raise Refused(status, service.failure or "loading: the model is not loaded yet", "loading",
+                          None if service.failure else {"Retry-After": str(serve_limits.RETRY_AFTER_SECONDS)})
         try:
             return await asyncio.wait_for(submit(rows, request.is_disconnected), timeout)
         except TimeoutError:
-            raise Refused(504, f"no answer within the request timeout ({timeout:g} s); the request was dropped") from None
+            raise Refused(504, f"no answer within the request timeout ({timeout:g} s); the request was dropped",
+                          "timeout") from None
         except BatchFailed as exc:
-            raise Refused(500, str(exc)) from None
+            raise Refused(500, str(exc), "batch_failed") from None
 
     return answer
 

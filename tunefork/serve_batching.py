@@ -55,8 +55,9 @@ class Batcher:
         self.run, self.length, self.observe = run, length, observe or (lambda n: None)
         self.max_batch_size, self.wait = max_batch_size, batch_wait_ms / 1000
         self.queue: asyncio.Queue[Item] = asyncio.Queue()
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="tunefork-forward")
+        self.pool: ThreadPoolExecutor | None = None  # the forward thread, started with the first batch
         self.task: asyncio.Task | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.batches = 0
 
     @property
@@ -82,13 +83,15 @@ class Batcher:
     def _started(self) -> None:
         """The loop runs on the event loop of the requests (a test client may start a new one per request)."""
         loop = asyncio.get_running_loop()
-        if self.task is None or self.task.done() or self.task.get_loop() is not loop:
-            if self.task is not None and self.task.get_loop() is not loop:
-                self.queue = asyncio.Queue()  # the old loop's waiters are gone with it
+        if self.loop is not loop:  # the old loop's queue and task are gone with it
+            self.loop, self.queue, self.task = loop, asyncio.Queue(), None
+        if self.task is None or self.task.done():
             self.task = loop.create_task(self._loop())
 
     async def in_thread(self, work: Callable, *args):
         """Run `work` on the forward thread (a streamed generation shares the cores with the batches)."""
+        if self.pool is None:
+            self.pool = ThreadPoolExecutor(1, thread_name_prefix="tunefork-forward")
         return await asyncio.get_running_loop().run_in_executor(self.pool, work, *args)
 
     async def _gather(self) -> list[Item]:
@@ -158,6 +161,10 @@ class Batcher:
                 item.future.set_exception(error)
 
     def close(self) -> None:
+        """Stop the loop and the forward thread (the server shuts down); a later request starts them again."""
         if self.task is not None:
             self.task.cancel()
-        self.pool.shutdown(wait=False, cancel_futures=True)
+            self.task = None
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = None
