@@ -7,7 +7,7 @@ import gc
 import logging
 import sys
 
-from tunefork import ludwig_cli
+from tunefork import ludwig_cli, serve_cli
 
 COMMANDS = {
     "train": "train a model from a config and a dataset",
@@ -57,33 +57,6 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
                         "own trust_remote_code is never obeyed; off by default")
 
 
-def _engine_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--engine", choices=("auto", "onnx", "torch"), default="auto",
-                   help="auto (default): ONNX Runtime when the model exports (written once into the model folder, "
-                        "starts in about a second), else torch; torch: always the torch model")
-
-
-def _positive_number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number of 0 or more, got {text!r}")
-    return value
-
-
-def _serve_flags(p: argparse.ArgumentParser) -> None:
-    """Batching, time limit and engine of `tunefork serve`."""
-    p.add_argument("--max_batch_size", type=_positive_count, default=32,
-                   help="most rows in one forward pass; concurrent requests are batched up to it (default 32)")
-    p.add_argument("--batch_wait_ms", type=_positive_number, default=5.0,
-                   help="longest a request waits for others to share its forward pass, in ms (default 5)")
-    p.add_argument("--request_timeout", type=_positive_number, default=60.0,
-                   help="seconds a request may wait for its answer; past it, 504 (default 60)")
-    _engine_flag(p)
-
-
 def _global_flags(inside_command: bool) -> argparse.ArgumentParser:
     """--debug, --quiet and --allow-pickle, accepted before the command and after it (`tunefork train ... --quiet`)."""
     p = argparse.ArgumentParser(add_help=False)
@@ -115,7 +88,7 @@ def parser() -> argparse.ArgumentParser:
                        help="ray: Ray Data workers read a folder, glob or Parquet/CSV file, each loading the model once "
                             "(default: the model config's backend.type for a folder or glob, else this process)")
         ludwig_cli.inference_flags(p, name)
-        _engine_flag(p)
+        serve_cli.engine_flag(p)
         p.add_argument("--overwrite", action="store_true",
                        help="replace an earlier output; by default a new name is taken (predictions_1.csv, ...)")
     parsers["predict"].add_argument("--output_format", choices=("csv", "parquet"), default="csv",
@@ -148,12 +121,7 @@ def _product_flags(parsers: dict) -> None:
     p.add_argument("-H", "--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
     p.add_argument("-p", "--port", type=int, default=8000)
     p.add_argument("--max_request_mb", type=float, default=8.0, help="largest request body accepted (default 8 MB)")
-    p.add_argument("--max_field_chars", type=_positive_count, default=100_000,
-                   help="most characters in one text field of a request; longer is a 422 (default 100000)")
-    p.add_argument("--max_pending", type=_positive_count, default=256,
-                   help="prediction requests in the server at once (queued or computing); more get 503 with "
-                        "Retry-After (default 256)")
-    _serve_flags(p)
+    serve_cli.flags(p, _positive_count)
     p.add_argument("-l", "--logging_level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     p = parsers["visualize"]
     p.add_argument("-v", "--visualization", required=True,
@@ -193,12 +161,7 @@ def _product(args) -> int:
         text = init_config(args.dataset, args.target, args.model, args.output)
         print(f"config written to {args.output}" if args.output else text, end="\n" if args.output else "")
     elif args.command == "serve":
-        from tunefork import serve
-
-        serve.run(args.model_path, args.host, args.port, max_body_bytes=int(args.max_request_mb * 2**20),
-                  max_field_chars=args.max_field_chars, max_pending=args.max_pending, log_level=args.logging_level,
-                  max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms,
-                  request_timeout=args.request_timeout, engine=args.engine)
+        serve_cli.serve(args, parser())
     elif args.command == "visualize":
         from tunefork import visualize
 
