@@ -10,8 +10,7 @@ A failure after the stream has begun cannot change its status (200 is sent): it 
 `data: {"error": "..."}`. The generation runs on the server's forward thread, so it takes turns with the batches.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: FastAPI reads the endpoint's `request: Request` at definition time.
 import asyncio
 import json
 
