@@ -26,7 +26,7 @@ COMMANDS = {
 
 # optional dependencies → the extra that installs them, for one clear line when a command needs one that is missing
 EXTRAS = {"matplotlib": "viz", "fastapi": "serve", "uvicorn": "serve", "multipart": "serve", "onnx": "export",
-          "onnxruntime": "export", "onnxscript": "export", "tensorboard": "tracking", "ray": "ray"}
+          "onnxruntime": "serve", "onnxscript": "export", "prometheus_client": "serve", "tensorboard": "tracking", "ray": "ray"}
 
 
 def _data_flags(p: argparse.ArgumentParser) -> None:
