@@ -135,3 +135,19 @@ def test_serve_flag_defaults_are_the_documented_ones():
 
     args = parser().parse_args(["serve", "-m", "x"])
     assert (args.max_batch_size, args.batch_wait_ms, args.request_timeout, args.max_pending, args.engine) == (32, 5.0, 60.0, 256, "auto")
+
+
+def test_a_serve_section_in_yaml_gives_the_settings_and_flags_given_override_it(tmp_path, capsys):
+    from tunefork import cli, serve_ray
+
+    path = tmp_path / "serve.yaml"
+    path.write_text("serve:\n  backend: ray\n  num_cpus: 0.5\n  port: 9000\n  max_batch_size: 8\n"
+                    "  autoscaling: {min_replicas: 1, max_replicas: 3}\n")
+    settings = serve_ray.settings(path, {"port": 9100})
+    assert (settings.backend, settings.port, settings.max_batch_size) == ("ray", 9100, 8)
+    deployment = settings.deployment()
+    assert deployment.num_cpus == 0.5 and deployment.autoscaling.max_replicas == 3
+    assert settings.app_options()["max_batch_size"] == 8
+    path.write_text("serve:\n  num_replica: 2\n")
+    assert cli.main(["serve", "-m", str(tmp_path), "--config", str(path)]) == 2
+    assert capsys.readouterr().err == f"error: serve.num_replica: Extra inputs are not permitted (in {path})\n"

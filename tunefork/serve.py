@@ -94,7 +94,9 @@ def app(model_path, *, max_body_bytes: int = MAX_BODY_BYTES, max_field_chars: in
         yield
         batcher.close()
 
-    api = FastAPI(title="tunefork model server", version=service.fingerprint[:12], default_response_class=Response,
+    from tunefork import __version__
+
+    api = FastAPI(title="tunefork model server", version=__version__, default_response_class=Response,
                   description=f"Serving {service.folder}", lifespan=lifespan)
     api.state.service, api.state.batcher, api.state.metrics = service, batcher, metrics
     api.add_middleware(serve_limits.BodyLimit, limit=max_body_bytes)

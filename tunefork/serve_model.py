@@ -96,7 +96,7 @@ class Service:
         self.folder = folder.check(Path(model_path))
         self.config, self.meta = folder.records(self.folder)
         self.Row = row_model(self.config, max_field_chars)
-        self.fingerprint = fingerprint(self.folder)
+        self.fingerprint = None  # hashed with the weights' load: reading 90 MB is start-up time too
         self.engine_choice, self.fitted, self.engine, self.failure = engine, None, None, None
         if load:
             self.load()
@@ -105,6 +105,7 @@ class Service:
         from tunefork import onnx_engine, safety
 
         try:
+            self.fingerprint = fingerprint(self.folder)
             self.fitted, self.engine = onnx_engine.load(self.folder, self.engine_choice, safety.remote_code_allowed())
         except Exception as exc:
             from tunefork.errors import first_line
