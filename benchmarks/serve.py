@@ -9,7 +9,8 @@ by a client in a second process over loopback (on the same 2 cores as the server
 - bare forward (baseline, a fresh process, before the servers): the model's own torch forward on pre-tokenized
   batches of 32 and 64 rows (rows/s) and on single rows (ms, p50) — and the ONNX Runtime session likewise;
 - start-up: `tunefork predict` of 10 rows, whole command, on each engine; `tunefork serve` launch → /health "ok";
-- local server (engine auto = ONNX Runtime; max_batch_size 32, batch_wait_ms 5): concurrency 1, 8, 32, 128, for
+- local server (engine auto = ONNX Runtime; max_batch_size 32, batch_wait_ms 5, request_timeout 300 s — at c=128
+  the 64-row requests queue 8,192 rows): concurrency 1, 8, 32, 128, for
   /predict (one row a request) and /batch_predict (64 rows a request): rows/s, p50/p99 latency, failures;
   the same at concurrency 32 with --engine torch;
 - Ray Serve (`--backend ray`), 1 and 2 replicas of 1 CPU: the same grid;
@@ -35,7 +36,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-LENGTH, ROWS_PER_BATCH, CONCURRENCY, PHASE_SECONDS = 64, 64, (1, 8, 32, 128), 12.0
+LENGTH, ROWS_PER_BATCH, CONCURRENCY, PHASE_SECONDS = 64, 64, (1, 8, 32, 128), 8.0
+# 128 clients with 64 rows each queue 8,192 rows, ~40 s of compute on 2 cores: the default 60 s timeout is too close
+TIMEOUT = ("--request_timeout", "300")
 LLM_PROMPTS, LLM_TOKENS = 16, 32
 
 
@@ -115,7 +118,7 @@ def load(url: str, phases: list) -> list[dict]:
 
     async def phase(route: str, concurrency: int) -> dict:
         rows = 1 if route == "/predict" else ROWS_PER_BATCH
-        count = min(max(8 * concurrency, 64), 800) if rows == 1 else max(concurrency, 16)
+        count = min(max(8 * concurrency, 64), 400) if rows == 1 else max(concurrency, 16)
         bodies = [{"sentence": texts[i % len(texts)]} if rows == 1 else
                   {"sentence": [texts[(i * rows + j) % len(texts)] for j in range(rows)]} for i in range(count)]
         latencies, failures, queue = [], {}, iter(bodies)
@@ -221,11 +224,12 @@ def main(args) -> int:
         predict_command(run, "auto")  # writes the ONNX graph once, outside the timings
         startup = {engine: round(min(predict_command(run, engine) for _ in range(3)), 2) for engine in ("auto", "torch")}
         baseline = common.in_subprocess(Path(__file__), "bare", "--model_path", str(run))
-        local = served(run, client=phases_client(grid()))
-        torch_engine = served(run, "--engine", "torch", client=phases_client([("/predict", 32), ("/batch_predict", 32)]))
+        local = served(run, *TIMEOUT, client=phases_client(grid()))
+        torch_engine = served(run, *TIMEOUT, "--engine", "torch",
+                              client=phases_client([("/predict", 32), ("/batch_predict", 32)]))
         ray = {} if args.skip_ray else {
-            n: served(run, "--backend", "ray", "--num_replicas", str(n), "--num_cpus", "1", client=phases_client(grid()))
-            for n in (1, 2)}
+            n: served(run, *TIMEOUT, "--backend", "ray", "--num_replicas", str(n), "--num_cpus", "1",
+                      client=phases_client(grid())) for n in (1, 2)}
         llm = None if args.skip_llm else llm_serve.measure(Path(tmp), served_flags=("--batch_wait_ms", "50"))
     result = {"model": "all-MiniLM-L6-v2, frozen, category head" if not args.model_path else str(args.model_path),
               "cpu_count": os.cpu_count(), "predict_10_rows_seconds": startup, "bare_forward": baseline,
