@@ -191,20 +191,23 @@ def shutdown() -> None:
 
 
 def run(model_path, deployment: Deployment, *, host: str, port: int, **options) -> None:
-    """Deploy, then serve until interrupted; the deployment is removed on the way out."""
+    """Deploy, then serve until interrupted (also while deploying); the deployment is removed on the way out."""
     import time
 
-    deploy(model_path, deployment, host=host, port=port, **options)
+    import ray
+
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s: reachable from other machines, with no authentication", host)
-    log.info("serving on http://%s:%d with Ray Serve (%s)", host, port, _replicas(deployment))
     try:
+        deploy(model_path, deployment, host=host, port=port, **options)
+        log.info("serving on http://%s:%d with Ray Serve (%s)", host, port, _replicas(deployment))
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         pass
     finally:
-        shutdown()
+        if ray.is_initialized():
+            shutdown()
 
 
 def _replicas(deployment: Deployment) -> str:
