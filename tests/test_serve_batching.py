@@ -45,6 +45,19 @@ def test_concurrent_requests_run_as_one_length_sorted_batch_each_answer_to_its_c
     assert model.calls == [["a", "dd", "ccc", "bbbb"]]  # one forward pass, shortest first
 
 
+def test_a_lone_caller_does_not_wait_for_company():
+    model = Model()
+    batcher = Batcher(model, max_batch_size=8, batch_wait_ms=2000)
+
+    async def main():
+        started = time.perf_counter()
+        answers = [await batcher.submit([text]) for text in ("a", "b")]
+        return answers, time.perf_counter() - started
+
+    answers, seconds = run(main())
+    assert answers == [["A"], ["B"]] and seconds < 1.0 and model.calls == [["a"], ["b"]]
+
+
 def test_a_batch_never_exceeds_max_batch_size_and_a_large_request_joins_in_slices():
     model = Model(seconds=0.1)  # the large request takes 3 forward passes: 0.3 s
     batcher = Batcher(model, max_batch_size=4, batch_wait_ms=20)

@@ -5,9 +5,10 @@ replica around it, and TorchServe / Triton are servers of their own; what the on
 a loop, about a hundred lines, tested in tests/test_serve_batching.py.
 
 A request puts its rows on an asyncio queue as one *item* and awaits its future. One loop takes the first item, waits
-up to `batch_wait_ms` for company until `max_batch_size` rows are gathered, sorts the rows by length (less padding),
-runs `run(rows)` in one worker thread (forward passes saturate the cores; two at once slow both), and hands each item
-its own slice of the answer. Per request, never per batch:
+up to `batch_wait_ms` for company until `max_batch_size` rows are gathered (not at all without traffic: no other
+request in the server and the last pass alone too, so a lone caller pays no wait), sorts the rows by length (less
+padding), runs `run(rows)` in one worker thread (forward passes saturate the cores; two at once slow both), and hands
+each item its own slice of the answer. Per request, never per batch:
 
 - an item whose caller has gone (client disconnected, timed out) is dropped before the batch runs;
 - a batch that fails on a row's data (a TuneforkError, e.g. a binary value neither label) is rerun item by item, so
@@ -59,6 +60,7 @@ class Batcher:
         self.task: asyncio.Task | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.batches = 0
+        self.in_flight, self.last_rows = 0, 0  # requests in the batcher; rows of the last forward pass
 
     @property
     def depth(self) -> int:
@@ -69,15 +71,19 @@ class Batcher:
         """The answers to `rows`, in order: in slices of max_batch_size, one in the queue at a time."""
         self._started()
         answers = []
-        for start in range(0, len(rows), self.max_batch_size):
-            part = rows[start:start + self.max_batch_size]
-            item = Item(part, [self.length(r) for r in part], gone)
-            self.queue.put_nowait(item)
-            try:
-                answers += await item.future
-            except asyncio.CancelledError:
-                item.future.cancel()  # dropped from any batch not yet run
-                raise
+        self.in_flight += 1
+        try:
+            for start in range(0, len(rows), self.max_batch_size):
+                part = rows[start:start + self.max_batch_size]
+                item = Item(part, [self.length(r) for r in part], gone)
+                self.queue.put_nowait(item)
+                try:
+                    answers += await item.future
+                except asyncio.CancelledError:
+                    item.future.cancel()  # dropped from any batch not yet run
+                    raise
+        finally:
+            self.in_flight -= 1
         return answers
 
     def _started(self) -> None:
@@ -97,6 +103,8 @@ class Batcher:
     async def _gather(self) -> list[Item]:
         items = [await self.queue.get()]
         rows = len(items[0].rows)
+        if self.in_flight <= 1 and self.last_rows <= 1:
+            return items  # no traffic: nobody else is in the server, and the last pass was alone too — run now
         deadline = time.monotonic() + self.wait
         while rows < self.max_batch_size:
             if self.queue.empty():
@@ -134,6 +142,7 @@ class Batcher:
         flat.sort()  # by length: rows of a like length share the padding
         rows = [items[i].rows[j] for _, i, j in flat]
         self.batches += 1
+        self.last_rows = len(rows)
         self.observe(len(rows))
         try:
             answers = await self.in_thread(self.run, rows)
