@@ -36,7 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-LENGTH, ROWS_PER_BATCH, CONCURRENCY, PHASE_SECONDS = 64, 64, (1, 8, 32, 128), 8.0
+LENGTH, ROWS_PER_BATCH, CONCURRENCY, PHASE_SECONDS = 64, 64, (1, 8, 32, 128), 6.0
 # 128 clients with 64 rows each queue 8,192 rows, ~40 s of compute on 2 cores: the default 60 s timeout is too close
 TIMEOUT = ("--request_timeout", "300")
 LLM_PROMPTS, LLM_TOKENS = 16, 32
@@ -77,7 +77,7 @@ def bare(run: Path) -> dict:
     from tunefork.features import pipeline
     from tunefork.training import batches as batching
 
-    model, texts = Model.load(run), sentences(640)
+    model, texts = Model.load(run), sentences(320)
     table = pipeline.transform(model.config, pd.DataFrame({"sentence": texts}), model.meta, model.tokenizers, with_outputs=False)
     net, session = model.model.eval(), onnx_engine.load(run, "onnx")[0]
     fitted = model.meta["inputs"]["sentence"]
@@ -99,7 +99,7 @@ def bare(run: Path) -> dict:
                     forward(np.arange(i, min(i + size, len(texts))))
                 out[f"{name}_batch{size}_rows_per_second"] = len(texts) / (time.perf_counter() - start)
             single = []
-            for i in range(200):
+            for i in range(100):
                 start = time.perf_counter()
                 forward(np.array([i]))
                 single.append((time.perf_counter() - start) * 1000)
@@ -118,7 +118,7 @@ def load(url: str, phases: list) -> list[dict]:
 
     async def phase(route: str, concurrency: int) -> dict:
         rows = 1 if route == "/predict" else ROWS_PER_BATCH
-        count = min(max(8 * concurrency, 64), 400) if rows == 1 else max(concurrency, 16)
+        count = min(max(8 * concurrency, 64), 300) if rows == 1 else max(concurrency, 16)
         bodies = [{"sentence": texts[i % len(texts)]} if rows == 1 else
                   {"sentence": [texts[(i * rows + j) % len(texts)] for j in range(rows)]} for i in range(count)]
         latencies, failures, queue = [], {}, iter(bodies)
@@ -222,7 +222,7 @@ def main(args) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(args.model_path) if args.model_path else train(Path(tmp))
         predict_command(run, "auto")  # writes the ONNX graph once, outside the timings
-        startup = {engine: round(min(predict_command(run, engine) for _ in range(3)), 2) for engine in ("auto", "torch")}
+        startup = {engine: round(min(predict_command(run, engine) for _ in range(2)), 2) for engine in ("auto", "torch")}
         baseline = common.in_subprocess(Path(__file__), "bare", "--model_path", str(run))
         local = served(run, *TIMEOUT, client=phases_client(grid()))
         torch_engine = served(run, *TIMEOUT, "--engine", "torch",
