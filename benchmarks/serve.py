@@ -181,7 +181,7 @@ def served(run: Path, *flags: str, client, ready_within: float = 240) -> dict:
                 saw_loading |= health.json().get("status") == "loading"
                 if health.status_code == 200:
                     break
-            except httpx.TransportError:
+            except (httpx.TransportError, ValueError):  # not listening yet, or Ray's proxy before the app is up
                 pass
             if time.perf_counter() - launched > ready_within:
                 sys.exit(f"the server was not ready within {ready_within:.0f} s")
