@@ -398,6 +398,41 @@ def test_serve_answers_with_the_generated_text(lora_run, alpaca, tmp_path):
     assert serve.fingerprint(other) != meta["fingerprint"]
 
 
+def test_serve_runs_concurrent_generations_as_one_batch_and_streams_tokens(lora_run, alpaca):
+    pytest.importorskip("fastapi")
+    import asyncio
+
+    import httpx
+    from fastapi.testclient import TestClient
+
+    from tunefork import serve
+
+    _, result = lora_run
+    application = serve.app(result.output_directory, batch_wait_ms=200)
+    rows = alpaca.iloc[30:34][["instruction", "input"]]
+    expected = Model.load(result.output_directory).predict(rows)["output_response"].tolist()
+
+    async def concurrently():
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=120) as client:
+            return await asyncio.gather(*(client.post("/predict", json=r) for r in rows.to_dict(orient="records")))
+
+    answers = asyncio.run(concurrently())
+    assert [a.json()["output_response"] for a in answers] == expected  # each caller its own text
+    metrics = TestClient(application).get("/metrics").text
+    assert "tunefork_batch_rows_count 1.0" in metrics and "tunefork_batch_rows_sum 4.0" in metrics  # one generate
+
+    with TestClient(application).stream("POST", "/generate_stream", json=rows.iloc[0].to_dict()) as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream"), (stream.read(), stream.status_code)
+        events = [line.removeprefix("data: ") for line in stream.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    pieces = [json.loads(e)["token"] for e in events[:-2]]
+    assert len(pieces) >= 2 and "".join(pieces).strip() == expected[0]
+    assert json.loads(events[-2]) == {"output_response": expected[0]}
+    bad = TestClient(application).post("/generate_stream", json={"instruction": "hi"})
+    assert bad.status_code == 422 and bad.json()["message"].startswith("input: ")
+
+
 def test_hf_export_is_a_causal_lm_folder_that_generates_the_same(lora_run, alpaca, tmp_path, capsys):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -155,7 +155,7 @@ def test_nan_predictions_become_null_instead_of_a_500(run_dir):
 
     api = serve.app(run_dir)
     with torch.no_grad():
-        for head in api.state.service.model.model.heads.values():
+        for head in api.state.service.model.heads.values():
             head[-1].weight.fill_(float("nan"))
     client = TestClient(api)
     answer = client.post("/predict", json=ROW)
@@ -243,5 +243,108 @@ def test_no_generated_request_gets_a_server_error(run_dir):
                 assert all(v is None or isinstance(v, str) or math.isfinite(v) for v in response.json().values())
 
         fuzz()
-    assert set(seen) == {"/health", "/metadata", "/predict", "/batch_predict"}
+    assert set(seen) == {"/health", "/metadata", "/metrics", "/predict", "/batch_predict"}
     assert 200 in seen["/predict"] and 422 in seen["/predict"]  # both valid and invalid rows were generated
+
+
+# ---------------------------------------------------------------------------------------------- batching and limits
+
+def _concurrently(application, requests: list[tuple[str, object]]) -> list:
+    """Send every (path, body) at once through the ASGI app; the answers in order."""
+    import asyncio
+
+    import httpx
+
+    async def main():
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=60) as client:
+            return await asyncio.gather(*(client.post(path, json=body) for path, body in requests))
+
+    return asyncio.run(main())
+
+
+def _metric(application, name: str, **labels) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = TestClient(application).get("/metrics").text
+    return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
+               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+def test_concurrent_requests_share_forward_passes_and_each_gets_its_own_answer(run_dir, reference):
+    from tunefork import serve
+
+    frame = tiny.sentiment_frame(16, seed=11)[list(ROW)]
+    rows = frame.to_dict(orient="records")
+    application = serve.app(run_dir, max_batch_size=8, batch_wait_ms=50)
+    answers = _concurrently(application, [("/predict", row) for row in rows] + [("/batch_predict", rows[:5])])
+    expected = reference.predict(frame)
+    assert [a.status_code for a in answers] == [200] * 17
+    for answer, (_, want) in zip(answers, expected.iterrows(), strict=False):
+        assert answer.json()["sentiment_predictions"] == want["sentiment_predictions"]
+        assert answer.json()["score_predictions"] == pytest.approx(want["score_predictions"], abs=1e-5)
+    batch = pd.DataFrame(answers[-1].json()["data"], columns=answers[-1].json()["columns"])
+    np.testing.assert_allclose(batch["score_predictions"], expected["score_predictions"][:5], atol=1e-5)
+    passes = _metric(application, "tunefork_batch_rows_count")
+    assert _metric(application, "tunefork_batch_rows_sum") == 21 and 3 <= passes < 17  # ≤ 8 rows a pass, shared
+    assert _metric(application, "tunefork_requests_total", route="/predict", status="200") == 16
+
+
+def test_a_bad_row_among_concurrent_ones_gets_its_own_422(run_dir):
+    from tunefork import serve
+
+    bad = {**ROW, "recommended": "maybe"}  # valid JSON for the schema; the binary feature refuses it
+    answers = _concurrently(serve.app(run_dir, batch_wait_ms=50), [("/predict", ROW), ("/predict", bad), ("/predict", ROW)])
+    assert [a.status_code for a in answers] == [200, 422, 200]
+    assert "recommended" in answers[1].json()["message"]
+
+
+def test_a_forward_pass_that_raises_is_a_500_for_its_batch_only_and_serving_goes_on(run_dir):
+    from tunefork import serve
+
+    application = serve.app(run_dir, batch_wait_ms=100)
+    service, calls = application.state.service, []
+    predict = service.predict
+
+    def crash_once(rows):
+        calls.append(len(rows))
+        if len(calls) == 1:
+            raise RuntimeError("out of memory\nwith a traceback below")
+        return predict(rows)
+
+    service.predict = crash_once
+    failed = _concurrently(application, [("/predict", ROW)] * 3)
+    assert [a.status_code for a in failed] == [500] * calls[0] and calls[0] == 3
+    assert failed[0].json()["message"] == "the batch this request was in failed: RuntimeError: out of memory"
+    assert TestClient(application).post("/predict", json=ROW).status_code == 200
+
+
+def test_health_says_loading_until_the_model_is_loaded_and_predictions_wait_with_503(run_dir):
+    from tunefork import serve
+
+    application = serve.app(run_dir, background=True)
+    client = TestClient(application)  # no lifespan yet: nothing loads
+    assert client.get("/health").status_code == 503 and client.get("/health").json() == {"status": "loading"}
+    refused = client.post("/predict", json=ROW)
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+    assert client.get("/metadata").json()["engine"] is None  # the records answer at once
+    with TestClient(application) as started:  # the server starts: the weights load in a thread
+        deadline = time.monotonic() + 60
+        while started.get("/health").json()["status"] == "loading" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert started.get("/health").json() == {"status": "ok"}
+        assert started.post("/predict", json=ROW).status_code == 200
+        assert started.get("/metadata").json()["engine"].startswith("engine: torch")  # a category input: no ONNX
+
+
+def test_a_request_past_the_timeout_is_a_504_and_leaves_the_queue(run_dir):
+    from tunefork import serve
+
+    application = serve.app(run_dir, request_timeout=0.3)
+    service = application.state.service
+    predict = service.predict
+    service.predict = lambda rows: (time.sleep(1.0), predict(rows))[1]
+    answer = TestClient(application).post("/predict", json=ROW)
+    assert answer.status_code == 504 and "request timeout (0.3 s)" in answer.json()["message"]
+    assert _metric(application, "tunefork_requests_total", route="/predict", status="504") == 1
+    assert _metric(application, "tunefork_queue_rows") == 0

@@ -7,7 +7,7 @@ import gc
 import logging
 import sys
 
-from tunefork import ludwig_cli
+from tunefork import ludwig_cli, serve_cli
 from tunefork.hyperopt import command as search_command
 
 COMMANDS = {
@@ -28,7 +28,7 @@ COMMANDS = {
 
 # optional dependencies → the extra that installs them, for one clear line when a command needs one that is missing
 EXTRAS = {"matplotlib": "viz", "fastapi": "serve", "uvicorn": "serve", "multipart": "serve", "onnx": "export",
-          "onnxruntime": "export", "onnxscript": "export", "tensorboard": "tracking", "ray": "ray"}
+          "onnxruntime": "serve", "onnxscript": "export", "prometheus_client": "serve", "tensorboard": "tracking", "ray": "ray"}
 
 
 def _data_flags(p: argparse.ArgumentParser) -> None:
@@ -92,6 +92,7 @@ def parser() -> argparse.ArgumentParser:
                        help="ray: Ray Data workers read a folder, glob or Parquet/CSV file, each loading the model once "
                             "(default: the model config's backend.type for a folder or glob, else this process)")
         ludwig_cli.inference_flags(p, name)
+        serve_cli.engine_flag(p)
         p.add_argument("--overwrite", action="store_true",
                        help="replace an earlier output; by default a new name is taken (predictions_1.csv, ...)")
     parsers["predict"].add_argument("--output_format", choices=("csv", "parquet"), default="csv",
@@ -124,10 +125,7 @@ def _product_flags(parsers: dict) -> None:
     p.add_argument("-H", "--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
     p.add_argument("-p", "--port", type=int, default=8000)
     p.add_argument("--max_request_mb", type=float, default=8.0, help="largest request body accepted (default 8 MB)")
-    p.add_argument("--max_field_chars", type=_positive_count, default=100_000,
-                   help="most characters in one text field of a request; longer is a 422 (default 100000)")
-    p.add_argument("--max_pending", type=_positive_count, default=16,
-                   help="prediction requests admitted at once; more get 503 with Retry-After (default 16)")
+    serve_cli.flags(p, _positive_count)
     p.add_argument("-l", "--logging_level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     p = parsers["visualize"]
     p.add_argument("-v", "--visualization", required=True,
@@ -168,10 +166,7 @@ def _product(args) -> int:
         text = init_config(args.dataset, args.target, args.model, args.output)
         print(f"config written to {args.output}" if args.output else text, end="\n" if args.output else "")
     elif args.command == "serve":
-        from tunefork import serve
-
-        serve.run(args.model_path, args.host, args.port, max_body_bytes=int(args.max_request_mb * 2**20),
-                  max_field_chars=args.max_field_chars, max_pending=args.max_pending, log_level=args.logging_level)
+        serve_cli.serve(args, parser())
     elif args.command == "visualize" and args.visualization.startswith("hyperopt_"):  # a search folder
         from tunefork.hyperopt import plots
 
@@ -216,10 +211,8 @@ def _run(args) -> int:
 
     if args.command == "hyperopt":
         return search_command.run(args)
-    from tunefork.api import Model
-
     if args.command in ("train", "experiment"):
-        from tunefork.api import config_of_run
+        from tunefork.api import Model, config_of_run
         from tunefork.errors import TuneforkError
 
         source = ludwig_cli.config_source(args, required=False)
@@ -241,8 +234,8 @@ def _run(args) -> int:
     ray = _ray_backend(args)
     if args.command == "predict":
         if args.skip_save_predictions:
-            model = Model.load(args.model_path, quiet=args.quiet, trust_remote_code=args.trust_remote_code)
-            print(f"{len(model.predict(args.dataset))} predictions made; none written (--skip_save_predictions)")
+            print(f"{len(_local_model(args).predict(_read(args.dataset)))} predictions made; none written "
+                  "(--skip_save_predictions)")
             return 0
         if ray is not None:
             from tunefork.backends import ray_predict
@@ -252,7 +245,7 @@ def _run(args) -> int:
             path, rows = _output(args, name, lambda p: ray_predict.write(args.model_path, args.dataset, ray, p,
                                                                          args.output_format), folder=parts)
         else:
-            frame = Model.load(args.model_path, quiet=args.quiet, trust_remote_code=args.trust_remote_code).predict(args.dataset)
+            frame = _local_model(args).predict(_read(args.dataset))
             write = frame.to_csv if args.output_format == "csv" else frame.to_parquet
             path, _ = _output(args, f"predictions.{args.output_format}", lambda p: write(p, index=False))
             rows = len(frame)
@@ -267,8 +260,7 @@ def _run(args) -> int:
 
         statistics, _ = ray_predict.evaluate(args.model_path, args.dataset, ray)
     else:
-        model = Model.load(args.model_path, quiet=args.quiet, trust_remote_code=args.trust_remote_code)
-        statistics = model.evaluate(args.dataset)
+        statistics = _local_model(args).evaluate(_read(args.dataset))[0]
     statistics = overall_stats(statistics, keep=not args.skip_collect_overall_stats)
     Console().table({"dataset": statistics}, f"evaluation of {args.model_path}")
     if args.skip_save_eval_stats:
@@ -277,6 +269,21 @@ def _run(args) -> int:
     path, _ = _output(args, "test_statistics.json", lambda p: rundir.write_json(p, statistics))
     print(f"statistics written to {path}")
     return 0
+
+
+def _local_model(args):
+    """The model that predicts / evaluates in this process, on the engine --engine picks (`tunefork.onnx_engine`)."""
+    from tunefork import onnx_engine
+
+    fitted, engine = onnx_engine.load(args.model_path, args.engine, trust_remote_code=args.trust_remote_code)
+    logging.getLogger("tunefork").info(engine)
+    return fitted
+
+
+def _read(dataset):
+    from tunefork.data import read
+
+    return read.read(dataset)
 
 
 def _ray_backend(args):
@@ -374,13 +381,10 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module="transformers")
-    try:  # transformers prints a load report and progress bars on every from_pretrained
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
+    # transformers prints a load report and progress bars on every from_pretrained; it reads these when first imported,
+    # so a command that never needs it (predict on ONNX Runtime) does not pay its import here
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def run() -> None:

@@ -1,12 +1,20 @@
 """`tunefork serve`: a trained model behind a small REST API (FastAPI + uvicorn), Ludwig's routes and answers.
 
-    GET  /health         liveness
-    GET  /metadata       input and output features, classes, the weights' fingerprint
-    POST /predict        one row, as JSON or as form fields          → {"label_predictions": ..., ...}
-    POST /batch_predict  a JSON list of rows, a columns object, or pandas' split layout → {"columns", "index", "data"}
+    GET  /health           "ok" once the model is loaded; "loading" (503, Retry-After) until then
+    GET  /metadata         input and output features, classes, the weights' fingerprint, the engine
+    GET  /metrics          Prometheus text: requests, latency, rows per forward pass, rows waiting (`serve_metrics`)
+    POST /predict          one row, as JSON or as form fields          → {"label_predictions": ..., ...}
+    POST /batch_predict    a JSON list of rows, a columns object, or pandas' split layout → {"columns", "index", "data"}
+    POST /generate_stream  (model_type: llm) one row → server-sent events of the generated text as it is generated
 
 A `model_type: llm` folder is served the same way: a row holds the columns its prompt reads, and the answer is the
 generated text (`<output>_response`, plus `<output>_predictions` for a category output).
+
+Requests that arrive together run as one forward pass (`serve_batching`: up to `max_batch_size` rows, waiting at
+most `batch_wait_ms` for company; an LLM's rows as one left-padded `generate`), each answer to its own caller, and a
+failure stays with the requests it concerns. The routes are built once, here, for both servers: the local one
+batches with `serve_batching.Batcher`, the Ray Serve one (`serve_ray`) passes its `@serve.batch` function as
+`dispatch`.
 
 Request bodies are validated against a model built from the input features, so a missing field or a wrong type is a
 422 that names the field; a model's NaN or infinity becomes null instead of breaking the JSON (Ludwig answers 500);
@@ -14,188 +22,57 @@ bodies over a size limit are refused before they are read; and the server binds 
 
 Work is bounded by the request, not by what a client sends: a text field over `max_field_chars` characters is a 422
 naming the field; a text within it is cut to its model's limit in characters before it is tokenized
-(`data.clipping`); and at most `max_pending` prediction requests are admitted at once (one computes, under the lock,
-while the others wait with their bodies in memory) — one more is answered 503 with Retry-After.
+(`data.clipping`); at most `max_pending` prediction requests are in the server at once (queued or computing) — one
+more is answered 503 with Retry-After; and a request not answered within `request_timeout` seconds is answered 504
+and dropped from the queue.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations (`request: Request`, imported
 # inside `app` to keep `import tunefork` light) at definition time.
-import hashlib
+import asyncio
 import json
 import logging
 import threading
-from pathlib import Path
-from typing import Annotated
 
 from tunefork import serve_limits
 from tunefork.config.features import is_transformer
 from tunefork.errors import TuneforkError
+from tunefork.serve_batching import BATCH_WAIT_MS, MAX_BATCH_SIZE, Batcher, BatchFailed
+from tunefork.serve_model import (
+    MAX_FIELD_CHARS,
+    Service,
+    field_errors,
+    fingerprint,
+    output_columns,
+    row_model,
+)
 
+__all__ = ["Service", "app", "fingerprint", "row_model", "run"]
 log = logging.getLogger("tunefork.serve")
 MAX_BODY_BYTES = 8 * 2**20
-# 100,000 characters: ~25,000 tokens of prose, beyond any encoder's 512 positions and most LLM prompts; a field over it
-# is refused (422) rather than read, and `--max_field_chars` raises it for long-context models.
-MAX_FIELD_CHARS = 100_000
-# Prediction requests admitted at once: one computes, the rest wait for the lock holding their parsed bodies (each up
-# to max_body_bytes), so this bounds the memory queued work can take; more is answered 503 with Retry-After.
-MAX_PENDING = 16
-# Missing-value strategies that fill a cell with one constant: only for these may a request send null.
-CONSTANT_FILLS = ("fill_with_const", "fill_with_mode", "fill_with_mean", "fill_with_false")
+# Prediction requests in the server at once, queued or computing, each holding its parsed body (up to max_body_bytes):
+# this bounds the memory queued work can take; more is answered 503 with Retry-After. 256 lets 128 concurrent clients,
+# each with a request in flight and the next arriving, through.
+MAX_PENDING = 256
+REQUEST_TIMEOUT = 60.0  # seconds from arrival to answer; a request over it is answered 504 and leaves the queue
 JSON_TYPES = ("application/json",)
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 
-def fingerprint(model_folder: Path) -> str:
-    """blake2b-128 of what decides the answers: two servers answer alike exactly when their fingerprints match.
-    A model's weights file; for an LLM, its config (base model, prompt, generation settings) and every safetensors
-    file it holds (an adapter, or full weights), each with its path."""
-    folder = Path(model_folder)
-    digest = hashlib.blake2b(digest_size=16)
-    if (folder / "model.safetensors").is_file():
-        files = [folder / "model.safetensors"]
-    else:
-        files = [folder / "model_hyperparameters.json", *sorted(folder.rglob("*.safetensors"))]
-        for path in files:
-            digest.update(str(path.relative_to(folder)).encode())
-    for path in files:
-        with open(path, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
-def row_model(config, max_field_chars: int = MAX_FIELD_CHARS):
-    """A pydantic model of one input row: one field per input feature (an LLM: per column its prompt reads), keyed by
-    its dataset column; every string at most `max_field_chars` characters."""
-    from pydantic import ConfigDict, Field, StringConstraints, create_model
-
-    text = Annotated[str, StringConstraints(max_length=max_field_chars)]
-    if config.model_type == "llm":  # a missing cell is an empty string in the prompt, as in training
-        fields = {f"field_{i}": (text | None, Field(..., alias=column, description="prompt column"))
-                  for i, column in enumerate(config.columns())}
-        return create_model("Row", __config__=ConfigDict(extra="ignore", populate_by_name=False), **fields)
-
-    kinds = {
-        "text": text,
-        "category": text | int,  # categories read from a CSV of numbers arrive as ints
-        "number": Annotated[float, Field(allow_inf_nan=False)],
-        "binary": bool | text,  # true/false, 0/1, or one of the two labels seen in training
-        "set": text,  # members split as in training: `"comedy drama"`
-    }
-    fields = {}
-    for i, feature in enumerate(config.input_features):
-        kind = kinds[feature.type]
-        nullable = feature.preprocessing.missing_value_strategy in CONSTANT_FILLS
-        why = f"{feature.type} input '{feature.name}'" + (" (null: filled as in training)" if nullable else "")
-        fields[f"field_{i}"] = (kind | None if nullable else kind, Field(..., alias=feature.source, description=why))
-    # extra keys are ignored, as in Ludwig: a client may send a whole dataset row
-    return create_model("Row", __config__=ConfigDict(extra="ignore", populate_by_name=False), **fields)
-
-
-def _output_columns(config, meta: dict) -> dict[str, dict]:
-    """JSON schema of each column a prediction has (mirrors features.*.columns)."""
-    number = {"type": ["number", "null"]}
-    out: dict[str, dict] = {}
-    if config.model_type == "llm":
-        name = config.output.name
-        return {**({f"{name}_predictions": {"type": "string"}} if config.output.type == "category" else {}),
-                f"{name}_response": {"type": "string"}}
-    for feature in config.output_features:
-        fitted = meta["outputs"][feature.name]
-        if feature.type == "number":
-            out[f"{feature.name}_predictions"] = number
-            continue
-        if feature.type == "set":  # Ludwig's shape: lists of labels and of probabilities
-            out[f"{feature.name}_predictions"] = {"type": ["array", "null"], "items": {"type": "string"}}
-            out[f"{feature.name}_probabilities"] = {"type": "array", "items": number}
-            for label in fitted["vocab"]:
-                out[f"{feature.name}_probabilities_{label}"] = number
-            out[f"{feature.name}_probability"] = {"type": "array", "items": number}
-            continue
-        out[f"{feature.name}_predictions"] = {"type": "string"}
-        for label in fitted.get("vocab") or fitted["labels"]:
-            out[f"{feature.name}_probabilities_{label}"] = number
-        out[f"{feature.name}_probability"] = number
-    return out
-
-
-class Service:
-    """The loaded model and the one lock its forward passes share (they saturate the cores; interleaving slows both)."""
-
-    def __init__(self, model_path, max_field_chars: int = MAX_FIELD_CHARS):
-        from tunefork.api import Model
-        from tunefork.models import folder
-
-        self.folder = folder.check(Path(model_path))
-        self.model = Model.load(self.folder)
-        self.config, self.meta = self.model.config, self.model.meta
-        self.Row = row_model(self.config, max_field_chars)
-        self.fingerprint = fingerprint(self.folder)
-        self.lock = threading.Lock()
-
-    def predict(self, rows: list[dict]):
-        import pandas as pd
-
-        frame = pd.DataFrame(rows, columns=self.config.columns())
-        with self.lock:
-            return self.model.predict(frame)
-
-    def metadata(self) -> dict:
-        from tunefork import __version__
-
-        common = {"model_path": str(self.folder), "fingerprint": self.fingerprint, "tunefork_version": __version__,
-                  "prediction_columns": list(_output_columns(self.config, self.meta))}
-        if self.config.model_type == "llm":
-            output = self.config.output
-            return {**common, "model_type": "llm", "base_model": self.config.base_model,
-                    "input_columns": self.config.columns(), "prompt_template": self.config.prompt.text(),
-                    "output_features": [{"name": output.name, "type": output.type, "column": output.source,
-                                         **({"labels": self.meta["labels"]} if output.type == "category" else {})}],
-                    "generation": self.config.generation.model_dump(mode="json")}
-
-        def describe(feature, fitted: dict, is_input: bool) -> dict:
-            item = {"name": feature.name, "type": feature.type, "column": feature.source}
-            if feature.type == "category":
-                item["classes"] = [c for c in fitted["vocab"] if c != "<UNK>"]
-            elif feature.type == "set" and not is_input:
-                item["labels"] = fitted["vocab"]
-            elif feature.type == "binary":
-                item["labels"] = fitted["labels"]
-            if is_input:
-                item["nullable"] = feature.preprocessing.missing_value_strategy in CONSTANT_FILLS
-                if feature.type == "text":
-                    item["encoder"] = (feature.encoder.pretrained_model_name_or_path if is_transformer(feature)
-                                       else feature.encoder.type)
-                    item["max_sequence_length"] = fitted["max_sequence_length"]
-            return item
-
-        return {
-            **common,
-            "input_features": [describe(f, self.meta["inputs"][f.name], True) for f in self.config.input_features],
-            "output_features": [describe(f, self.meta["outputs"][f.name], False) for f in self.config.output_features],
-        }
-
-
-def _errors(exc, prefix: tuple = ()) -> list[dict]:
-    """Pydantic's errors as [{loc, msg, type}], one per field: a union's members (`genre.str`, `genre.int`) are
-    merged into one entry, since the client sent one field, not one per accepted type."""
-    merged: dict[tuple, dict] = {}
-    for e in exc.errors(include_url=False, include_context=False, include_input=False):
-        loc = (*prefix, *e["loc"][:1])
-        if loc in merged:
-            merged[loc]["msg"] += f"; {e['msg'][0].lower()}{e['msg'][1:]}"
-        else:
-            merged[loc] = {"loc": list(loc), "msg": e["msg"], "type": e["type"]}
-    return list(merged.values())
-
-
 def app(model_path, *, max_body_bytes: int = MAX_BODY_BYTES, max_field_chars: int = MAX_FIELD_CHARS,
-        max_pending: int = MAX_PENDING):
-    """The FastAPI application serving the model folder (or run directory) at `model_path`."""
+        max_pending: int = MAX_PENDING, max_batch_size: int = MAX_BATCH_SIZE, batch_wait_ms: float = BATCH_WAIT_MS,
+        request_timeout: float = REQUEST_TIMEOUT, engine: str = "auto", background: bool = False, dispatch=None):
+    """The FastAPI application serving the model folder (or run directory) at `model_path`.
+
+    `background`: the weights load in a thread once the server starts (/health says "loading" until then) instead
+    of before this returns. `dispatch(service) -> async (rows, gone) -> answers` replaces the local batcher."""
+    from contextlib import asynccontextmanager
+
     from fastapi import FastAPI
     from fastapi.responses import JSONResponse
 
     from tunefork.rundir import _clean
+    from tunefork.serve_metrics import Metrics, Timing
 
     class Response(JSONResponse):
         def render(self, content) -> bytes:  # NaN and infinity are not JSON: they are sent as null
@@ -205,12 +82,27 @@ def app(model_path, *, max_body_bytes: int = MAX_BODY_BYTES, max_field_chars: in
         def __init__(self, errors: list[dict]):
             self.errors = errors
 
-    service = Service(model_path, max_field_chars)
-    api = FastAPI(title="tunefork model server", version=service.fingerprint[:12], default_response_class=Response,
-                  description=f"Serving {service.folder}")
-    api.state.service = service
+    service = Service(model_path, max_field_chars, engine=engine, load=not background)
+    metrics = Metrics()
+    batcher = Batcher(lambda rows: service.answers(rows), max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms,
+                      length=Service.length, observe=metrics.batch_rows.observe)
+    metrics.queue_rows.set_function(lambda: batcher.depth)
+
+    @asynccontextmanager
+    async def lifespan(_):
+        if background and service.fitted is None:
+            threading.Thread(target=_load_logged, args=(service,), daemon=True, name="tunefork-load").start()
+        yield
+        batcher.close()
+
+    from tunefork import __version__
+
+    api = FastAPI(title="tunefork model server", version=__version__, default_response_class=Response,
+                  description=f"Serving {service.folder}", lifespan=lifespan)
+    api.state.service, api.state.batcher, api.state.metrics = service, batcher, metrics
     api.add_middleware(serve_limits.BodyLimit, limit=max_body_bytes)
-    api.add_middleware(serve_limits.Admission, limit=max_pending)  # added last, so it runs first: refused before a byte is read
+    api.add_middleware(serve_limits.Admission, limit=max_pending)  # before a byte is read
+    api.add_middleware(Timing, metrics=metrics)  # added last, so it runs first: refusals are counted too
 
     @api.exception_handler(Invalid)
     async def _invalid(request, exc: Invalid):
@@ -220,25 +112,77 @@ def app(model_path, *, max_body_bytes: int = MAX_BODY_BYTES, max_field_chars: in
 
     @api.exception_handler(TuneforkError)
     async def _user_error(request, exc: TuneforkError):
-        return Response({"message": str(exc), "detail": [{"loc": [], "msg": str(exc), "type": "data_error"}]}, status_code=422)
+        return Response(_message(str(exc), "data_error"), status_code=422)
 
-    _routes(api, service, Response, Invalid, max_body_bytes)
+    @api.exception_handler(Refused)
+    async def _refused(request, exc: Refused):
+        return Response(_message(exc.message, exc.kind), status_code=exc.status, headers=exc.headers)
+
+    submit = dispatch(service) if dispatch is not None else batcher.submit
+    _routes(api, service, Response, Invalid, max_body_bytes, _answering(service, submit, request_timeout, Response))
+    if service.config.model_type == "llm":
+        from tunefork import serve_llm
+
+        serve_llm.route(api, service, batcher, lambda raw: _validate(service, raw, Invalid, ()))
     return api
 
 
-def _routes(api, service: Service, Response, Invalid, max_body_bytes: int) -> None:
-    """/health, /metadata, /predict and /batch_predict, with their OpenAPI schemas."""
-    from fastapi import HTTPException, Request
+def _load_logged(service: Service) -> None:
+    try:
+        service.load()
+    except Exception:  # noqa: BLE001 — said by /health ("failed" and why) and in the log
+        log.error("%s", service.failure)
+
+
+class Refused(Exception):
+    """A prediction request answered with an error status and the usual body: {"message", "detail"}."""
+
+    def __init__(self, status: int, message: str, kind: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.kind, self.headers = status, message, kind, headers
+
+
+def _message(text: str, kind: str) -> dict:
+    return {"message": text, "detail": [{"loc": [], "msg": text, "type": kind}]}
+
+
+def _answering(service: Service, submit, timeout: float, Response):
+    """async (request, rows) -> answers, or raises the HTTP answer: 503 while loading, 504 past the timeout,
+    500 with one line when the forward pass of the request's batch failed."""
+    async def answer(request, rows: list[dict]) -> list[dict]:
+        if service.fitted is None:
+            status = 500 if service.failure else 503
+            raise Refused(status, service.failure or "loading: the model is not loaded yet", "loading",
+                          None if service.failure else {"Retry-After": str(serve_limits.RETRY_AFTER_SECONDS)})
+        try:
+            return await asyncio.wait_for(submit(rows, request.is_disconnected), timeout)
+        except TimeoutError:
+            raise Refused(504, f"no answer within the request timeout ({timeout:g} s); the request was dropped",
+                          "timeout") from None
+        except BatchFailed as exc:
+            raise Refused(500, str(exc), "batch_failed") from None
+
+    return answer
+
+
+def _validate(service: Service, raw, Invalid, prefix: tuple) -> dict:
     from pydantic import ValidationError
-    from starlette.concurrency import run_in_threadpool
+
+    if not isinstance(raw, dict):
+        raise Invalid([{"loc": list(prefix), "msg": "expected an object of input fields", "type": "model_type"}])
+    try:
+        return service.Row.model_validate(raw).model_dump(by_alias=True)
+    except ValidationError as exc:
+        raise Invalid(field_errors(exc, prefix)) from None
+
+
+def _routes(api, service: Service, Response, Invalid, max_body_bytes: int, answer) -> None:
+    """/health, /metadata, /metrics, /predict and /batch_predict, with their OpenAPI schemas."""
+    from fastapi import HTTPException, Request
+    from fastapi.responses import Response as Plain
 
     def validate(raw, prefix: tuple = ()) -> dict:
-        if not isinstance(raw, dict):
-            raise Invalid([{"loc": list(prefix), "msg": "expected an object of input fields", "type": "model_type"}])
-        try:
-            return service.Row.model_validate(raw).model_dump(by_alias=True)
-        except ValidationError as exc:
-            raise Invalid(_errors(exc, prefix)) from None
+        return _validate(service, raw, Invalid, prefix)
 
     async def body_json(request: Request):
         kind = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
@@ -255,21 +199,31 @@ def _routes(api, service: Service, Response, Invalid, max_body_bytes: int) -> No
             raise Invalid([problem])
         return body
 
-    async def predictions(rows: list[dict]):
-        return await run_in_threadpool(service.predict, rows)
-
     row_schema = service.Row.model_json_schema(by_alias=True)
     row_schema.pop("title", None)
-    prediction_schema = {"type": "object", "properties": _output_columns(service.config, service.meta)}
+    prediction_schema = {"type": "object", "properties": output_columns(service.config, service.meta)}
     errors = {
         "413": {"description": f"body over {max_body_bytes} bytes"},
         "415": {"description": "unsupported content type"},
         "422": {"description": "a field is missing, has the wrong type, or holds a value the model cannot read"},
+        "500": {"description": "the forward pass of the batch this request was in failed (one line: why)"},
+        "503": {"description": "busy (max_pending requests in the server) or still loading; see Retry-After"},
+        "504": {"description": "not answered within the request timeout"},
     }
 
     @api.get("/health")
-    async def health() -> dict:
-        return {"status": "ok"}
+    async def health():
+        if service.fitted is not None:
+            return {"status": "ok"}
+        if service.failure:
+            return Response({"status": "failed", "message": service.failure}, status_code=500)
+        return Response({"status": "loading"}, status_code=503, headers={"Retry-After": "1"})
+
+    @api.get("/metrics", response_class=Plain, responses={"200": {"content": {"text/plain": {}}}})
+    async def metrics():
+        """Prometheus text format (prometheus_client)."""
+        body, kind = api.state.metrics.render()
+        return Plain(body, media_type=kind)
 
     @api.get("/metadata")
     async def metadata() -> dict:
@@ -289,8 +243,7 @@ def _routes(api, service: Service, Response, Invalid, max_body_bytes: int) -> No
             raw = dict(form)
         else:
             raw = await body_json(request)
-        frame = await predictions([validate(raw)])
-        return Response(frame.to_dict(orient="records")[0])
+        return Response((await answer(request, [validate(raw)]))[0])
 
     columns_schema = {"type": "object", "additionalProperties": {"type": "array"}, "minProperties": 1}
     split_schema = {"type": "object", "required": ["columns", "data"],
@@ -306,8 +259,10 @@ def _routes(api, service: Service, Response, Invalid, max_body_bytes: int) -> No
     async def batch_predict(request: Request):
         """Many rows: `[{...}, ...]`, `{"column": [values...], ...}`, or `{"columns": [...], "data": [[...], ...]}`."""
         rows = _rows(await body_json(request), Invalid)
-        frame = await predictions([validate(row, (i,)) for i, row in enumerate(rows)])
-        return Response({"columns": list(frame.columns), "index": list(range(len(frame))), "data": frame.to_numpy().tolist()})
+        answers = await answer(request, [validate(row, (i,)) for i, row in enumerate(rows)])
+        columns = list(dict.fromkeys(key for a in answers for key in a))  # an `_error` column: when a row has one
+        return Response({"columns": columns, "index": list(range(len(answers))),
+                         "data": [[a.get(c) for c in columns] for a in answers]})
 
 
 def _rows(body, Invalid) -> list:
@@ -335,14 +290,12 @@ def _rows(body, Invalid) -> list:
     return rows
 
 
-def run(model_path, host: str = "127.0.0.1", port: int = 8000, *, max_body_bytes: int = MAX_BODY_BYTES,
-        max_field_chars: int = MAX_FIELD_CHARS, max_pending: int = MAX_PENDING, log_level: str = "info") -> None:
-    """Serve until interrupted. Loopback by default: exposing a model to a network is a decision, not a default."""
+def run(model_path, host: str = "127.0.0.1", port: int = 8000, *, log_level: str = "info", **options) -> None:
+    """Serve until interrupted. Loopback by default: exposing a model to a network is a decision, not a default.
+    The server listens at once; the weights load meanwhile (/health: "loading", then "ok")."""
     import uvicorn
 
-    application = app(model_path, max_body_bytes=max_body_bytes, max_field_chars=max_field_chars,
-                      max_pending=max_pending)
+    application = app(model_path, background=True, **options)
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s: reachable from other machines, with no authentication", host)
     uvicorn.run(application, host=host, port=port, log_level=log_level, workers=1)
-

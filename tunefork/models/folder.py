@@ -36,7 +36,8 @@ CONFIG = "model_hyperparameters.json"
 METADATA = "training_set_metadata.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 LLM_ADAPTER, LLM_WEIGHTS, LLM_TOKENIZER = "adapter", "weights", "tokenizer"
-WRITTEN = {WEIGHTS, CONFIG, METADATA, "encoders", "tokenizers", LLM_ADAPTER, LLM_WEIGHTS, LLM_TOKENIZER}  # and only these
+WRITTEN = {WEIGHTS, CONFIG, METADATA, "encoders", "tokenizers", LLM_ADAPTER, LLM_WEIGHTS, LLM_TOKENIZER,
+           "model.onnx", "tunefork_onnx.json"}  # and only these (the last two: onnx_engine, on first use)
 
 
 def locate(folder) -> Path:

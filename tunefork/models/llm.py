@@ -154,13 +154,14 @@ def token_loss_sum(logits_: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
 
 @torch.no_grad()
 def generate(model, tokenizer, prompt_ids: list[list[int]], generation, batch_size: int, device: str, amp,
-             constraint=None) -> dict:
+             constraint=None, streamer=None) -> dict:
     """Generate after each prompt. Returns the new tokens per row (prompt stripped, cut at the first eos), the
     decoded responses, the count of generated tokens and the seconds spent in `generate`.
 
     Prompts are batched longest first, so rows of similar length share a batch (less padding to attend over) and the
     largest batch — the memory peak — comes first. Padding is on the left so every row continues at the same column.
     `constraint` (`models.constrained.Constraint`) masks, at each step, the tokens its pattern does not allow.
+    A `streamer` (transformers' TextIteratorStreamer, for one prompt) is handed the tokens as they are generated.
     """
     from transformers import LogitsProcessorList
 
@@ -180,7 +181,7 @@ def generate(model, tokenizer, prompt_ids: list[list[int]], generation, batch_si
         began = time.perf_counter()
         with amp:
             out = model.generate(input_ids=ids, attention_mask=mask, pad_token_id=pad, eos_token_id=eos,
-                                 logits_processor=processors, **kwargs)
+                                 logits_processor=processors, **kwargs, **({"streamer": streamer} if streamer else {}))
         seconds += time.perf_counter() - began
         for j, row in zip(index, out[:, ids.shape[1]:].tolist(), strict=True):
             cut = next((t for t, token in enumerate(row) if token in stops), len(row))

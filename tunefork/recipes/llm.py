@@ -285,9 +285,9 @@ class Fitted:
                             self._plan.decisions["max_new_tokens"].reason)
         return self._plan
 
-    def generate(self, frame: pd.DataFrame, texts: list[str] | None = None) -> list[str]:
+    def generate(self, frame: pd.DataFrame, texts: list[str] | None = None, streamer=None) -> list[str]:
         """The response to each row's prompt (the template filled from `frame`), or to `texts` as given, one per row
-        of `frame` (Ludwig's `LudwigModel.generate` applies no template)."""
+        of `frame` (Ludwig's `LudwigModel.generate` applies no template). `streamer`: see `models.llm.generate` (one row)."""
         from tunefork.models import llm
         from tunefork.training.loop import autocast
 
@@ -304,16 +304,17 @@ class Fitted:
         llm.place(self.model, plan["device"])
         generation = config.generation.model_copy(update={"max_new_tokens": plan["max_new_tokens"]})
         out = llm.generate(self.model, self.tokenizers, ids, generation, plan["eval_batch_size"], plan["device"],
-                           autocast(plan), self.constraint(plan["max_new_tokens"]))
+                           autocast(plan), self.constraint(plan["max_new_tokens"]), streamer)
         self.last_generation = {"rows": len(ids), "prompt_tokens": sum(map(len, ids)), "prompts_truncated": int(cut.sum()),
                                 "generated_tokens": out["generated_tokens"], "generate_seconds": out["seconds"]}
         return out["responses"]
 
-    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
+    def predict(self, frame: pd.DataFrame, streamer=None) -> pd.DataFrame:
         """`<output>_response`: the generated text, prompt stripped (and `<output>_predictions`, the label, for a
-        category output)."""
+        category output). `streamer`: see `models.llm.generate` (one row)."""
         prompts.check_columns(self.config, frame, with_output=False)
-        return pd.DataFrame(llm_output.columns(self.config, self.meta, self.generate(frame)), index=frame.index)
+        return pd.DataFrame(llm_output.columns(self.config, self.meta, self.generate(frame, streamer=streamer)),
+                            index=frame.index)
 
     def evaluate(self, frame: pd.DataFrame) -> tuple[dict, pd.DataFrame]:
         """Loss and perplexity of the reference outputs (teacher forcing), then the generated responses scored against
