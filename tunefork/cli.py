@@ -208,7 +208,6 @@ def _run(args) -> int:
         return _product(args)
     if args.command == "convert-gguf":
         return _convert(args)
-
     if args.command == "hyperopt":
         return search_command.run(args)
     if args.command in ("train", "experiment"):

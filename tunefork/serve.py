@@ -35,7 +35,6 @@ import logging
 import threading
 
 from tunefork import serve_limits
-from tunefork.config.features import is_transformer
 from tunefork.errors import TuneforkError
 from tunefork.serve_batching import BATCH_WAIT_MS, MAX_BATCH_SIZE, Batcher, BatchFailed
 from tunefork.serve_model import (
