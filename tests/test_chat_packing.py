@@ -226,3 +226,15 @@ def test_conversations_read_the_same_from_every_file_format(suffix, tmp_path):
     assert len(read.fingerprint(loaded)) == 32  # nested turns hash (pandas cannot hash lists or arrays itself)
     if suffix != ".csv":  # a list read from JSON and an array read from Parquet are the same content
         assert read.fingerprint(loaded) == read.fingerprint(frame)
+
+
+def test_a_served_conversation_is_a_list_of_turns_or_their_json(tiny_llama):
+    from pydantic import ValidationError
+
+    from tunefork.serve_model import row_model
+
+    Row = row_model(config.load(chat_config(tiny_llama)))
+    assert Row.model_validate({"messages": conversation(1)}).model_dump(by_alias=True)["messages"] == conversation(1)
+    assert Row.model_validate({"messages": json.dumps(conversation(1))}).model_dump(by_alias=True)["messages"]
+    with pytest.raises(ValidationError):
+        Row.model_validate({"messages": 3})
