@@ -106,6 +106,7 @@ class Service:
         from tunefork.models import folder
 
         self.folder = folder.check(Path(model_path))
+        folder.refuse_shipped_code(self.folder)  # now, not in the loading thread: a refused folder is never served
         self.config, self.meta = folder.records(self.folder)
         self.Row = row_model(self.config, max_field_chars)
         self.fingerprint = None  # hashed with the weights' load: reading 90 MB is start-up time too

@@ -253,6 +253,17 @@ def _load_llm(folder: Path, config, meta: dict):
 
 
 # ------------------------------------------------------------------------------------------------ either kind
+def refuse_shipped_code(folder: Path, trust_remote_code: bool | None = None) -> bool:
+    """The caller's trust (None: the command line's `--trust-remote-code`); without it, a folder shipping code is
+    refused before transformers reads anything in it (and before a server listens: `serve_model.Service`)."""
+    trust = safety.remote_code_allowed() if trust_remote_code is None else bool(trust_remote_code)
+    if not trust:
+        shipped = safety.shipped_code(folder)
+        if shipped:
+            raise ModelFolderError(safety.remote_code_refusal(folder, shipped))
+    return trust
+
+
 def load(folder, trust_remote_code: bool | None = None):
     """(config, metadata, model, tokenizers) from a model folder of either kind, built offline from what it holds
     (an LLM's tokenizers is its one tokenizer).
@@ -261,11 +272,7 @@ def load(folder, trust_remote_code: bool | None = None):
     `tunefork.safety`); it replaces whatever the folder's config says, and a folder shipping code is refused without
     it, before anything in it is read by transformers."""
     folder = check(folder)
-    trust = safety.remote_code_allowed() if trust_remote_code is None else bool(trust_remote_code)
-    if not trust:
-        shipped = safety.shipped_code(folder)
-        if shipped:
-            raise ModelFolderError(safety.remote_code_refusal(folder, shipped))
+    trust = refuse_shipped_code(folder, trust_remote_code)
     config, meta = records(folder)
     config = _trusting(config, trust)
     loader = _load_llm if config.model_type == "llm" else _load_ecd
