@@ -833,12 +833,11 @@ def _one_line(out, code: int = 2) -> str:
 LLM_TEMPLATES = [
     ("reads only the output", "Answer: {output}", "placeholder {output} reads the output column"),
     ("reads the output beside the input", "{instruction} => {output}", "placeholder {output} reads the output column"),
-    ("reads no input feature", "Context: {context}\nAnswer:", "prompt.template reads no input feature: add {instruction}"),
 ]
 
 
 @pytest.mark.parametrize("case, template, message", LLM_TEMPLATES, ids=[c[0] for c in LLM_TEMPLATES])
-def test_llm_template_must_read_the_input_and_not_the_output(case, template, message, tmp_path):
+def test_llm_template_must_not_read_the_output(case, template, message, tmp_path):
     import yaml
 
     path = tmp_path / "llm.yaml"
@@ -1584,3 +1583,19 @@ def test_a_damaged_model_folder_is_one_line(damage, sound_model, tmp_path, capsy
     assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and "Traceback" not in err[0], err
     assert "damaged" in err[0] or "does not fit" in err[0], err[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_a_template_may_write_the_prompt_from_other_columns(tmp_path):
+    """Ludwig's own LLM examples name the input `prompt` and write it from `{instruction}` and `{input}`: the `prompt`
+    column need not exist, and is not read."""
+    import pandas as pd
+
+    from tunefork import config as config_mod
+    from tunefork.data import prompts
+
+    cfg = config_mod.load({**_llm_cfg(tmp_path), "input_features": [{"name": "prompt", "type": "text"}],
+                           "prompt": {"template": "### Instruction: {instruction}\n### Input: {input}\n### Response:"}})
+    assert cfg.columns() == ["instruction", "input"]
+    frame = pd.DataFrame({"instruction": ["Add"], "input": ["2 and 3"], "output": ["5"]})
+    prompts.check_columns(cfg, frame, with_output=True)
+    assert prompts.render(cfg, frame) == ["### Instruction: Add\n### Input: 2 and 3\n### Response:"]

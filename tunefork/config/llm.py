@@ -295,18 +295,16 @@ class LLMConfig(Section):
                              "or set trainer.type: finetune")
 
     def _template_reads_the_input_not_the_output(self) -> None:
-        """A template must read the input feature (else every answer is learnt from the other columns alone) and must
-        not read the output column (else the model is shown the answer it is trained to write)."""
+        """A template must not read the output column (else the model is shown the answer it is trained to write). It
+        need not read the input feature: Ludwig's own examples name the input `prompt` and write the prompt from other
+        columns (`{instruction}`, `{input}`), and the input's column is then not read at all (`columns`)."""
         template = self.prompt.text()
         if template is None:  # the input text is the prompt
             return
-        fields, inp, out = placeholders(template), self.input, self.output
-        if out.source in fields:
+        out = self.output
+        if out.source in placeholders(template):
             raise ValueError(f"prompt.template: placeholder {{{out.source}}} reads the output column, so the model "
                              f"would be shown the answer it learns to write; remove it")
-        if SAMPLE not in fields and inp.source not in fields:
-            raise ValueError(f"prompt.template reads no input feature: add {{{inp.source}}} (or {{{SAMPLE}}}), the "
-                             f"input feature '{inp.name}'")
 
     @property
     def chat(self) -> bool:
@@ -322,10 +320,15 @@ class LLMConfig(Section):
         return self.output_features[0]
 
     def columns(self) -> list[str]:
-        """Dataset columns a prompt reads: the input feature's, then any other `{column}` of the template."""
+        """Dataset columns a prompt reads: the input feature's where the prompt shows it (no template, `{__sample__}`
+        or `{<its column>}`) or few-shot retrieval matches rows by it, then every other `{column}` of the template."""
         template = self.prompt.text()
-        names = [self.input.source]
-        for name in placeholders(template) if template is not None else []:
+        if template is None:
+            return [self.input.source]
+        fields = placeholders(template)
+        shown = SAMPLE in fields or self.input.source in fields or self.prompt.retrieval.type is not None
+        names = [self.input.source] if shown else []
+        for name in fields:
             if name not in (SAMPLE, TASK, CONTEXT, *names):
                 names.append(name)
         return names
