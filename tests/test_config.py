@@ -369,3 +369,16 @@ def test_loading_a_config_imports_nothing_heavy():
             "print(sorted(m for m in ('torch', 'transformers', 'peft', 'ray', 'fastapi', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_ludwig_names_from_before_0_5_are_read(caplog):
+    """`training:` and the `numerical` type, which Ludwig itself still upgrades on load."""
+    import logging
+
+    from tunefork import config as config_mod
+
+    with caplog.at_level(logging.INFO, logger="tunefork.config"):
+        cfg = config_mod.load({"input_features": [{"name": "age", "type": "numerical"}],
+                               "output_features": [{"name": "y", "type": "binary"}], "training": {"epochs": 7}})
+    assert cfg.input_features[0].type == "number" and cfg.trainer.epochs == 7
+    assert "numerical is number" in caplog.text and "training: is trainer:" in caplog.text

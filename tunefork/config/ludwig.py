@@ -215,6 +215,7 @@ def translate(raw: dict) -> dict:
     raw = copy.deepcopy(raw)
     if "ludwig_version" in raw:
         log.info("ludwig_version %s ignored", raw.pop("ludwig_version"))
+    _older_names(raw)
     _refuse_other_types(raw)
     _deepspeed_backend(raw)
     defaults = _defaults(raw)
@@ -234,6 +235,19 @@ def translate(raw: dict) -> dict:
                 else:
                     _parser_decoder(feature, path)
     return raw
+
+
+def _older_names(raw: dict) -> None:
+    """Ludwig's names from before 0.5, which Ludwig itself still upgrades on load: `training:` is `trainer:`, and the
+    `numerical` feature type is `number`."""
+    if "training" in raw and "trainer" not in raw:
+        raw["trainer"] = raw.pop("training")
+        log.info("training: is trainer: (Ludwig before 0.5)")
+    for key in ("input_features", "output_features"):
+        for i, feature in enumerate(raw.get(key) or []):
+            if isinstance(feature, dict) and feature.get("type") == "numerical":
+                feature["type"] = "number"
+                log.info("%s[%d].type: numerical is number (Ludwig before 0.5)", key, i)
 
 
 def _parser_decoder(feature: dict, path: str) -> None:
