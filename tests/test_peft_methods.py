@@ -49,7 +49,11 @@ def config(base, adapter) -> dict:
 
 
 def next_token_logits(model) -> torch.Tensor:
-    module = model.model.eval()
+    return module_logits(model.model)
+
+
+def module_logits(module) -> torch.Tensor:
+    module = module.eval()
     ids = torch.tensor([[5, 17, 42, 99, 7, 3], [8, 8, 120, 64, 2, 11]], device=next(module.parameters()).device)
     with torch.no_grad():
         return llm.logits(module, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}).cpu()
@@ -130,10 +134,12 @@ REAL_LOFTQ = torch.cuda.is_available() and importlib.util.find_spec("bitsandbyte
 
 def trains_with_altered_base(tiny_llama, tmp_path) -> dict:
     """loftq trains; base_layers.safetensors beside the adapter holds the targeted layers as LoftQ left them (not the
-    base's own weights); the folder reloads and merges to the trained logits, and so does a run that trains on from
+    base's own weights); the folder reloads, merges and exports merged (`export --merge-adapter`) to the trained logits, and so does a run that trains on from
     it; without that file it is refused."""
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
+
+    from tunefork import export
 
     model = Model(config(tiny_llama, LOFTQ), progress=False, quiet=True)
     result = model.train(FRAME, output_directory=tmp_path)
@@ -145,6 +151,9 @@ def trains_with_altered_base(tiny_llama, tmp_path) -> dict:
     assert all(not torch.equal(altered[k], untouched[k]) for k in altered)
     assert json.loads((adapter / "adapter_config.json").read_text())["loftq_config"]["loftq_iter"] == 2
     reloads_and_merges(result, trained)
+    exported = AutoModelForCausalLM.from_pretrained(export.export(result.output_directory, "hf", tmp_path / "hf",
+                                                                  merge_adapter=True))
+    torch.testing.assert_close(module_logits(exported), trained, rtol=0, atol=2e-5)
     again = Model(config(tiny_llama, {"type": "lora", "pretrained_adapter_weights": str(adapter)}), progress=False,
                   quiet=True)  # trains on from the saved adapter: the altered base comes along, and is saved again
     reloads_and_merges(again.train(FRAME, output_directory=tmp_path / "again"), next_token_logits(again))
