@@ -721,7 +721,9 @@ SAME_PEFT_CONFIG = ("the same section and peft config as the causal LM's adapter
                     "encoder each method trains, saves, loads and merges in tests/test_adapters.py")
 NAMED = ("a named adapter is the same section as `adapter` (the active one is `adapter`, whose cases show each key); "
          "tests/test_peft_methods.py trains, saves and reloads named adapters")
-LOFTQ = "init_lora_weights: loftq is refused (REFUSED), so its settings can never be in effect"
+LOFTQ = ("init_lora_weights: loftq quantizes with bitsandbytes on a CUDA GPU, and a CPU refuses it; "
+         "tests/test_peft_methods.py runs it with loftq_iter 2 (peft's quantizer on a GPU, a stand-in on a CPU) "
+         "and checks the value in the saved adapter's config")
 EXEMPT["ecd"].update({
     **{f"input_features[text].encoder[auto_transformer].quantization.{k}": QUANTIZATION for k in (
         "bits", "llm_int8_threshold", "llm_int8_has_fp16_weight", "bnb_4bit_compute_dtype",

@@ -6,6 +6,7 @@ plain LoRA on the untouched base; the ones that read data (eva, corda) run peft'
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
@@ -16,6 +17,7 @@ import torch  # noqa: E402
 
 from tunefork import Model  # noqa: E402
 from tunefork.config import ConfigError  # noqa: E402
+from tunefork.errors import TuneforkError  # noqa: E402
 from tunefork.models import llm  # noqa: E402
 
 CASES = {
@@ -47,10 +49,14 @@ def config(base, adapter) -> dict:
 
 
 def next_token_logits(model) -> torch.Tensor:
-    ids = torch.tensor([[5, 17, 42, 99, 7, 3], [8, 8, 120, 64, 2, 11]])
-    module = model.model.eval()
+    return module_logits(model.model)
+
+
+def module_logits(module) -> torch.Tensor:
+    module = module.eval()
+    ids = torch.tensor([[5, 17, 42, 99, 7, 3], [8, 8, 120, 64, 2, 11]], device=next(module.parameters()).device)
     with torch.no_grad():
-        return llm.logits(module, {"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+        return llm.logits(module, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}).cpu()
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -67,6 +73,11 @@ def test_method_trains_reloads_and_merges_with_identical_logits(name, tiny_llama
         assert saved["rank_pattern"] == {"v_proj": 6}
     if name in ("lora-pissa", "lora-olora", "lora-corda"):  # converted: a plain LoRA of rank 2r on the untouched base
         assert saved["init_lora_weights"] is True and saved["r"] == 8
+    reloads_and_merges(result, trained)
+
+
+def reloads_and_merges(result, trained: torch.Tensor) -> None:
+    """The saved folder loads to the trained next-token logits, and merged it gives them too."""
     loaded = Model.load(result.output_directory)
     torch.testing.assert_close(next_token_logits(loaded), trained, rtol=0, atol=2e-5)
     loaded.fitted.model = llm.merge(loaded.model)
@@ -95,7 +106,6 @@ def test_eva_and_corda_change_the_start_from_the_data(tiny_llama, tmp_path):
 
 
 @pytest.mark.parametrize(("adapter", "message"), [
-    ({"type": "lora", "init_lora_weights": "loftq"}, "write init_lora_weights: pissa"),
     ({"type": "lora", "eva_config": {"rho": 2}}, "set init_lora_weights: eva or remove eva_config"),
     ({"type": "oft", "r": 4}, "set exactly one of r (4) and oft_block_size (32)"),
     ({"type": "oft", "eps": 0.001}, "set coft: true or remove eps"),
@@ -114,6 +124,76 @@ def test_data_initialisation_on_an_encoder_says_what_to_write(tiny_bert, tmp_pat
         "output_features": [{"name": "sentiment", "type": "category"}], "trainer": {"epochs": 1}}
     with pytest.raises(ConfigError, match="write pissa or olora instead"):
         Model(cfg, progress=False, quiet=True).train(tiny.sentiment_frame(24), output_directory=tmp_path)
+
+
+# ------------------------------------------------------------------------------------------ loftq
+
+LOFTQ = {"type": "lora", "r": 4, "init_lora_weights": "loftq", "loftq_config": {"loftq_bits": 4, "loftq_iter": 2}}
+REAL_LOFTQ = torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes") is not None
+
+
+def trains_with_altered_base(tiny_llama, tmp_path) -> dict:
+    """loftq trains; base_layers.safetensors beside the adapter holds the targeted layers as LoftQ left them (not the
+    base's own weights); the folder reloads, merges and exports merged (`export --merge-adapter`) to the trained logits, and so does a run that trains on from
+    it; without that file it is refused."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from tunefork import export
+
+    model = Model(config(tiny_llama, LOFTQ), progress=False, quiet=True)
+    result = model.train(FRAME, output_directory=tmp_path)
+    trained = next_token_logits(model)
+    adapter = result.output_directory / "model" / "adapter"
+    altered = load_file(adapter / "base_layers.safetensors")
+    untouched = AutoModelForCausalLM.from_pretrained(tiny_llama).state_dict()
+    assert sorted(altered) == sorted(k for k in untouched if k.endswith(("q_proj.weight", "v_proj.weight")))
+    assert all(not torch.equal(altered[k], untouched[k]) for k in altered)
+    assert json.loads((adapter / "adapter_config.json").read_text())["loftq_config"]["loftq_iter"] == 2
+    reloads_and_merges(result, trained)
+    exported = AutoModelForCausalLM.from_pretrained(export.export(result.output_directory, "hf", tmp_path / "hf",
+                                                                  merge_adapter=True))
+    torch.testing.assert_close(module_logits(exported), trained, rtol=0, atol=2e-5)
+    again = Model(config(tiny_llama, {"type": "lora", "pretrained_adapter_weights": str(adapter)}), progress=False,
+                  quiet=True)  # trains on from the saved adapter: the altered base comes along, and is saved again
+    reloads_and_merges(again.train(FRAME, output_directory=tmp_path / "again"), next_token_logits(again))
+    (adapter / "base_layers.safetensors").unlink()
+    with pytest.raises(TuneforkError, match="initialised with loftq, which altered the base weights, and "
+                       "base_layers.safetensors"):
+        Model.load(result.output_directory)
+    return altered
+
+
+@pytest.mark.skipif(not REAL_LOFTQ, reason="peft's LoftQ quantizes with bitsandbytes on a CUDA GPU")
+def test_loftq_with_peft_quantizer_trains_reloads_and_merges(tiny_llama, tmp_path):
+    altered = trains_with_altered_base(tiny_llama, tmp_path)
+    for weight in altered.values():  # NF4: each block of 64 holds at most 16 values (codes × the block's scale)
+        assert max(len(block.unique()) for block in weight.reshape(-1, 64)) <= 16
+
+
+def test_loftq_saves_the_altered_base_and_reloads_and_merges(tiny_llama, tmp_path, monkeypatch):
+    """The same on a CPU: peft's bitsandbytes quantizer (CUDA only) is replaced by a rounding to a grid of 1/8, with
+    peft's own SVD of the residual; everything else (peft's LoraConfig, layers, save and load) is peft's."""
+    from peft.tuners.lora import layer
+    from peft.utils.loftq_utils import _low_rank_decomposition
+
+    from tunefork.adapters import lora_init
+
+    def rounded(weight, num_bits, reduced_rank, num_iter=1):
+        quantized = (weight * 8).round() / 8
+        parts = _low_rank_decomposition(weight - quantized, reduced_rank=reduced_rank)
+        return quantized, parts["R"], parts["L"]
+
+    monkeypatch.setattr(layer, "loftq_init", rounded)
+    monkeypatch.setattr(lora_init, "loftq_problem", lambda model: None)
+    trains_with_altered_base(tiny_llama, tmp_path)
+
+
+@pytest.mark.skipif(REAL_LOFTQ, reason="this machine runs LoftQ")
+def test_loftq_without_a_gpu_says_what_to_write(tiny_llama, tmp_path):
+    with pytest.raises(ConfigError, match=r"adapter.init_lora_weights: loftq quantizes the base with bitsandbytes on "
+                       r"a CUDA GPU, and this machine has none; write pissa"):
+        Model(config(tiny_llama, LOFTQ), progress=False, quiet=True).train(FRAME, output_directory=tmp_path)
 
 
 # ------------------------------------------------------------------------------------------ named adapters

@@ -66,14 +66,15 @@ class Lora(AdapterSection):
         description="'default': A Kaiming-uniform, B zero (starts at the base model). 'gaussian': A Gaussian, B zero. "
         "'orthogonal': A and B from one orthogonal matrix (needs an even r). 'pissa' / 'olora': from the SVD / QR of "
         "the base weights. 'corda' / 'eva': from the layers' inputs on training batches (model_type llm). 'loftq': "
-        "making up for 4-bit quantization (needs quantization). See tunefork/adapters/lora_init.py.",
+        "A and B make up for the error of NF4-quantizing the base weights, which are replaced by their quantized "
+        "approximation (peft's bitsandbytes routine: needs a CUDA GPU). See tunefork/adapters/lora_init.py.",
     )
     rank_pattern: dict[str, int] | None = Field(
         None, description="Per-layer ranks overriding r: a layer name (or regular expression) → rank, e.g. "
         "{q_proj: 16}.")
     alpha_pattern: dict[str, float] | None = Field(
         None, description="Per-layer α overriding alpha: a layer name (or regular expression) → α.")
-    loftq_config: LoftQ | None = Field(None, description="Settings of init_lora_weights: loftq (refused).")
+    loftq_config: LoftQ | None = Field(None, description="Settings of init_lora_weights: loftq.")
     eva_config: Eva | None = Field(None, description="Settings of init_lora_weights: eva.")
     corda_config: Corda | None = Field(None, description="Settings of init_lora_weights: corda.")
 
@@ -88,12 +89,17 @@ class Lora(AdapterSection):
             if getattr(self, f"{init}_config") is not None and self.init_lora_weights != init:
                 raise ValueError(f"{init}_config sets up init_lora_weights: {init}, and init_lora_weights is "
                                  f"'{self.init_lora_weights}'; set init_lora_weights: {init} or remove {init}_config")
-        if self.init_lora_weights == "loftq":
-            raise ValueError(
-                "init_lora_weights: loftq makes LoRA make up for the error of a 4-bit quantized base, and the adapter "
-                "then belongs to that quantized base, which tunefork does not save; write init_lora_weights: pissa "
-                "(the same SVD start, full precision), or quantization: {bits: 4} with the default init (QLoRA)")
         return self
+
+    def check(self, model, where: str) -> None:
+        super().check(model, where)
+        if self.init == "loftq":
+            from tunefork.adapters.lora_init import loftq_problem
+            from tunefork.errors import ConfigError
+
+            problem = loftq_problem(model)
+            if problem:
+                raise ConfigError([f"{where}.init_lora_weights: loftq {problem}"])
 
     @property
     def init(self) -> str:
@@ -104,7 +110,7 @@ class Lora(AdapterSection):
         return self.alpha if self.alpha is not None else 2 * self.r
 
     def to_peft(self, task_type=None, *, total_steps=None, base_path=None):
-        from peft import EvaConfig, LoraConfig
+        from peft import EvaConfig, LoftQConfig, LoraConfig
         from peft.tuners.lora.config import CordaConfig
 
         return LoraConfig(
@@ -119,6 +125,7 @@ class Lora(AdapterSection):
             rank_pattern=dict(self.rank_pattern or {}),
             alpha_pattern=dict(self.alpha_pattern or {}),
             eva_config=EvaConfig(**(self.eva_config or Eva()).model_dump()) if self.init == "eva" else None,
+            loftq_config=LoftQConfig(**(self.loftq_config or LoftQ()).model_dump()) if self.init == "loftq" else {},
             corda_config=CordaConfig(**(self.corda_config or Corda()).model_dump()) if self.init == "corda" else None,
             task_type=task_type,
         )

@@ -14,7 +14,7 @@ import re
 
 from pydantic import Field, model_validator
 
-from tunefork.adapters.lora_init import REWRITES_BASE
+from tunefork.adapters.lora_init import ALTERS_BASE, REWRITES_BASE
 from tunefork.adapters.registry import Adapter
 from tunefork.sections import Section
 
@@ -48,7 +48,7 @@ class NamedAdapters(Section):
             if name != self.active and not adapter.pretrained_adapter_weights:
                 raise ValueError(f"adapters.{name} would stay at its initial weights: only the active adapter "
                                  f"({self.active}) trains; give {name} pretrained_adapter_weights, or remove it")
-            if len(names) > 1 and getattr(adapter, "init", None) in REWRITES_BASE:
+            if len(names) > 1 and getattr(adapter, "init", None) in (*REWRITES_BASE, *ALTERS_BASE):
                 raise ValueError(f"adapters.{name}: init_lora_weights {adapter.init} rewrites the base weights the "
                                  f"other adapters were trained on; train it alone (adapter:), or use the default init")
         return self

@@ -36,7 +36,7 @@ def attach(model, adapter, task_type: str | None = None, *, total_steps: int | N
         raise ConfigError([f"{where}.init_lora_weights: {init} initialises from training batches, and this model is "
                            f"built without them (an encoder, or nothing to train); write pissa or olora instead"])
     try:
-        if init in (*lora_init.REWRITES_BASE, *lora_init.FROM_DATA):
+        if init in (*lora_init.REWRITES_BASE, *lora_init.FROM_DATA, *lora_init.ALTERS_BASE):
             return lora_init.attach(model, peft_config, init, batches, name)
         return get_peft_model(model, peft_config, adapter_name=name)
     except (ValueError, TypeError) as exc:  # peft's refusals of a config that passed our checks, in its words
@@ -67,6 +67,10 @@ def load(model, source: str | Path, *, trainable: bool, where: str = "adapter", 
             raise ConfigError([f"{where}.pretrained_adapter_weights: the saved adapter's {problem}"])
     peft_config.inference_mode = not trainable
     try:
+        altered = lora_init.restore_base(model, Path(source), peft_config, beside_others=is_peft(model))
+    except (ValueError, KeyError, AttributeError, RuntimeError) as exc:  # no file, or weights of another model
+        raise TuneforkError(f"{where}: the adapter at '{source}' does not fit this model ({first_line(exc)})") from None
+    try:
         with _no_false_adalora_warnings():
             if is_peft(model):
                 model.load_adapter(str(source), adapter_name=name, is_trainable=trainable, config=peft_config)
@@ -77,6 +81,8 @@ def load(model, source: str | Path, *, trainable: bool, where: str = "adapter", 
     except (ValueError, TypeError, KeyError, RuntimeError) as exc:
         raise TuneforkError(f"{where}: the adapter at '{source}' does not fit this model ({first_line(exc)})") from None
     _check_all_loaded(peft_model, Path(source), where, name)
+    if altered:
+        object.__setattr__(peft_model, lora_init.ALTERED, True)
     return peft_model
 
 
