@@ -14,7 +14,7 @@ from tunefork.data.tensors import Table
 from tunefork.features import OUTPUTS
 from tunefork.plan import Plan
 from tunefork.training import batches
-from tunefork.training.loop import Out, autocast, to_device
+from tunefork.training.loop import Out, autocast, placed, to_device
 
 
 def loss_terms(config, meta: dict, logits: dict, targets: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -127,7 +127,7 @@ class ECDTask:
 def run_inference(model, table: Table, config, meta: dict, plan: Plan, with_targets: bool = True) -> Collector:
     """Every row of `table` through the model, length-sorted batches, outputs back in row order."""
     task = ECDTask(config, meta)
-    model.eval()
+    placed(model, plan["device"]).eval()  # a loaded model is on the CPU until here (a quantized encoder: on its GPU)
     collector = Collector(config, meta)
     for index in batches.evaluation_order(len(table), plan["eval_batch_size"], task.lengths(table)):
         with autocast(plan):
