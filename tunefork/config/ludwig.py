@@ -244,7 +244,8 @@ def _older_names(raw: dict) -> None:
         raw["trainer"] = raw.pop("training")
         log.info("training: is trainer: (Ludwig before 0.5)")
     for key in ("input_features", "output_features"):
-        for i, feature in enumerate(raw.get(key) or []):
+        features = raw.get(key)
+        for i, feature in enumerate(features if isinstance(features, list) else []):
             if isinstance(feature, dict) and feature.get("type") == "numerical":
                 feature["type"] = "number"
                 log.info("%s[%d].type: numerical is number (Ludwig before 0.5)", key, i)
