@@ -219,7 +219,9 @@ def test_the_time_budget_stops_the_search_with_the_best_so_far(ray_cluster, tiny
 def _until_its_trials_are_gone(seconds: float = 60) -> None:
     """On a cluster that outlives the search, a killed search's trial actors run on until Ray notices their driver
     is dead; a resume that starts before then races them for the trial's run directory."""
-    from ray._private import state  # the GCS's actor table: the state API needs the dashboard, which tests do not start
+    from ray._private import (
+        state,  # the GCS's actor table: the state API needs the dashboard, which tests do not start
+    )
 
     def alive() -> bool:
         return any(a.get("State") in ("ALIVE", "PENDING_CREATION", "RESTARTING") and "ImplicitFunc" in
