@@ -9,13 +9,16 @@
       search              folder, trial counts, wall / warm-up / Tune seconds, work done once, the seed
 
 A trial's `metric_score` is the best value its evaluations reported (`goal` decides best): the model kept in its run
-directory is the best checkpoint by the trainer's validation metric, which is the searched one when they agree.
+directory is the best checkpoint by the trainer's validation metric, which is the searched one when they agree. A
+finished trial's scores are read from its own training_statistics.json, not from Tune's record: after a killed
+search, Tune may hold no result for a trial that had finished, or the results of both attempts of a resumed one.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +29,8 @@ from tunefork import rundir
 from tunefork.errors import TuneforkError, first_line
 
 STATISTICS, REPORT = "hyperopt_statistics.json", "report.html"
+SPLITS = {"train": "training", "training": "training", "validation": "validation", "test": "test"}
+TRIAL_ID = re.compile(r"[0-9a-f]+_\d{5}")  # Tune's trial ids; a restored trial's folder may add "_<4 hex>"
 
 
 @dataclass
@@ -51,16 +56,37 @@ def _message(error) -> str:
     return f"{type(error).__name__}: {first_line(error)}"
 
 
+def evaluations(statistics: dict, split: str, output: str, metric: str) -> list[tuple[dict, float | None]]:
+    """A run's evaluations (epoch, step) with the searched metric at each, from its training_statistics.json."""
+    values = statistics.get(split, {}).get(output, {}).get(metric)
+    return [(point, values[i] if values is not None else None) for i, point in enumerate(statistics["evaluations"])]
+
+
+def _trial_id(result) -> str:
+    """The trial's id: in what it reported, else its Tune folder's name (without the suffix of a restored trial)."""
+    name = Path(result.path).name
+    reported = (result.metrics or {}).get("trial_id")
+    if reported:
+        return reported
+    found = TRIAL_ID.match(name)
+    return found.group(0) if found else name
+
+
 def _record(result, hyperopt, folder: Path, score: str) -> dict:
-    trial_id = Path(result.path).name  # the Tuner names each trial's folder by its id
-    run = folder / "trials" / f"trial_{trial_id}"
-    frame = result.metrics_dataframe
-    scores = [float(v) for v in frame[score]] if frame is not None and score in frame else []
+    trial_id = _trial_id(result)
+    run = folder / "trials" / f"trial_{trial_id}"  # the trial's run directory is named by its id (search.trial)
+    statistics = run / "training_statistics.json"
+    finished = (run / "model").is_dir() and statistics.is_file()
+    if finished:
+        scores = [v for _, v in evaluations(json.loads(statistics.read_text()), SPLITS[hyperopt.split],
+                                             hyperopt.output_feature, hyperopt.metric) if v is not None]
+    else:
+        frame = result.metrics_dataframe
+        scores = [float(v) for v in frame[score]] if frame is not None and score in frame else []
     if result.error is not None:
         status = "failed"
     else:
-        status = "completed" if (run / "model").is_dir() else "stopped"
-    statistics = run / "training_statistics.json"
+        status = "completed" if finished else "stopped"
     return {
         "trial_id": trial_id,
         "parameters": {path: (result.config or {}).get(path) for path in hyperopt.parameters},

@@ -32,7 +32,6 @@ from tunefork.hyperopt import paths, results, space
 
 log = logging.getLogger("tunefork.hyperopt")
 SCORE = "metric_score"  # what each trial reports to Tune (Ludwig's name for it)
-SPLITS = {"train": "training", "training": "training", "validation": "validation", "test": "test"}
 
 
 @dataclass(frozen=True)
@@ -136,7 +135,7 @@ def run(source, data: runner.Data, options: SearchOptions, console) -> results.S
     """Search, write the search folder, return its result (the best trial's parameters, metric and run folder)."""
     config, raw, dumped = prepare(source, options)
     hyperopt = config.hyperopt
-    split = SPLITS[hyperopt.split]
+    split = results.SPLITS[hyperopt.split]
     base = _base(raw, config)
     first = config_mod.load(paths.apply(base, {}, dumped))
     frames = runner.splits(first, data, options.random_seed)  # read and split once, for every trial
@@ -250,9 +249,8 @@ class Reporter:
 
     def replay(self, statistics: dict) -> None:
         """Report a finished run's evaluations again, from its training_statistics.json."""
-        for i, point in enumerate(statistics["evaluations"]):
-            scores = {split: {self.output: {self.metric: statistics[split][self.output][self.metric][i]}}
-                      for split in (self.split,) if self.metric in statistics.get(split, {}).get(self.output, {})}
+        for point, value in results.evaluations(statistics, self.split, self.output, self.metric):
+            scores = {self.split: {self.output: {self.metric: value}}} if value is not None else {}
             self.evaluation(point["epoch"], point["step"], scores, None, False)
         self.flush()
 
