@@ -348,3 +348,5 @@ def test_a_request_past_the_timeout_is_a_504_and_leaves_the_queue(run_dir):
     assert answer.status_code == 504 and "request timeout (0.3 s)" in answer.json()["message"]
     assert _metric(application, "tunefork_requests_total", route="/predict", status="504") == 1
     assert _metric(application, "tunefork_queue_rows") == 0
+    assert _metric(application, "tunefork_requests_in_progress", route="/predict") == 0  # counted in, and out
+    assert application.state.metrics.batched_inside == 0

@@ -58,6 +58,29 @@ def test_a_lone_caller_does_not_wait_for_company():
     assert answers == [["A"], ["B"]] and seconds < 1.0 and model.calls == [["a"], ["b"]]
 
 
+def test_a_burst_is_one_batch_even_when_its_first_request_is_ready_before_the_others():
+    """The server counts requests from their arrival (`inside`); the batch waits for those still reading their body,
+    and runs as soon as all of them are in it, well before batch_wait_ms."""
+    model, arrived = Model(), [0]
+    batcher = Batcher(model, max_batch_size=8, batch_wait_ms=2000, inside=lambda: arrived[0])
+
+    async def request(text: str, parsing: float):
+        arrived[0] += 1
+        try:
+            await asyncio.sleep(parsing)  # the body is read and validated: the first is ready 30 ms before the last
+            return await batcher.submit([text])
+        finally:
+            arrived[0] -= 1
+
+    async def main():
+        started = time.perf_counter()
+        answers = await asyncio.gather(*(request(t, 0.01 * i) for i, t in enumerate(["a", "b", "c", "d"])))
+        return answers, time.perf_counter() - started
+
+    answers, seconds = run(main())
+    assert answers == [["A"], ["B"], ["C"], ["D"]] and model.calls == [["a", "b", "c", "d"]] and seconds < 1.0
+
+
 def test_a_batch_never_exceeds_max_batch_size_and_a_large_request_joins_in_slices():
     model = Model(seconds=0.1)  # the large request takes 3 forward passes: 0.3 s
     batcher = Batcher(model, max_batch_size=4, batch_wait_ms=20)

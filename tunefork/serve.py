@@ -84,7 +84,8 @@ def app(model_path, *, max_body_bytes: int = MAX_BODY_BYTES, max_field_chars: in
     service = Service(model_path, max_field_chars, engine=engine, load=not background)
     metrics = Metrics()
     batcher = Batcher(lambda rows: service.answers(rows), max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms,
-                      length=Service.length, observe=metrics.batch_rows.observe)
+                      length=Service.length, observe=metrics.batch_rows.observe,
+                      inside=lambda: metrics.batched_inside)
     metrics.queue_rows.set_function(lambda: batcher.depth)
 
     @asynccontextmanager

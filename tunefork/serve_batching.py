@@ -4,11 +4,12 @@ Why written here, not taken from a library: Ray Serve's `@serve.batch` (what `--
 replica around it, and TorchServe / Triton are servers of their own; what the one-process server needs is a queue and
 a loop, about a hundred lines, tested in tests/test_serve_batching.py.
 
-A request puts its rows on an asyncio queue as one *item* and awaits its future. One loop takes the first item, waits
-up to `batch_wait_ms` for company until `max_batch_size` rows are gathered (not at all without traffic: no other
-request in the server and the last pass alone too, so a lone caller pays no wait), sorts the rows by length (less
-padding), runs `run(rows)` in one worker thread (forward passes saturate the cores; two at once slow both), and hands
-each item its own slice of the answer. Per request, never per batch:
+A request puts its rows on an asyncio queue as one *item* and awaits its future. One loop takes the first item and
+waits up to `batch_wait_ms` for company until `max_batch_size` rows are gathered — but no longer than there is
+company to wait for: once every request in the server (`inside`, counted as requests arrive, before their bodies
+are read) is in the batch, it runs, so a lone caller pays no wait and a burst is not cut in two by its first
+arrival. It sorts the rows by length (less padding), runs `run(rows)` in one worker thread (forward passes saturate
+the cores; two at once slow both), and hands each item its own slice of the answer. Per request, never per batch:
 
 - an item whose caller has gone (client disconnected, timed out) is dropped before the batch runs;
 - a batch that fails on a row's data (a TuneforkError, e.g. a binary value neither label) is rerun item by item, so
@@ -49,18 +50,21 @@ class Item:
 
 class Batcher:
     """The queue and its loop. `run(rows) -> list` answers rows in order; `length(row)` is a row's sort key;
-    `observe(rows)` is told each batch's size (metrics)."""
+    `observe(rows)` is told each batch's size (metrics); `inside()` is how many requests that will submit rows are in
+    the server (default: those that have submitted)."""
 
     def __init__(self, run: Callable[[list], list], *, max_batch_size: int = MAX_BATCH_SIZE,
-                 batch_wait_ms: float = BATCH_WAIT_MS, length: Callable = len, observe: Callable[[int], None] = None):
+                 batch_wait_ms: float = BATCH_WAIT_MS, length: Callable = len, observe: Callable[[int], None] = None,
+                 inside: Callable[[], int] | None = None):
         self.run, self.length, self.observe = run, length, observe or (lambda n: None)
+        self.inside = inside or (lambda: self.in_flight)
         self.max_batch_size, self.wait = max_batch_size, batch_wait_ms / 1000
         self.queue: asyncio.Queue[Item] = asyncio.Queue()
         self.pool: ThreadPoolExecutor | None = None  # the forward thread, started with the first batch
         self.task: asyncio.Task | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.batches = 0
-        self.in_flight, self.last_rows = 0, 0  # requests in the batcher; rows of the last forward pass
+        self.in_flight = 0  # requests that have submitted rows and wait for their answers
 
     @property
     def depth(self) -> int:
@@ -103,11 +107,11 @@ class Batcher:
     async def _gather(self) -> list[Item]:
         items = [await self.queue.get()]
         rows = len(items[0].rows)
-        if self.in_flight <= 1 and self.last_rows <= 1:
-            return items  # no traffic: nobody else is in the server, and the last pass was alone too — run now
         deadline = time.monotonic() + self.wait
         while rows < self.max_batch_size:
             if self.queue.empty():
+                if self.inside() <= len(items):
+                    break  # every request in the server is in this batch: nobody to wait for
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
@@ -142,7 +146,6 @@ class Batcher:
         flat.sort()  # by length: rows of a like length share the padding
         rows = [items[i].rows[j] for _, i, j in flat]
         self.batches += 1
-        self.last_rows = len(rows)
         self.observe(len(rows))
         try:
             answers = await self.in_thread(self.run, rows)
