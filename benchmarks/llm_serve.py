@@ -70,11 +70,21 @@ def client(url: str) -> dict:
             await http.post("/predict", json=instructions()[0])  # warm-up
             start = time.perf_counter()
             answers = await asyncio.gather(*(http.post("/predict", json=row) for row in instructions()))
-            return answers, time.perf_counter() - start
+            seconds = time.perf_counter() - start
+            return answers, seconds, (await http.get("/metrics")).text
 
-    answers, seconds = asyncio.run(main())
+    answers, seconds, metrics = asyncio.run(main())
     return {"statuses": [a.status_code for a in answers], "seconds": seconds,
-            "responses": [a.json().get("output_response") for a in answers]}
+            "responses": [a.json().get("output_response") for a in answers], "generate_calls": passes(metrics)}
+
+
+def passes(metrics: str) -> dict:
+    """The server's forward passes (its tunefork_batch_rows histogram), the warm-up's included."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    found = {s.name: s.value for family in text_string_to_metric_families(metrics) for s in family.samples
+             if s.name in ("tunefork_batch_rows_count", "tunefork_batch_rows_sum")}
+    return {"passes": int(found.get("tunefork_batch_rows_count", 0)), "rows": int(found.get("tunefork_batch_rows_sum", 0))}
 
 
 def measure(tmp: Path, served_flags: tuple = ()) -> dict:
@@ -93,6 +103,7 @@ def summary(model_folder: Path, baseline: dict, answered: dict, server: dict) ->
             "bare_tokens_per_second": bare_rate, "served_tokens": served_tokens, "served_seconds": answered["seconds"],
             "served_tokens_per_second": served_rate, "ratio": served_rate / bare_rate,
             "failures": sum(s != 200 for s in answered["statuses"]),
+            "server_generate_calls_with_warm_up": answered.get("generate_calls"),
             "same_texts": baseline["responses"] == answered["responses"]}
 
 

@@ -230,7 +230,7 @@ def main(args) -> int:
         ray = {} if args.skip_ray else {
             n: served(run, *TIMEOUT, "--backend", "ray", "--num_replicas", str(n), "--num_cpus", "1",
                       client=phases_client(grid())) for n in (1, 2)}
-        llm = None if args.skip_llm else llm_serve.measure(Path(tmp), served_flags=("--batch_wait_ms", "50"))
+        llm = None if args.skip_llm else llm_serve.measure(Path(tmp))  # the LLM default: --batch_wait_ms 50
     result = {"model": "all-MiniLM-L6-v2, frozen, category head" if not args.model_path else str(args.model_path),
               "cpu_count": os.cpu_count(), "predict_10_rows_seconds": startup, "bare_forward": baseline,
               "local": local, "local_torch_engine": torch_engine, "ray_serve": ray, "llm": llm}

@@ -408,7 +408,9 @@ def test_serve_runs_concurrent_generations_as_one_batch_and_streams_tokens(lora_
     from tunefork import serve
 
     _, result = lora_run
+    assert serve.app(result.output_directory).state.batcher.wait == 0.05  # an LLM's default: 50 ms, not 5
     application = serve.app(result.output_directory, batch_wait_ms=200)
+    assert not application.state.batcher.eager  # waits for company even alone: a generate takes seconds
     rows = alpaca.iloc[30:34][["instruction", "input"]]
     expected = Model.load(result.output_directory).predict(rows)["output_response"].tolist()
 

@@ -81,6 +81,22 @@ def test_a_burst_is_one_batch_even_when_its_first_request_is_ready_before_the_ot
     assert answers == [["A"], ["B"], ["C"], ["D"]] and model.calls == [["a", "b", "c", "d"]] and seconds < 1.0
 
 
+@pytest.mark.parametrize("eager, passes", [(True, [["a"], ["b", "c"]]), (False, [["a", "b", "c"]])],
+                         ids=["encoder-runs-a-lone-request-at-once", "llm-waits-for-a-burst-still-connecting"])
+def test_only_an_llm_batch_waits_out_batch_wait_ms_for_requests_not_yet_in_the_server(eager, passes):
+    model = Model(seconds=0.1)
+    batcher = Batcher(model, max_batch_size=8, batch_wait_ms=300, eager=eager)
+
+    async def arriving(text: str, after: float):
+        await asyncio.sleep(after)
+        return await batcher.submit([text])
+
+    async def main():
+        return await asyncio.gather(*(arriving(t, 0.03 * i) for i, t in enumerate("abc")))
+
+    assert run(main()) == [["A"], ["B"], ["C"]] and model.calls == passes
+
+
 def test_a_batch_never_exceeds_max_batch_size_and_a_large_request_joins_in_slices():
     model = Model(seconds=0.1)  # the large request takes 3 forward passes: 0.3 s
     batcher = Batcher(model, max_batch_size=4, batch_wait_ms=20)
@@ -170,7 +186,7 @@ def test_serve_flag_defaults_are_the_documented_ones():
     from tunefork.cli import parser
 
     args = parser().parse_args(["serve", "-m", "x"])
-    assert (args.max_batch_size, args.batch_wait_ms, args.request_timeout, args.max_pending, args.engine) == (32, 5.0, 60.0, 256, "auto")
+    assert (args.max_batch_size, args.batch_wait_ms, args.request_timeout, args.max_pending, args.engine) == (32, None, 60.0, 256, "auto")
 
 
 def test_a_serve_section_in_yaml_gives_the_settings_and_flags_given_override_it(tmp_path, capsys):

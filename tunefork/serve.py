@@ -36,7 +36,7 @@ import threading
 
 from tunefork import serve_limits
 from tunefork.errors import TuneforkError
-from tunefork.serve_batching import BATCH_WAIT_MS, MAX_BATCH_SIZE, Batcher, BatchFailed
+from tunefork.serve_batching import MAX_BATCH_SIZE, Batcher, BatchFailed, wait_ms
 from tunefork.serve_model import (
     MAX_FIELD_CHARS,
     Service,
@@ -59,7 +59,7 @@ FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 
 def app(model_path, *, max_body_bytes: int = MAX_BODY_BYTES, max_field_chars: int = MAX_FIELD_CHARS,
-        max_pending: int = MAX_PENDING, max_batch_size: int = MAX_BATCH_SIZE, batch_wait_ms: float = BATCH_WAIT_MS,
+        max_pending: int = MAX_PENDING, max_batch_size: int = MAX_BATCH_SIZE, batch_wait_ms: float | None = None,
         request_timeout: float = REQUEST_TIMEOUT, engine: str = "auto", background: bool = False, dispatch=None):
     """The FastAPI application serving the model folder (or run directory) at `model_path`.
 
@@ -83,9 +83,10 @@ def app(model_path, *, max_body_bytes: int = MAX_BODY_BYTES, max_field_chars: in
 
     service = Service(model_path, max_field_chars, engine=engine, load=not background)
     metrics = Metrics()
-    batcher = Batcher(lambda rows: service.answers(rows), max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms,
-                      length=Service.length, observe=metrics.batch_rows.observe,
-                      inside=lambda: metrics.batched_inside)
+    llm = service.config.model_type == "llm"
+    batcher = Batcher(lambda rows: service.answers(rows), max_batch_size=max_batch_size,
+                      batch_wait_ms=wait_ms(batch_wait_ms, llm), length=Service.length,
+                      observe=metrics.batch_rows.observe, inside=lambda: metrics.batched_inside, eager=not llm)
     metrics.queue_rows.set_function(lambda: batcher.depth)
 
     @asynccontextmanager

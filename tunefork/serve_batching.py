@@ -8,7 +8,9 @@ A request puts its rows on an asyncio queue as one *item* and awaits its future.
 waits up to `batch_wait_ms` for company until `max_batch_size` rows are gathered — but no longer than there is
 company to wait for: once every request in the server (`inside`, counted as requests arrive, before their bodies
 are read) is in the batch, it runs, so a lone caller pays no wait and a burst is not cut in two by its first
-arrival. It sorts the rows by length (less padding), runs `run(rows)` in one worker thread (forward passes saturate
+arrival. An LLM's batch (`eager=False`) instead always waits its `batch_wait_ms` (50 ms by default) unless it fills:
+its forward pass is a generate of seconds, so a burst's first request, alone in the server for the few ms before
+the others connect, would otherwise make them wait a whole generation. It sorts the rows by length (less padding), runs `run(rows)` in one worker thread (forward passes saturate
 the cores; two at once slow both), and hands each item its own slice of the answer. Per request, never per batch:
 
 - an item whose caller has gone (client disconnected, timed out) is dropped before the batch runs;
@@ -33,7 +35,15 @@ from tunefork.errors import TuneforkError, first_line
 
 log = logging.getLogger("tunefork.serve")
 MAX_BATCH_SIZE = 32
-BATCH_WAIT_MS = 5.0
+BATCH_WAIT_MS = 5.0  # an encoder's forward pass: milliseconds
+LLM_BATCH_WAIT_MS = 50.0  # an LLM's generate: seconds, of which this is a few percent
+
+
+def wait_ms(given: float | None, llm: bool) -> float:
+    """`--batch_wait_ms` as given, else its default for the model type."""
+    if given is not None:
+        return given
+    return LLM_BATCH_WAIT_MS if llm else BATCH_WAIT_MS
 
 
 class BatchFailed(Exception):
@@ -51,13 +61,13 @@ class Item:
 class Batcher:
     """The queue and its loop. `run(rows) -> list` answers rows in order; `length(row)` is a row's sort key;
     `observe(rows)` is told each batch's size (metrics); `inside()` is how many requests that will submit rows are in
-    the server (default: those that have submitted)."""
+    the server (default: those that have submitted); `eager`: run once they are all in the batch."""
 
     def __init__(self, run: Callable[[list], list], *, max_batch_size: int = MAX_BATCH_SIZE,
                  batch_wait_ms: float = BATCH_WAIT_MS, length: Callable = len, observe: Callable[[int], None] = None,
-                 inside: Callable[[], int] | None = None):
+                 inside: Callable[[], int] | None = None, eager: bool = True):
         self.run, self.length, self.observe = run, length, observe or (lambda n: None)
-        self.inside = inside or (lambda: self.in_flight)
+        self.inside, self.eager = inside or (lambda: self.in_flight), eager
         self.max_batch_size, self.wait = max_batch_size, batch_wait_ms / 1000
         self.queue: asyncio.Queue[Item] = asyncio.Queue()
         self.pool: ThreadPoolExecutor | None = None  # the forward thread, started with the first batch
@@ -110,7 +120,7 @@ class Batcher:
         deadline = time.monotonic() + self.wait
         while rows < self.max_batch_size:
             if self.queue.empty():
-                if self.inside() <= len(items):
+                if self.eager and self.inside() <= len(items):
                     break  # every request in the server is in this batch: nobody to wait for
                 left = deadline - time.monotonic()
                 if left <= 0:

@@ -31,8 +31,9 @@ def flags(p: argparse.ArgumentParser, count) -> None:
                         "Retry-After (default 256)")
     p.add_argument("--max_batch_size", type=count, default=32,
                    help="most rows in one forward pass; concurrent requests are batched up to it (default 32)")
-    p.add_argument("--batch_wait_ms", type=_non_negative, default=5.0,
-                   help="longest a request waits for others to share its forward pass, in ms (default 5)")
+    p.add_argument("--batch_wait_ms", type=_non_negative, default=None,
+                   help="longest a request waits for others to share its forward pass, in ms (default 5; for an "
+                        "LLM, whose generate takes seconds, 50)")
     p.add_argument("--request_timeout", type=_non_negative, default=60.0,
                    help="seconds a request may wait for its answer; past it, 504 (default 60)")
     engine_flag(p)

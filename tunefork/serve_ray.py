@@ -51,7 +51,7 @@ class Settings(Deployment):
     max_field_chars: int = Field(100_000, ge=1)
     max_pending: int = Field(256, ge=1)
     max_batch_size: int = Field(32, ge=1)
-    batch_wait_ms: float = Field(5.0, ge=0)
+    batch_wait_ms: float | None = Field(None, ge=0, description="null: 5 ms, or 50 ms for an LLM")
     request_timeout: float = Field(60.0, gt=0)
     engine: Literal["auto", "onnx", "torch"] = "auto"
 
@@ -163,12 +163,13 @@ def deploy(model_path, deployment: Deployment, *, host: str = "127.0.0.1", port:
 
     from tunefork import onnx_engine
     from tunefork.models import folder as folders
-    from tunefork.serve_batching import BATCH_WAIT_MS, MAX_BATCH_SIZE
+    from tunefork.serve_batching import MAX_BATCH_SIZE, wait_ms
 
     folder = folders.check(model_path)
-    options = {"max_batch_size": MAX_BATCH_SIZE, "batch_wait_ms": BATCH_WAIT_MS, **options}
+    config, meta = folders.records(folder)
+    options = {"max_batch_size": MAX_BATCH_SIZE, **options}
+    options["batch_wait_ms"] = wait_ms(options.get("batch_wait_ms"), config.model_type == "llm")
     if options.get("engine", "auto") != "torch":
-        config, meta = folders.records(folder)
         log.info("engine: %s", "onnxruntime" if onnx_engine.graph(folder, config, meta)[0] else "torch")
     _connect(deployment.address)
     serve.start(http_options={"host": host, "port": port})
