@@ -108,15 +108,13 @@ def reported_metrics(config, field: str) -> tuple[str, ...]:
 
 
 def check_validation_metric(config) -> None:
-    field_, metric = config.trainer.validation_field, config.trainer.validation_metric
-    allowed = reported_metrics(config, field_)
-    if metric not in allowed:
-        raise ConfigError([f"trainer.validation_metric: '{metric}' is not reported for '{field_}' (one of: "
-                           f"{', '.join(allowed)}){did_you_mean(metric, allowed)}"])
-    plateau = config.trainer.learning_rate_scheduler.reduce_eval_metric
-    if plateau not in allowed:
-        raise ConfigError([f"trainer.learning_rate_scheduler.reduce_eval_metric: '{plateau}' is not reported for "
-                           f"'{field_}' (one of: {', '.join(allowed)}){did_you_mean(plateau, allowed)}"])
+    trainer = config.trainer
+    allowed = reported_metrics(config, trainer.validation_field)
+    for key, metric in (("validation_metric", trainer.validation_metric),
+                        ("learning_rate_scheduler.reduce_eval_metric", trainer.learning_rate_scheduler.reduce_eval_metric)):
+        if metric not in allowed:
+            raise ConfigError([f"trainer.{key}: '{metric}' is not reported for '{trainer.validation_field}' (one of: "
+                               f"{', '.join(allowed)}){did_you_mean(metric, allowed)}"])
 
 
 def resolve(config, facts: DataFacts, hardware, workers=LocalWorkers(), measured: Measured | None = None,
