@@ -151,7 +151,42 @@ def load(url: str, phases: list) -> list[dict]:
                 "rows_per_second": len(latencies) * rows / seconds, "p50_ms": float(np.percentile(ms, 50)),
                 "p99_ms": float(np.percentile(ms, 99))}
 
-    return [asyncio.run(phase(route, c)) for route, c in phases]
+    def sequential(route: str) -> dict:
+        """Concurrency 1: one caller on one keep-alive connection through the standard library's http.client, the
+        lightest client there is, so the latency is the server's (aiohttp's own cost here was 2-4 ms a request)."""
+        import http.client
+        from urllib.parse import urlsplit
+
+        rows = 1 if route == "/predict" else ROWS_PER_BATCH
+        count = 64 if rows == 1 else 16
+        where = urlsplit(url)
+        connection = http.client.HTTPConnection(where.hostname, where.port, timeout=120)
+        bodies = [json.dumps({"sentence": texts[i % len(texts)]} if rows == 1 else
+                             {"sentence": [texts[(i * rows + j) % len(texts)] for j in range(rows)]})
+                  for i in range(count + 1)]
+        def post(body: str) -> int:
+            connection.request("POST", route, body, {"Content-Type": "application/json"})
+            response = connection.getresponse()
+            response.read()
+            return response.status
+
+        post(bodies[0])  # warm-up
+        latencies, failures = [], {}
+        start = time.perf_counter()
+        for body in bodies[1:]:
+            sent = time.perf_counter()
+            status = post(body)
+            latencies.append(time.perf_counter() - sent)
+            if status != 200:
+                failures[str(status)] = failures.get(str(status), 0) + 1
+        seconds = time.perf_counter() - start
+        connection.close()
+        ms = np.array(latencies) * 1000
+        return {"route": route, "concurrency": 1, "requests": len(latencies), "failures": failures,
+                "rows_per_second": len(latencies) * rows / seconds, "p50_ms": float(np.percentile(ms, 50)),
+                "p99_ms": float(np.percentile(ms, 99)), "client": "http.client"}
+
+    return [sequential(route) if c == 1 else asyncio.run(phase(route, c)) for route, c in phases]
 
 
 def free_port() -> int:
