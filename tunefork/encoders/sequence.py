@@ -16,10 +16,9 @@ from torch.nn import functional as F
 
 from tunefork.data import glove
 from tunefork.encoders.pooling import last_token_index, pool
+from tunefork.models.layers import ACTIVATIONS, Layer, fc_stack
 
 log = logging.getLogger("tunefork")
-ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU, "sigmoid": nn.Sigmoid,
-               "elu": nn.ELU, "leakyRelu": nn.LeakyReLU}
 
 
 class TokenEmbedding(nn.Module):
@@ -55,21 +54,9 @@ class TokenEmbedding(nn.Module):
 
 
 def dense_stack(width: int, layers: list[dict]) -> tuple[nn.Sequential, int]:
-    """Linear → norm → activation → dropout per layer dict (output_size, activation, dropout, norm, use_bias).
-    A dropout of 0 adds no module. Returns (module, output width)."""
-    modules: list[nn.Module] = []
-    for layer in layers:
-        size = layer["output_size"]
-        modules.append(nn.Linear(width, size, bias=layer.get("use_bias", True)))
-        if layer.get("norm") == "batch":
-            modules.append(nn.BatchNorm1d(size))
-        elif layer.get("norm") == "layer":
-            modules.append(nn.LayerNorm(size))
-        modules.append(ACTIVATIONS[layer["activation"]]())
-        if layer["dropout"]:
-            modules.append(nn.Dropout(layer["dropout"]))
-        width = size
-    return nn.Sequential(*modules), width
+    """`models.layers.fc_stack` over an encoder's `fc_plan()` (a dict per layer: output_size, activation, dropout,
+    norm, use_bias). Returns (module, output width)."""
+    return fc_stack(width, [Layer(**layer) for layer in layers])
 
 
 def _same_padding(length: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:

@@ -15,7 +15,8 @@ from dataclasses import dataclass, fields, replace
 import torch
 from torch import nn
 
-ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU, "sigmoid": nn.Sigmoid,
+               "elu": nn.ELU, "leakyRelu": nn.LeakyReLU}  # the last three: the scratch text encoders' (Ludwig's)
 INITIALIZERS = {
     "zeros": nn.init.zeros_, "ones": nn.init.ones_, "identity": nn.init.eye_, "orthogonal": nn.init.orthogonal_,
     "normal": nn.init.normal_, "uniform": nn.init.uniform_, "truncated_normal": nn.init.trunc_normal_,
