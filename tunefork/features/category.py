@@ -104,18 +104,18 @@ def num_outputs(meta: dict) -> int:
     return len(meta["vocab"])
 
 
-def class_weights(feature, meta: dict):
-    weights = feature.loss.class_weights
+def class_weights(feature, meta: dict, noun: str = "classes"):
+    """`loss.class_weights` as one weight per class (a mapping names them; one left out weighs 1)."""
+    weights, vocab = feature.loss.class_weights, meta["vocab"]
     if weights is None:
         return None
-    vocab = meta["vocab"]
     if isinstance(weights, dict):
         unknown = sorted(set(weights) - set(vocab))
         if unknown:
-            raise DataError(f"output '{feature.name}' loss.class_weights names unknown classes {unknown[:3]} (classes: {vocab[:10]})")
+            raise DataError(f"output '{feature.name}' loss.class_weights names unknown {noun} {unknown[:3]} ({noun}: {vocab[:10]})")
         return [float(weights.get(c, 1.0)) for c in vocab]
     if len(weights) != len(vocab):
-        raise DataError(f"output '{feature.name}' loss.class_weights has {len(weights)} values for {len(vocab)} classes")
+        raise DataError(f"output '{feature.name}' loss.class_weights has {len(weights)} values for {len(vocab)} {noun}")
     return list(map(float, weights))
 
 

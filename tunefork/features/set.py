@@ -16,8 +16,8 @@ import pandas as pd
 from tunefork.data import glove
 from tunefork.data.tensors import TokenIds
 from tunefork.errors import DataError
+from tunefork.features import category, tokens, unscored
 from tunefork.features import metrics as m
-from tunefork.features import tokens, unscored
 
 PAD, UNK = "<PAD>", "<UNK>"
 
@@ -82,18 +82,8 @@ def num_outputs(meta: dict) -> int:
 
 
 def class_weights(feature, meta: dict):
-    """`loss.class_weights` as one weight per label (a mapping names labels; one left out weighs 1)."""
-    weights, vocab = feature.loss.class_weights, meta["vocab"]
-    if weights is None:
-        return None
-    if isinstance(weights, dict):
-        unknown = sorted(set(weights) - set(vocab))
-        if unknown:
-            raise DataError(f"output '{feature.name}' loss.class_weights names unknown labels {unknown[:3]} (labels: {vocab[:10]})")
-        return [float(weights.get(label, 1.0)) for label in vocab]
-    if len(weights) != len(vocab):
-        raise DataError(f"output '{feature.name}' loss.class_weights has {len(weights)} values for {len(vocab)} labels")
-    return list(map(float, weights))
+    """`loss.class_weights` as one weight per label, read as category reads them (each label's `pos_weight`)."""
+    return category.class_weights(feature, meta, noun="labels")
 
 
 def loss(feature, meta: dict, logits, target):
