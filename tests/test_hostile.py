@@ -96,6 +96,18 @@ def test_a_mutated_config_is_valid_or_a_config_error(raw):
     assert config.load(config.to_dict(loaded)) == loaded  # a valid result renders and re-loads to itself
 
 
+@pytest.mark.parametrize("defaults, said", [
+    ({"\n": {}}, "defaults.'\\n': unknown feature type"),
+    ({"category": {"\n": {}}}, "defaults.category.'\\n': unknown key"),
+])
+def test_a_defaults_key_that_is_not_printable_is_shown_on_one_line(defaults, said):
+    raw = {"input_features": [{"name": "x", "type": "category"}], "output_features": [{"name": "y", "type": "category"}],
+           "defaults": defaults}
+    with pytest.raises(ConfigError) as caught:
+        config.load(raw)
+    assert str(caught.value).startswith(said) and "\n" not in str(caught.value)
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.recursive(junk, lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3), max_leaves=12))
 def test_any_yaml_value_is_valid_or_a_config_error(raw):

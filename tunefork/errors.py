@@ -91,6 +91,11 @@ def did_you_mean(word, choices) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+def shown_key(key) -> str:
+    """A key as a config path shows it, on one line: as written when it is printable text, else its repr."""
+    return key if isinstance(key, str) and key.isprintable() and key else repr(key)
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of a library's exception, to quote inside our one sentence (its class name when it is empty)."""
     text = str(exc).strip()

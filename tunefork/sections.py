@@ -19,7 +19,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from tunefork.errors import did_you_mean
+from tunefork.errors import did_you_mean, shown_key
 
 
 def _instead(key, known: set[str]) -> str:
@@ -51,9 +51,8 @@ class Section(BaseModel):
             known = set(cls.model_fields)
             for key in data:
                 if key not in known:
-                    shown = key if isinstance(key, str) and key.isprintable() and key else repr(key)  # one line, always
                     raise PydanticCustomError(
-                        "unknown_key", "unknown key {key}{hint}", {"key": shown, "hint": _instead(key, known)}
+                        "unknown_key", "unknown key {key}{hint}", {"key": shown_key(key), "hint": _instead(key, known)}
                     )
         return data
 

@@ -9,7 +9,7 @@ import copy
 import logging
 
 from tunefork.config.features import INPUT_TYPES, OUTPUT_TYPES
-from tunefork.errors import ConfigError, did_you_mean
+from tunefork.errors import ConfigError, did_you_mean, shown_key
 
 log = logging.getLogger("tunefork.config")
 
@@ -83,12 +83,13 @@ def _defaults(raw: dict) -> dict:
     known_types = sorted(set(INPUT_TYPES) | set(OUTPUT_TYPES))
     for ftype, sections in defaults.items():
         if ftype not in known_types:
-            raise ConfigError([f"defaults.{ftype}: unknown feature type{did_you_mean(ftype, known_types)}"])
+            raise ConfigError([f"defaults.{shown_key(ftype)}: unknown feature type{did_you_mean(ftype, known_types)}"])
         if not isinstance(sections, dict):
             raise ConfigError([f"defaults.{ftype}: expected a mapping, got {sections!r}"])
         for section, value in sections.items():
             if section not in DEFAULT_SECTIONS:
-                raise ConfigError([f"defaults.{ftype}.{section}: unknown key{did_you_mean(section, DEFAULT_SECTIONS)}"])
+                raise ConfigError([f"defaults.{ftype}.{shown_key(section)}: unknown key"
+                                   f"{did_you_mean(section, DEFAULT_SECTIONS)}"])
             if not isinstance(value, dict):
                 raise ConfigError([f"defaults.{ftype}.{section}: expected a mapping, got {value!r}"])
     return defaults
