@@ -10,8 +10,9 @@ company to wait for: once every request in the server (`inside`, counted as requ
 are read) is in the batch, it runs, so a lone caller pays no wait and a burst is not cut in two by its first
 arrival. An LLM's batch (`eager=False`) instead always waits its `batch_wait_ms` (50 ms by default) unless it fills:
 its forward pass is a generate of seconds, so a burst's first request, alone in the server for the few ms before
-the others connect, would otherwise make them wait a whole generation. It sorts the rows by length (less padding), runs `run(rows)` in one worker thread (forward passes saturate
-the cores; two at once slow both), and hands each item its own slice of the answer. Per request, never per batch:
+the others connect, would otherwise make them wait a whole generation. It sorts the rows by length (less padding),
+runs `run(rows)` in one worker thread (forward passes saturate the cores; two at once slow both), and hands each
+item its own slice of the answer. Per request, never per batch:
 
 - an item whose caller has gone (client disconnected, timed out) is dropped before the batch runs;
 - a batch that fails on a row's data (a TuneforkError, e.g. a binary value neither label) is rerun item by item, so
