@@ -119,6 +119,7 @@ def tunefork_case(args, group_by_length: bool, packing: bool = False) -> dict:
     return {"train_tokens_per_second": eff["train_tokens_per_second"], "train_seconds": eff["seconds"]["train"],
             "train_tokens": eff["train_tokens"], "peak_rss_mb": eff["peak_rss_mb"],
             "final_training_loss": stats["training"]["output"]["loss"][-1], "packing": eff.get("packing"),
+            "train_padding_share": eff.get("train_padding_share"),
             "validation_perplexity": stats["validation"]["output"]["perplexity"][-1],
             "generation_tokens_per_second": generated / predict_seconds, "generated_tokens": generated,
             "bare_generate_same_model_tokens_per_second": bare_tokens / bare_seconds}

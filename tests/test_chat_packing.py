@@ -185,7 +185,7 @@ def test_packing_respects_capacity_and_rows_per_pack():
 
 
 def test_packing_trains_fewer_longer_sequences_and_says_so(tiny_llama, tmp_path):
-    frame = pd.DataFrame({"instruction": [f"say {i}" for i in range(48)], "output": ["ok"] * 48})
+    frame = pd.DataFrame({"instruction": [f"say {i}" for i in range(48)], "output": ["ok " * (1 + i % 7) for i in range(48)]})
     cfg = {"model_type": "llm", "base_model": str(tiny_llama), "input_features": [{"name": "instruction", "type": "text"}],
            "output_features": [{"name": "output", "type": "text"}], "generation": {"max_new_tokens": 2},
            "preprocessing": {"global_max_sequence_length": 64}, "trainer": trainer(packing=True)}
@@ -194,6 +194,11 @@ def test_packing_trains_fewer_longer_sequences_and_says_so(tiny_llama, tmp_path)
     assert summary["packs"] < summary["rows"] and 0 < summary["fill"] <= 1
     assert result.plan["steps_per_epoch"]["value"] == -(-summary["packs"] // 4)  # batch_size counts packed sequences
     assert np.isfinite(result.statistics["validation"]["output"]["loss"][-1])
+    random = {**cfg, "trainer": trainer(packing=False, group_by_length=False)}
+    unpacked = Model(random, progress=False, quiet=True).train(frame, output_directory=tmp_path / "unpacked")
+    assert unpacked.efficiency["train_tokens"] == result.efficiency["train_tokens"]  # the same rows, the same tokens
+    packed_share, random_share = result.efficiency["train_padding_share"], unpacked.efficiency["train_padding_share"]
+    assert 0 <= packed_share < random_share < 1  # rows of 7 lengths: random batches pad, packs barely do
 
 
 def test_a_model_that_cannot_keep_packed_rows_apart_is_refused():

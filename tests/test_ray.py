@@ -234,6 +234,8 @@ def test_llm_on_two_workers_retraces_the_local_loss_curve(ray_cluster, tiny_llam
             np.testing.assert_allclose(b[split]["sentiment"][metric], a[split]["sentiment"][metric], rtol=1e-5,
                                        atol=TOLERANCE, err_msg=f"{split} {metric}")
     assert distributed.efficiency["distributed"]["num_workers"] == 2
+    assert distributed.efficiency["train_tokens"] == local.efficiency["train_tokens"]  # summed over the workers
+    assert 0 <= distributed.efficiency["train_padding_share"] < 1  # and so are the positions they computed
     files = sorted(p.relative_to(local.output_directory / "model").as_posix()
                    for p in (local.output_directory / "model").rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(distributed.output_directory / "model").as_posix()

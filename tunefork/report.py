@@ -227,6 +227,8 @@ def _measure(key: str, value) -> str:
         return _e(", ".join(f"{k}: {_measure(k, v)}" for k, v in value.items()))
     if key.endswith("_mb"):
         return f"{value:,.0f} MB"
+    if key.endswith("_share"):
+        return f"{value:.1%}"
     if isinstance(value, int):
         return f"{value:,}"
     return f"{value:,.1f}" if isinstance(value, float) else _e(value)
@@ -236,8 +238,8 @@ def _efficiency(report: RunReport) -> str:
     eff = report.efficiency
     phases = [[_e(phase), f"{float(v):,.2f} s"] for phase, v in eff.get("seconds", {}).items()]
     rows = []
-    for key in ("train_examples", "train_examples_per_second", "train_tokens_per_second", "peak_rss_mb", "peak_device_mb",
-                "preprocessing_cache_hit", "embedding_cache_hit"):
+    for key in ("train_examples", "train_examples_per_second", "train_tokens_per_second", "train_padding_share",
+                "peak_rss_mb", "peak_device_mb", "preprocessing_cache_hit", "embedding_cache_hit"):
         if eff.get(key) not in (None, {}):
             rows.append([_e(key.replace("_", " ").replace(" mb", " memory")), _measure(key, eff[key])])
     return (f'<div class="pair"><div>{_table(["phase", "wall time"], phases)}</div>'

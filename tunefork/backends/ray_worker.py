@@ -202,6 +202,7 @@ class RayRun:
 
         state = self.dist.state(model)  # collective
         history.train_tokens = int(self.dist.sum(history.train_tokens))
+        history.train_positions = int(self.dist.sum(history.train_positions))
         peaks = self.dist.gather_objects({"peak_rss_mb": round(peak_rss_mb(), 1), "peak_device_mb": peak_device_mb()})
         if self.rank != 0:
             ray.train.report({"done": True})

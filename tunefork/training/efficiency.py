@@ -41,6 +41,9 @@ def record(plan, phases: Phases, history, **extra) -> dict:
         "train_tokens_per_second": history.train_tokens / max(history.train_seconds, 1e-9),
         "train_examples": history.train_examples,
         "train_tokens": history.train_tokens,
+        # the share of the positions the model computed that were padding (a causal LM's batches; packs included)
+        "train_padding_share": round(1 - history.train_tokens / history.train_positions, 4)
+        if history.train_positions else None,
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "peak_device_mb": peak_device_mb(),
         "final_validation": history.best,

@@ -16,6 +16,7 @@ class History:
     best: dict | None = None
     train_examples: int = 0
     train_tokens: int = 0
+    train_positions: int = 0  # token positions computed, padding included (a task that counts them)
     train_seconds: float = 0.0
     evaluate_seconds: float = 0.0
     compile_seconds: float | None = None  # trainer.compile: the first compiled step, compilation included

@@ -67,7 +67,7 @@ class LLMTask:
         batch = to_device(batch, device)
         summed, n = token_loss_sum(logits(model, batch), batch["labels"])
         # the mean over this micro-batch's output tokens; the summed value is what a split's loss adds up
-        return Out(summed / max(1, n), n, tokens, summed.item())
+        return Out(summed / max(1, n), n, tokens, summed.item(), positions=batch["input_ids"].numel())
 
     def accumulator(self) -> TokenLoss:
         return TokenLoss(self.config.output.name)

@@ -42,12 +42,14 @@ log = logging.getLogger("tunefork.train")
 
 @dataclass
 class Out:
-    """One micro-batch through a task: its loss (a mean over `units`), real tokens read, and what scoring needs."""
+    """One micro-batch through a task: its loss (a mean over `units`), real tokens read, and what scoring needs;
+    `positions`: the token positions computed, padding included (0: not counted by this task)."""
 
     loss: torch.Tensor
     units: int
     tokens: int
     record: object = None
+    positions: int = 0
 
 
 def autocast(plan: Plan):
@@ -315,6 +317,7 @@ def _backward(run: _Run, train, index: np.ndarray, group_units: int, running):
         run.history.compile_seconds = time.perf_counter() - started
     if counts:
         run.history.train_tokens += out.tokens
+        run.history.train_positions += out.positions
         if not trainer.evaluate_training_set:
             running.add(mine, out)
     run.history.train_examples += len(index)
