@@ -169,6 +169,11 @@ def main() -> None:
         quiet_transformers()
         bert, llama = tiny.build_bert(Path(folder.name) / "bert"), tiny.build_llama(Path(folder.name) / "llama")
     entries = [measure(path, run, bert, llama) for path in sorted(CONFIGS.glob("*.yaml"))]
+    report(entries, run, "ludwig_configs")
+
+
+def report(entries: list[dict], run: bool, name: str) -> None:
+    """A line per config (valid or refused, and whether its step ran), the summary, and results/<name>.json."""
     result = {**summary(entries, run), "results": entries}
     for e in entries:
         verdict = "valid" if e["validates"] else f"refused: {e['error']}"
@@ -176,7 +181,7 @@ def main() -> None:
             verdict += "; one step ran" if e["ran_one_step"] else f"; the step failed: {e['run_error']}"
         print(f"{e['file']}: {verdict}")
     print(json.dumps({k: v for k, v in result.items() if k != "results"}, indent=2))
-    print(f"written to {save('ludwig_configs', result)}")
+    print(f"written to {save(name, result)}")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ failure's one line, go to benchmarks/results/ludwig_llm_configs.json; re-run it 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -24,8 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from benchmarks.common import quiet_transformers, save  # noqa: E402
-from benchmarks.ludwig_configs import measure, summary  # noqa: E402
+from benchmarks.common import quiet_transformers  # noqa: E402
+from benchmarks.ludwig_configs import measure, report  # noqa: E402
 
 FOLDER = ROOT / "benchmarks" / "ludwig_llm_configs"
 # The LLM, fine-tuning and PEFT configs of tests/ludwig_configs/ (Ludwig's documentation pages and examples/)
@@ -53,14 +52,7 @@ def main() -> None:
             bert = tiny.build_bert(Path(folder) / "bert")
             llama = tiny.build_llama(Path(folder) / "llama", pad_token=True)
         entries = [measure(path, run, bert, llama) for path in configs()]
-    result = {**summary(entries, run), "results": entries}
-    for e in entries:
-        verdict = "valid" if e["validates"] else f"refused: {e['error']}"
-        if e.get("ran_one_step") is not None:
-            verdict += "; one step ran" if e["ran_one_step"] else f"; the step failed: {e['run_error']}"
-        print(f"{e['file']}: {verdict}")
-    print(json.dumps({k: v for k, v in result.items() if k != "results"}, indent=2))
-    print(f"written to {save('ludwig_llm_configs', result)}")
+    report(entries, run, "ludwig_llm_configs")
 
 
 if __name__ == "__main__":
