@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -37,6 +38,15 @@ class Prepared:
     facts: plan_mod.DataFacts
     cache_hit: bool = False
     index: object = None  # data.retrieval.Index of few-shot prompts
+
+
+class Lookup(NamedTuple):
+    context: int | None  # the model's context length
+    total: int  # the sequence limit of prompt + output
+    tokenizer: object
+    fingerprints: dict
+    folder: object  # the cache folder for these rows (None without a cache)
+    found: tuple | None  # (meta, tables) the cache held
 
 
 def labelled(frame: pd.DataFrame, config) -> pd.DataFrame:
@@ -97,10 +107,22 @@ class LLMRecipe:
         self.config = config
 
     # ------------------------------------------------------------------------------------------------ data
-    def prepare(self, frames: dict[str, pd.DataFrame], seed: int, cache_dir) -> Prepared:
+    def _lookup(self, frames: dict, cache_dir) -> Lookup:
+        """What encoding the rows needs (the model's context, the sequence limit, the tokenizer) and the cache's
+        folder for these rows, with what it holds."""
         from tunefork import hf
-        from tunefork.data import cache, read, retrieval
+        from tunefork.data import cache, read
         from tunefork.models import llm
+
+        context = hf.context_length(llm.hf_config(self.config))
+        total, _ = plan_mod.sequence_limit(self.config, context)
+        tokenizer = llm.load_tokenizer(self.config)
+        fingerprints = {k: read.fingerprint(v) for k, v in frames.items()}
+        folder = cache_dir / "preprocessed" / self._cache_key(fingerprints, tokenizer, total) if cache_dir else None
+        return Lookup(context, total, tokenizer, fingerprints, folder, cache.load(folder, frames))
+
+    def prepare(self, frames: dict[str, pd.DataFrame], seed: int, cache_dir) -> Prepared:
+        from tunefork.data import cache, retrieval
 
         config = self.config
         frames = {name: labelled(frame, config) for name, frame in frames.items()}
@@ -108,12 +130,7 @@ class LLMRecipe:
             raise DataError(f"the training split has no rows with a '{config.output.source}' value")
         for frame in frames.values():
             prompts.check_columns(config, frame, with_output=True)
-        context = hf.context_length(llm.hf_config(config))
-        total, _ = plan_mod.sequence_limit(config, context)
-        tokenizer = llm.load_tokenizer(config)
-        fingerprints = {k: read.fingerprint(v) for k, v in frames.items()}
-        folder = cache_dir / "preprocessed" / self._cache_key(fingerprints, tokenizer, total) if cache_dir else None
-        found = cache.load(folder, frames)
+        context, total, tokenizer, fingerprints, folder, found = self._lookup(frames, cache_dir)
         if found is not None:
             meta, stored = found
             tables = {name: prompts.Encoded.from_table(table) for name, table in stored.items()}

@@ -18,9 +18,7 @@ from tunefork.recipes.llm import LLMRecipe, Prepared, _meta, limits
 
 class PreferenceRecipe(LLMRecipe):
     def prepare(self, frames: dict, seed: int, cache_dir) -> Prepared:
-        from tunefork import hf
-        from tunefork.data import cache, read
-        from tunefork.models import llm
+        from tunefork.data import cache
 
         config = self.config
         frames = {name: preference.kept(config, frame) for name, frame in frames.items()}
@@ -28,12 +26,7 @@ class PreferenceRecipe(LLMRecipe):
             column, _ = preference.second_column(config)
             raise DataError(f"the training split has no row with both a '{config.output.source}' and a "
                             f"'{column}' value")
-        context = hf.context_length(llm.hf_config(config))
-        total, _ = plan_mod.sequence_limit(config, context)
-        tokenizer = llm.load_tokenizer(config)
-        fingerprints = {k: read.fingerprint(v) for k, v in frames.items()}
-        folder = cache_dir / "preprocessed" / self._cache_key(fingerprints, tokenizer, total) if cache_dir else None
-        found = cache.load(folder, frames)
+        context, total, tokenizer, fingerprints, folder, found = self._lookup(frames, cache_dir)
         if found is not None:
             meta, stored = found
             tables = {name: preference.from_table(config, table) for name, table in stored.items()}
