@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,6 +35,22 @@ def in_subprocess(script: Path, case: str, *args: str) -> dict:
     if out.returncode != 0:
         sys.exit(f"case {case} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def train_command(config: Path, data: list[str], runs: Path, case: str, env: dict | None = None):
+    """`tunefork train -c config <data flags>` in a fresh process into an emptied `runs`, timed from launch to exit:
+    (its run directory, efficiency.json, training_statistics.json, wall seconds). A failure exits naming `case`."""
+    shutil.rmtree(runs, ignore_errors=True)
+    command = [sys.executable, "-m", "tunefork", "--quiet", "train", "-c", str(config), *data, "--output_directory",
+               str(runs)]
+    start = time.perf_counter()
+    out = subprocess.run(command, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - start
+    if out.returncode != 0:
+        sys.exit(f"case {case} failed:\n{out.stderr[-3000:]}")
+    run = next(runs.iterdir())
+    return (run, json.loads((run / "efficiency.json").read_text()),
+            json.loads((run / "training_statistics.json").read_text()), wall)
 
 
 def quiet_transformers() -> None:

@@ -65,19 +65,10 @@ def train_command(work: Path, name: str, trainable: bool, cache: bool, epochs: i
     path = work / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config(trainable, cache, epochs)))
     sst2 = common.sst2()
-    runs = work / "runs" / name
-    shutil.rmtree(runs, ignore_errors=True)
     env = {**os.environ, "TUNEFORK_CACHE_DIR": str(cache_dir)}
-    command = [sys.executable, "-m", "tunefork", "--quiet", "train", "-c", str(path), "--training_set", str(work / "train.csv"),
-               "--validation_set", str(sst2 / "dev.csv"), "--test_set", str(sst2 / "test.csv"), "--output_directory", str(runs)]
-    start = time.perf_counter()
-    out = subprocess.run(command, capture_output=True, text=True, env=env)
-    wall = time.perf_counter() - start
-    if out.returncode != 0:
-        sys.exit(f"case {name} failed:\n{out.stderr[-3000:]}")
-    run = next(runs.iterdir())
-    eff = json.loads((run / "efficiency.json").read_text())
-    stats = json.loads((run / "training_statistics.json").read_text())
+    data = ["--training_set", str(work / "train.csv"), "--validation_set", str(sst2 / "dev.csv"),
+            "--test_set", str(sst2 / "test.csv")]
+    _, eff, stats, wall = common.train_command(path, data, work / "runs" / name, name, env)
     return {"seconds": eff["seconds"], "wall_seconds": wall, "train_examples_per_second": eff["train_examples_per_second"],
             "peak_rss_mb": eff["peak_rss_mb"], "precision": eff["precision"],
             "test_accuracy": stats["test"]["label"]["accuracy"][stats["best"]["evaluation"]],

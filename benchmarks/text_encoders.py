@@ -15,11 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
@@ -46,19 +43,10 @@ def config(encoder: str, epochs: int) -> dict:
 def run_case(work: Path, encoder: str, epochs: int) -> dict:
     path = work / f"{encoder}.yaml"
     path.write_text(yaml.safe_dump(config(encoder, epochs)))
-    sst2, runs = common.sst2(), work / "runs" / encoder
-    shutil.rmtree(runs, ignore_errors=True)
-    command = [sys.executable, "-m", "tunefork", "--quiet", "train", "-c", str(path),
-               "--training_set", str(sst2 / "train.csv"), "--validation_set", str(sst2 / "dev.csv"),
-               "--test_set", str(sst2 / "test.csv"), "--output_directory", str(runs)]
-    start = time.perf_counter()
-    out = subprocess.run(command, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if out.returncode != 0:
-        sys.exit(f"case {encoder} failed:\n{out.stderr[-3000:]}")
-    run = next(runs.iterdir())
-    eff = json.loads((run / "efficiency.json").read_text())
-    stats = json.loads((run / "training_statistics.json").read_text())
+    sst2 = common.sst2()
+    data = ["--training_set", str(sst2 / "train.csv"), "--validation_set", str(sst2 / "dev.csv"),
+            "--test_set", str(sst2 / "test.csv")]
+    _, eff, stats, wall = common.train_command(path, data, work / "runs" / encoder, encoder)
     best = stats["best"]["evaluation"]
     return {"encoder": encoder, "epochs": epochs, "seconds_per_epoch": eff["seconds"]["train"] / epochs,
             "seconds": eff["seconds"], "wall_seconds": wall,
